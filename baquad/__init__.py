@@ -1,0 +1,1 @@
+"""baquad: the Bi-Anchor Interpolation Solver (BA-solver) for flow-matching ODEs."""
