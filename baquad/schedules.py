@@ -1,0 +1,185 @@
+"""Time grids for generation (t = 1 noise -> t = 0 data) and NFE-budgeted grid planning.
+
+Every schedule returns a tuple of Python floats in [0, 1], strictly decreasing, with
+``n_steps + 1`` points (``n_steps`` intervals):
+
+- :func:`uniform`: ``t_j = t_max (N - j) / N`` (``t_max = 1``: REPA's ``linspace(1, 0, N+1)``;
+  ``t_max = 0.999`` gives SANA's ``time_uniform_flow`` / diffusers' ``use_flow_sigmas`` grid).
+- :func:`sd3_shift`: ``t' = s t / (1 + (s - 1) t)`` (SD3 / SANA / Wan ``shift``), applied to any
+  grid; in log-SNR it is a pure translation, ``lambda' = lambda - log s``.  Every schedule
+  takes ``shift`` and applies it last, so ``uniform(N, shift=3)`` is the SD3-shift schedule.
+- :func:`logsnr_uniform`: uniform in ``lambda = log((1 - t)/t)`` between the FINITE endpoints
+  ``t_max`` and ``t_min`` (default ``1 - 1e-3`` and ``1e-3``; ``lambda`` is infinite at both
+  t = 1 and t = 0), then one extra step from ``t_min`` to t = 0.  That last step is one of the
+  ``n_steps`` intervals and costs its NFE like any other (for the multistep flow solvers it
+  is the order-1 step ``x_N = x0_hat``).
+- :func:`user_grid`: a user grid, validated.
+
+:func:`nfe_grid` picks the number of steps from an NFE budget (via
+:func:`baquad.solvers.steps_for_nfe`) so that "NFE = 10" means ten field calls for every
+method, the BA-solver included.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+from .solvers import steps_for_nfe
+
+__all__ = [
+    "uniform",
+    "sd3_shift",
+    "logsnr_uniform",
+    "user_grid",
+    "get_schedule",
+    "nfe_grid",
+    "SCHEDULES",
+]
+
+
+def _check_steps(n_steps: int) -> int:
+    if isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    return int(n_steps)
+
+
+def _check_shift(shift: float) -> float:
+    shift = float(shift)
+    if not (math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift must be a positive finite number, got {shift!r}")
+    return shift
+
+
+def sd3_shift(ts: Sequence[float], shift: float) -> tuple[float, ...]:
+    """SD3 time shift ``t' = s t / (1 + (s - 1) t)`` applied to every point of ``ts``.
+
+    Fixes t = 0 and t = 1, is increasing in t, and moves log-SNR by ``-log s``
+    (``s > 1`` spends more steps near the noise end).  ``shift = 1`` is the identity.
+    """
+    s = _check_shift(shift)
+    if s == 1.0:
+        return tuple(float(t) for t in ts)
+    return tuple(s * float(t) / (1.0 + (s - 1.0) * float(t)) for t in ts)
+
+
+def uniform(n_steps: int, *, shift: float = 1.0, t_max: float = 1.0) -> tuple[float, ...]:
+    """``t_j = shift(t_max (N - j) / N)``, j = 0..N: uniform in t (then shifted), ends at 0.
+
+    ``t_max = 1`` (default) starts at exactly 1 (the flow solvers clamp that to 1 - 1e-6, as
+    diffusers' UniPC does); ``t_max = 0.999`` reproduces SANA/diffusers DPM flow grids.
+    """
+    n = _check_steps(n_steps)
+    if not 0.0 < t_max <= 1.0:
+        raise ValueError(f"t_max must be in (0, 1], got {t_max!r}")
+    return sd3_shift([t_max * (n - j) / n for j in range(n + 1)], shift)
+
+
+def _lam(t: float) -> float:
+    return math.log1p(-t) - math.log(t)
+
+
+def _t_of_lam(lam: float) -> float:
+    # t = 1 / (1 + e^lambda) (the sigmoid inverse; NOT SANA's exp(-lambda), which is t/(1-t))
+    if lam >= 0:
+        e = math.exp(-lam)
+        return e / (1.0 + e)
+    return 1.0 / (1.0 + math.exp(lam))
+
+
+def logsnr_uniform(
+    n_steps: int,
+    *,
+    shift: float = 1.0,
+    t_max: float = 1.0 - 1e-3,
+    t_min: float = 1e-3,
+    to_zero: bool = True,
+) -> tuple[float, ...]:
+    """Uniform in ``lambda = log((1 - t)/t)`` between ``t_max`` and ``t_min``, then t = 0.
+
+    With ``to_zero=True`` (default) the grid is ``n_steps - 1`` log-SNR-uniform intervals from
+    ``t_max`` to ``t_min`` followed by the extra step ``t_min -> 0``, i.e. ``n_steps + 1``
+    points in all; that extra step is counted as a step (and an NFE) like any other.  With
+    ``to_zero=False`` all ``n_steps`` intervals are log-SNR uniform and the grid ends at
+    ``t_min``.  ``shift`` is applied to every point (equivalently, both endpoints' lambda
+    move by ``-log shift``).
+    """
+    n = _check_steps(n_steps)
+    if not 0.0 < t_min < t_max < 1.0:
+        raise ValueError(f"need 0 < t_min < t_max < 1, got t_min={t_min!r}, t_max={t_max!r}")
+    m = n - 1 if to_zero else n
+    lam_a, lam_b = _lam(t_max), _lam(t_min)
+    if m == 0:
+        pts = [t_max]
+    else:
+        pts = [_t_of_lam(lam_a + (lam_b - lam_a) * j / m) for j in range(m + 1)]
+        pts[0], pts[-1] = t_max, t_min
+    if to_zero:
+        pts.append(0.0)
+    return sd3_shift(pts, shift)
+
+
+def user_grid(ts: Sequence[float]) -> tuple[float, ...]:
+    """A user-supplied generation grid as a tuple of floats, checked to be in [0, 1] and
+    strictly decreasing with at least 2 points.
+
+    Raises:
+        ValueError: naming ``ts`` otherwise.
+    """
+    grid = tuple(float(t) for t in ts)
+    if len(grid) < 2:
+        raise ValueError(f"ts must have at least 2 points, got {len(grid)}")
+    if not all(math.isfinite(t) and 0.0 <= t <= 1.0 for t in grid):
+        raise ValueError(f"ts must lie in [0, 1] (t = 1 noise, t = 0 data), got {grid}")
+    if not all(b < a for a, b in zip(grid[:-1], grid[1:])):
+        raise ValueError(f"ts must be strictly decreasing (generation runs t: 1 -> 0), got {grid}")
+    return grid
+
+
+#: name -> schedule function ``f(n_steps, *, shift, **options)``.  ``"sd3"`` is ``"uniform"``
+#: (pass ``shift``); ``"logsnr"`` is :func:`logsnr_uniform`.
+SCHEDULES: dict[str, Callable[..., tuple[float, ...]]] = {
+    "uniform": uniform,
+    "sd3": uniform,
+    "logsnr": logsnr_uniform,
+}
+
+
+def get_schedule(
+    schedule: str | Callable[..., Sequence[float]], n_steps: int, *, shift: float = 1.0, **options: Any
+) -> tuple[float, ...]:
+    """The grid of ``n_steps`` steps of a named schedule (or of a callable
+    ``schedule(n_steps, shift=shift, **options)``), validated by :func:`user_grid`.
+    """
+    if callable(schedule):
+        grid = user_grid(schedule(n_steps, shift=shift, **options))
+    else:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; known: {sorted(SCHEDULES)}")
+        grid = SCHEDULES[schedule](n_steps, shift=shift, **options)
+    if len(grid) != _check_steps(n_steps) + 1:
+        raise ValueError(f"schedule returned {len(grid)} points for n_steps={n_steps}")
+    return grid
+
+
+def nfe_grid(
+    method: str,
+    nfe: int,
+    schedule: str | Callable[..., Sequence[float]] = "uniform",
+    shift: float = 1.0,
+    *,
+    schedule_options: dict[str, Any] | None = None,
+    **method_options: Any,
+) -> tuple[float, ...]:
+    """The grid on which ``method`` (with ``method_options``) makes exactly ``nfe`` field calls.
+
+    ``n_steps = steps_for_nfe(method, nfe, **method_options)``: e.g. NFE 10 is 10 steps of
+    euler / dpm++ / unipc, 5 of midpoint or full Heun, 10 intervals of the BA-solver
+    (scheme B, ``final="single"``, default) or 9 (scheme A, ``final="bi"``); NFE 9 is 5 steps of
+    Heun with ``final_step="euler"`` (2N - 1).
+
+    Raises:
+        ValueError: naming ``nfe`` when the budget cannot be met exactly.
+    """
+    n_steps = steps_for_nfe(method, nfe, **method_options)
+    return get_schedule(schedule, n_steps, shift=shift, **(schedule_options or {}))
