@@ -72,7 +72,7 @@ def uniform(n_steps: int, *, shift: float = 1.0, t_max: float = 1.0) -> tuple[fl
     n = _check_steps(n_steps)
     if not 0.0 < t_max <= 1.0:
         raise ValueError(f"t_max must be in (0, 1], got {t_max!r}")
-    return sd3_shift([t_max * (n - j) / n for j in range(n + 1)], shift)
+    return sd3_shift([t_max * ((n - j) / n) for j in range(n + 1)], shift)
 
 
 def _lam(t: float) -> float:
