@@ -384,6 +384,12 @@ def _solve():
 def test_through_solve_matches_direct_call_and_counts(method: str, opts: dict) -> None:
     solve = _solve()
     ts = (1.0, 0.8, 0.55, 0.3, 0.1, 0.0)
-    res = solve(gauss_field, X0, ts, method=method, **opts)
-    np.testing.assert_allclose(res.x, SOLVERS[method](gauss_field, X0, ts, **opts), rtol=1e-12, atol=1e-12)
+    seen = []
+    direct = SOLVERS[method](gauss_field, X0, ts, callback=lambda i, t, x: seen.append(x), **opts)
+    res = solve(gauss_field, X0, ts, method=method, save_states=True, **opts)
+    np.testing.assert_allclose(res.x, direct, rtol=1e-12, atol=1e-12)
     assert res.nfe == nfe_per_steps(method, len(ts) - 1, **opts)
+    xs = np.asarray(res.xs)
+    assert xs.shape == (len(ts),) + X0.shape
+    np.testing.assert_allclose(xs[1:], np.stack(seen), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(xs[0], X0)
