@@ -1,0 +1,89 @@
+"""The few array operations the core needs, for numpy arrays and torch tensors alike.
+
+torch is never imported here at module import: a tensor can only reach these functions if the
+caller already imported torch, so ``sys.modules["torch"]`` is used.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+Array = Any  # numpy.ndarray or torch.Tensor
+
+
+def is_torch(x: Array) -> bool:
+    """True for a torch tensor (checked without importing torch)."""
+    return type(x).__module__.startswith("torch")
+
+
+def _torch():
+    return sys.modules["torch"]
+
+
+def is_array(x: Array) -> bool:
+    return isinstance(x, np.ndarray) or is_torch(x)
+
+
+def is_floating(x: Array) -> bool:
+    """True if x has a real floating dtype."""
+    if is_torch(x):
+        return bool(x.dtype.is_floating_point)
+    return np.issubdtype(x.dtype, np.floating)
+
+
+def stack(xs: Sequence[Array]) -> Array:
+    """Stack along a new leading axis."""
+    if is_torch(xs[0]):
+        return _torch().stack(list(xs))
+    return np.stack(xs)
+
+
+def broadcast_stack(x: Array, m: int) -> Array:
+    """``m`` copies of x along a new leading axis (a view where the backend allows it)."""
+    if is_torch(x):
+        return x.unsqueeze(0).expand(m, *x.shape)
+    return np.broadcast_to(x, (m, *x.shape))
+
+
+def all_finite(x: Array) -> bool:
+    """True if every entry is finite (one device sync for a GPU tensor)."""
+    if is_torch(x):
+        return bool(_torch().isfinite(x).all())
+    return bool(np.isfinite(x).all())
+
+
+def rms(x: Array) -> Array:
+    """Root-mean-square over all entries, as a 0-dim array of the input's backend (no sync)."""
+    if is_torch(x):
+        return x.detach().float().pow(2).mean().sqrt()
+    return np.sqrt(np.mean(np.square(x, dtype=np.float64)))
+
+
+def to_numpy(x: Array) -> np.ndarray:
+    """A float64 numpy copy of x (detached, on the CPU)."""
+    if is_torch(x):
+        return x.detach().to("cpu", _torch().float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def like(a: np.ndarray, template: Array) -> Array:
+    """Convert numpy ``a`` to the array type, dtype and device of ``template``."""
+    if is_torch(template):
+        return _torch().as_tensor(a, dtype=template.dtype, device=template.device)
+    return np.asarray(a, dtype=template.dtype)
+
+
+def offsets_like(offsets: Sequence[float], template: Array) -> Array:
+    """A 1-D array of offsets with the backend, dtype and device of ``template``."""
+    return like(np.asarray(offsets, dtype=np.float64), template)
+
+
+def describe(x: Array) -> str:
+    """Short type/shape/dtype description for error messages."""
+    if is_array(x):
+        kind = "torch.Tensor" if is_torch(x) else "numpy.ndarray"
+        return f"{kind} of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return f"{type(x).__name__}"

@@ -1,0 +1,304 @@
+"""``baquad.solve``: one entry point for BA-solver and the baseline solvers.
+
+``solve(vfield, x0, ts, ...)`` integrates dx/dt = vfield(t, x) over the strictly monotone grid
+``ts`` (increasing or decreasing) and returns a :class:`SolveResult`. It owns everything the
+solvers share: input validation, counting backbone calls (NFE) and perception calls by wrapping
+them, shape/dtype checks of every call with the step where it failed, NaN/inf detection per step,
+and the recorded trajectory. The solvers themselves are short functions with one signature
+(``sampler(field, x0, ts, *, callback, **options) -> x``): ``baquad.bianchor.ba_solver`` and the
+baselines in ``baquad.solvers``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from . import _backend as B
+from .bianchor import ba_solver
+from .perception import Perception, get_perception
+from .rules import QuadratureRule, get_rule
+
+Array = Any
+
+__all__ = ["solve", "SolveResult", "validate_grid", "methods"]
+
+
+@dataclass
+class SolveResult:
+    """What a solve returns.
+
+    Attributes:
+        x: the state at ``ts[-1]`` (same array type, dtype and device as x0).
+        ts: the grid, as Python floats.
+        nfe: calls of ``vfield`` made by the solver, counted by wrapping it.
+        perception_calls: batched perception calls (BA-solver; 0 for the baselines).
+        xs: states at every grid time, stacked on a new leading axis (``save_states=True``).
+        local_errors: per interval, rms(corrector - predictor) of BA-solver, a free local error
+            indicator (NaN for a single-anchor interval; None for the baselines).
+        method: the method name.
+    """
+
+    x: Array
+    ts: tuple[float, ...]
+    nfe: int
+    perception_calls: int = 0
+    xs: Optional[Array] = None
+    local_errors: Optional[np.ndarray] = None
+    method: str = "ba-solver"
+    options: dict = dc_field(default_factory=dict)
+
+
+def validate_grid(ts: Any, name: str = "ts") -> tuple[float, ...]:
+    """Return ``ts`` as a tuple of floats, or raise ValueError naming ``name`` and the fix."""
+    if B.is_torch(ts):
+        ts = ts.detach().cpu().double().numpy()
+    try:
+        arr = np.asarray(ts, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected a 1-D sequence of times, got {type(ts).__name__}") from err
+    if arr.ndim != 1 or arr.size < 2:
+        raise ValueError(
+            f"{name}: need a 1-D grid with at least 2 times (start and end), got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name}: contains NaN/inf at positions {np.flatnonzero(~np.isfinite(arr)).tolist()}")
+    d = np.diff(arr)
+    if not ((d > 0).all() or (d < 0).all()):
+        bad = int(np.flatnonzero(d * np.sign(d[0]) <= 0)[0]) if d[0] != 0 else 0
+        raise ValueError(
+            f"{name}: the grid must be strictly monotone (all increasing or all decreasing); "
+            f"{name}[{bad}] = {arr[bad]!r} and {name}[{bad + 1}] = {arr[bad + 1]!r} break it. "
+            "Remove repeated times and sort the grid in the direction of integration."
+        )
+    return tuple(float(t) for t in arr)
+
+
+def _validate_x0(x0: Any) -> None:
+    if not B.is_array(x0):
+        raise TypeError(f"x0: expected a numpy array or a torch tensor, got {type(x0).__name__}; wrap it with numpy.asarray")
+    if not B.is_floating(x0):
+        raise TypeError(
+            f"x0: has dtype {x0.dtype}; the solver needs a real floating dtype. "
+            "Cast it first, e.g. x0.astype(numpy.float32) or x0.float()."
+        )
+    if not B.all_finite(x0):
+        raise ValueError("x0: contains NaN or inf; the initial state must be finite")
+
+
+class _Where:
+    """Tracks which interval the solver is in, for error messages."""
+
+    def __init__(self, ts: Sequence[float]):
+        self.ts = ts
+        self.interval = 0
+
+    def __str__(self) -> str:
+        i, n = self.interval, len(self.ts) - 1
+        if i >= n:
+            return f"after the last interval (t = {self.ts[-1]:g})"
+        return f"interval {i + 1} of {n}, t = {self.ts[i]:g} -> {self.ts[i + 1]:g}"
+
+
+class CountedField:
+    """Wraps ``vfield``: counts calls, checks each output, optionally runs it in ``field_dtype``."""
+
+    def __init__(self, vfield: Callable, template: Array, where: _Where, field_dtype: Any = None):
+        self.vfield = vfield
+        self.template = template
+        self.where = where
+        self.field_dtype = field_dtype
+        self.calls = 0
+
+    def __call__(self, t: float, x: Array) -> Array:
+        self.calls += 1
+        xin = x if self.field_dtype is None else _cast(x, self.field_dtype)
+        out = self.vfield(t, xin)
+        expected_dtype = x.dtype if self.field_dtype is None else xin.dtype
+        if (
+            not B.is_array(out)
+            or B.is_torch(out) != B.is_torch(x)
+            or tuple(out.shape) != tuple(x.shape)
+            or out.dtype != expected_dtype
+            or (B.is_torch(out) and out.device != x.device)
+        ):
+            raise ValueError(
+                f"vfield: call {self.calls} (t = {t:g}, {self.where}) returned {B.describe(out)}"
+                f"{' on ' + str(out.device) if B.is_torch(out) else ''}; expected the state's type, shape "
+                f"and dtype, {B.describe(x.to(expected_dtype) if B.is_torch(x) else x.astype(expected_dtype))}"
+                f"{' on ' + str(x.device) if B.is_torch(x) else ''}. Return dx/dt with the shape of x "
+                "(pass field_dtype=... to run the field in another precision)."
+            )
+        return out if self.field_dtype is None else _cast(out, x.dtype)
+
+
+def _cast(x: Array, dtype: Any) -> Array:
+    return x.to(dtype) if B.is_torch(x) else x.astype(dtype, copy=False)
+
+
+class CountedPerception(Perception):
+    """Wraps a perception: counts its batched calls and checks each output."""
+
+    def __init__(self, inner: Perception, where: _Where):
+        self.inner = inner
+        self.where = where
+        self.calls = 0
+        self.history_size = getattr(inner, "history_size", 1)
+
+    def __call__(self, x, v, t, offsets, history=()):
+        self.calls += 1
+        out = self.inner(x, v, t, offsets, history)
+        expected = (len(offsets), *x.shape)
+        if (
+            not B.is_array(out)
+            or B.is_torch(out) != B.is_torch(x)
+            or tuple(out.shape) != expected
+            or out.dtype != x.dtype
+        ):
+            raise ValueError(
+                f"perception: call {self.calls} ({self.inner!r}, {self.where}, anchor t = {t:g}, "
+                f"{len(offsets)} offsets) returned {B.describe(out)}; expected shape {expected} and "
+                f"dtype {x.dtype} (one velocity per offset, stacked on a new leading axis)"
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+
+def methods() -> dict[str, Callable]:
+    """All method names accepted by :func:`solve`, with their sampler functions."""
+    table: dict[str, Callable] = {"ba-solver": ba_solver}
+    try:
+        from .solvers import SOLVERS
+    except ImportError:  # pragma: no cover - the baselines package is optional during development
+        SOLVERS = {}
+    table.update(SOLVERS)
+    return table
+
+
+_BA_ONLY = ("rule", "perception", "anchors", "final")
+
+
+def solve(
+    vfield: Callable[[float, Array], Array],
+    x0: Array,
+    ts: Sequence[float],
+    rule: "str | QuadratureRule | None" = None,
+    *,
+    method: str = "ba-solver",
+    perception: "Perception | str | None" = None,
+    anchors: Optional[str] = None,
+    final: Optional[str] = None,
+    save_states: bool = False,
+    check_finite: bool = True,
+    field_dtype: Any = None,
+    **options: Any,
+) -> SolveResult:
+    """Integrate dx/dt = vfield(t, x) from ``ts[0]`` to ``ts[-1]`` on the grid ``ts``.
+
+    Args:
+        vfield: velocity field, called as ``vfield(t, x)`` with t a Python float and x an array
+            like x0 (scipy/torchdiffeq argument order). Its calls are the NFE.
+        x0: initial state, numpy array or torch tensor of any shape and floating dtype; the result
+            keeps its array type, dtype and device.
+        ts: strictly monotone grid (increasing or decreasing), at least 2 times; every time is an
+            integration node.
+        rule: BA-solver quadrature rule name or object (default ``"gauss-lobatto-4"``).
+        method: ``"ba-solver"`` (default) or a baseline (see :func:`methods`).
+        perception: BA-solver perception. Default: :class:`~baquad.perception.AnchorPolynomial`,
+            the training-free Lagrange perception on the anchors already computed (measured better
+            than anchor-only, see README). Pass a SideNet perception for the learned solver, or
+            ``"anchor-only"``.
+        anchors: BA-solver ``"bi"`` (default) or ``"single"`` (ablation).
+        final: BA-solver NFE scheme: ``"single"`` (default; scheme B, last interval single-anchor,
+            NFE = number of intervals) or ``"bi"`` (scheme A, NFE = intervals + 1).
+        save_states: also return the states at every grid time in ``result.xs``.
+        check_finite: check the state for NaN/inf after every interval and raise naming the
+            interval (one host sync per interval on a GPU; set False to skip).
+        field_dtype: run the field in this dtype (e.g. ``torch.bfloat16``) while the solver state
+            keeps x0's dtype; inputs are cast down and outputs cast up at each call.
+        **options: options of a baseline method (e.g. ``order=2`` for ``"dpm++"``).
+
+    Returns:
+        SolveResult with the final state, the counted NFE and perception calls, optional states,
+        and BA-solver's per-interval predictor/corrector gaps.
+
+    Raises:
+        ValueError / TypeError naming the bad argument; FloatingPointError when the state becomes
+        non-finite, naming the interval and time.
+    """
+    table = methods()
+    if method not in table:
+        raise ValueError(f"method: unknown method {method!r}; valid methods are: {', '.join(sorted(table))}")
+    if not callable(vfield):
+        raise TypeError(f"vfield: expected a callable vfield(t, x), got {type(vfield).__name__}")
+    grid = validate_grid(ts)
+    _validate_x0(x0)
+
+    where = _Where(grid)
+    field = CountedField(vfield, x0, where, field_dtype)
+    sampler = table[method]
+    ba_given = {k: v for k, v in dict(rule=rule, perception=perception, anchors=anchors, final=final).items() if v is not None}
+    counted_perception = None
+    if method == "ba-solver":
+        kwargs = dict(
+            rule=get_rule("gauss-lobatto-4" if rule is None else rule),
+            anchors=anchors or "bi",
+            final=final or "single",
+        )
+        counted_perception = CountedPerception(get_perception(perception), where)
+        kwargs["perception"] = counted_perception
+        if options:
+            raise TypeError(
+                f"options: {', '.join(sorted(options))} not understood by method 'ba-solver'; "
+                f"its options are {', '.join(_BA_ONLY)}"
+            )
+    else:
+        if ba_given:
+            raise TypeError(
+                f"{', '.join(ba_given)}: option(s) of method 'ba-solver' only, not of {method!r}"
+            )
+        valid = [p for p in inspect.signature(sampler).parameters if p not in ("field", "x0", "ts", "callback")]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise TypeError(
+                f"options: {', '.join(unknown)} not understood by method {method!r}; "
+                f"its options are {', '.join(valid) or '(none)'}"
+            )
+        kwargs = dict(options)
+
+    states = [x0] if save_states else None
+    gaps: list = []
+
+    def callback(i: int, t: float, x: Array, info: Any = None) -> None:
+        if check_finite and not B.all_finite(x):
+            raise FloatingPointError(
+                f"solve: the state became NaN/inf in interval {i} of {len(grid) - 1} "
+                f"(t = {grid[i - 1]:g} -> {grid[i]:g}), after {field.calls} vfield calls. "
+                "Check the field near this time (singular at an endpoint?) or use a finer grid."
+            )
+        if states is not None:
+            states.append(x)
+        if info is not None:
+            gaps.append(info.gap)
+        where.interval = i
+
+    x = sampler(field, x0, grid, callback=callback, **kwargs)
+    local = None
+    if method == "ba-solver":
+        local = np.array([math.nan if g is None else float(g) for g in gaps], dtype=np.float64)
+    return SolveResult(
+        x=x,
+        ts=grid,
+        nfe=field.calls,
+        perception_calls=counted_perception.calls if counted_perception is not None else 0,
+        xs=B.stack(states) if states is not None else None,
+        local_errors=local,
+        method=method,
+        options={**{k: v for k, v in kwargs.items() if k != "perception"}, **({"perception": repr(counted_perception)} if counted_perception else {})},
+    )
