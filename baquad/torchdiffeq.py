@@ -54,6 +54,9 @@ Semantics (identical to :func:`baquad.solve` on the same grid, same NFE):
   which only warns, an unknown option name raises ``TypeError`` naming it.
 - Host synchronisation: the grid and the output times are read to the host once per ``odeint``
   call; nothing else syncs unless ``check_finite=True`` (one sync per interval).
+- Autograd: backprop through ``odeint`` reaches ``y0`` and the parameters of ``func`` (and of a
+  learned perception). Times are host floats inside the solver, so no gradient flows to ``t``
+  through ``odeint`` (``odeint_adjoint`` computes time gradients itself from ``func``).
 - ``event_fn`` (``odeint_event``) is not supported and raises ``NotImplementedError``.
 """
 
@@ -242,6 +245,8 @@ class BASolver(FixedGridODESolver):
                 f"ba-solver: the integration grid must start at t[0] and end at t[-1]; got "
                 f"{s[0]!r}..{s[-1]!r} for t = {t_out[0]!r}..{t_out[-1]!r}"
             )
+        if len(s) == 1:  # a single time: nothing to integrate (as torchdiffeq's fixed-grid solvers)
+            return self.y0.unsqueeze(0)
         reversed_, _shapes, adjoint = _inspect_func(self.func)
         if adjoint and not _is_state_agnostic(self.perception):
             raise TypeError(
@@ -257,6 +262,7 @@ class BASolver(FixedGridODESolver):
         time_of = {tt: nodes[i] for i, tt in enumerate(true_grid)}
         dts = grid[1:] - grid[:-1]
         func = self.func
+        callback_step = getattr(func, "callback_step", None)  # torchdiffeq installs a no-op default
 
         def true_field(tt: float, x: torch.Tensor) -> torch.Tensor:
             out = func(time_of[tt], x)
@@ -286,10 +292,11 @@ class BASolver(FixedGridODESolver):
             if info is not None:
                 gaps.append(info.gap)
             where.interval = i
-            if i < last:
-                func.callback_step(nodes[i], x, dts[i])
+            if i < last and callback_step is not None:
+                callback_step(nodes[i], x, dts[i])
 
-        func.callback_step(nodes[0], self.y0, dts[0])
+        if callback_step is not None:
+            callback_step(nodes[0], self.y0, dts[0])
         try:
             ba_solver(
                 field,

@@ -110,20 +110,36 @@ def test_matches_baquad_solve(direction, state, kind, final):
     np.testing.assert_allclose(stats.local_errors.numpy(), ref.local_errors, rtol=1e-5, equal_nan=True)
 
 
-def test_step_size_grid_and_interpolated_outputs():
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_step_size_grid_and_interpolated_outputs(direction):
     """With step_size the grid is torchdiffeq's; output times off the grid are linearly interpolated."""
-    t = torch.tensor([0.0, 0.3, 1.0], dtype=DT)
+    t = direction * torch.tensor([0.0, 0.3, 1.0], dtype=DT)
     stats = btd.Stats()
     ys = torchdiffeq.odeint(vec_field, X0, t, method="ba-solver", options=dict(step_size=0.25, stats=stats))
-    grid = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=DT)
+    grid = direction * torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=DT)
     ref = baquad.solve(vec_field, X0, grid, save_states=True)
     assert stats.nfe == ref.nfe == 4
     assert torch.allclose(ys[-1], ref.x, atol=1e-12)
     lerp = ref.xs[1] + (0.3 - 0.25) / 0.25 * (ref.xs[2] - ref.xs[1])
     assert torch.allclose(ys[1], lerp, atol=1e-12)
-    # same as torchdiffeq's own linear interpolation convention: euler gives the same structure
-    ys_euler = torchdiffeq.odeint(vec_field, X0, t, method="euler", options=dict(step_size=0.25))
-    assert ys_euler.shape == ys.shape
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(anchors="single"),
+        dict(rule="gauss-lobatto-3", final="bi"),
+        dict(rule="gauss-legendre-3", perception="anchor-only"),
+        dict(rule="trapezoid", perception=AnchorPolynomial(2, 2)),
+    ],
+)
+def test_anchors_and_rule_options(options):
+    t = torch.tensor([1.0, 0.8, 0.5, 0.25, 0.0], dtype=DT)
+    counted, counted_ref = Counted(vec_field), Counted(vec_field)
+    ys = torchdiffeq.odeint(counted, X0, t, method="ba-solver", options=dict(options))
+    ref = baquad.solve(counted_ref, X0, t, **options)
+    assert torch.allclose(ys[-1], ref.x, rtol=0, atol=1e-12)
+    assert counted.n == counted_ref.n == ref.nfe
 
 
 # --------------------------------------------------------------------------------------
@@ -181,7 +197,7 @@ def test_perception_sees_true_time_and_velocity(state):
         assert anchor.t == tt and anchor.v is v
         v_indep = flat_f(tt, anchor.x)  # the field evaluated independently at the anchor
         assert torch.allclose(v, v_indep, rtol=0, atol=1e-14)
-    first_t, _, first_v, _ = rec.calls[0]
+    _, _, first_v, _ = rec.calls[0]
     flat0 = X0 if state == "tensor" else torch.cat([X0.reshape(-1), Z0])
     assert torch.allclose(first_v, flat_f(1.0, flat0), atol=1e-14)
 
@@ -306,6 +322,29 @@ def test_no_warnings_and_float32_state():
 
 def vec_field_f32(t, x):
     return torch.tanh(x @ W.T.float() + B0.float() * t) * (1.0 + t) - 0.5 * x
+
+
+class WithCallback(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, t, x):
+        return vec_field(t, x)
+
+    def callback_step(self, t0, y0, dt):
+        self.seen.append((float(t0), float(dt)))
+
+
+def test_callback_step_and_single_time():
+    func = WithCallback()
+    t = torch.tensor([1.0, 0.6, 0.0], dtype=DT)
+    torchdiffeq.odeint(func, X0, t, method="ba-solver")
+    # torchdiffeq un-negates the callback's t0 for decreasing time (as for its own solvers)
+    got = [(round(a, 12), round(b, 12)) for a, b in func.seen]
+    assert got == [(1.0, 0.4), (0.6, 0.6)]
+    y = torchdiffeq.odeint(vec_field, X0, torch.tensor([0.5], dtype=DT), method="ba-solver")
+    assert y.shape == (1, 4, 3) and torch.equal(y[0], X0)
 
 
 def test_event_fn_refused():
