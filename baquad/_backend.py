@@ -58,7 +58,10 @@ def all_finite(x: Array) -> bool:
 def rms(x: Array) -> Array:
     """Root-mean-square over all entries, as a 0-dim array of the input's backend (no sync)."""
     if is_torch(x):
-        return x.detach().float().pow(2).mean().sqrt()
+        x = x.detach()
+        if x.dtype.itemsize < 4:  # bf16/fp16 states: square in float32 to avoid overflow
+            x = x.float()
+        return x.pow(2).mean().sqrt()
     return np.sqrt(np.mean(np.square(x, dtype=np.float64)))
 
 

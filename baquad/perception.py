@@ -23,8 +23,9 @@ Built-ins:
   computed along the trajectory with a Lagrange polynomial in time (the Adams idea): forward
   probes extrapolate linearly from the (previous, start) anchors, backward probes interpolate
   quadratically between (previous, start, terminal). It ignores the state drift between
-  anchors, so it is exact for fields that depend on t only, up to its degree. This is
-  ``solve``'s default.
+  anchors; for fields that depend on t only it is exact after the first interval when the
+  field's degree is at most the degree each probe uses (1 for forward nodes, 2 for backward
+  ones). This is ``solve``'s default.
 - :class:`Oracle`: integrates the true ODE from (x, t) to t + d with a tight DOP853 reference
   solver and evaluates the field there: the ideal perception, for analysis only (costly).
 - :class:`FromDeviation`: wraps a user callable g(x, v, t, offsets) returning deviations.
@@ -95,7 +96,8 @@ class AnchorPolynomial(Perception):
     The velocities of earlier anchors were evaluated at other states of the same trajectory
     (the solver's predictors), so this is a multistep (Adams-type) predictor/corrector inside
     the quadrature rule: no training and no extra backbone calls. It ignores the state drift
-    between anchors, so it is exact only for fields that depend on t alone.
+    between anchors, so it can be exact only for fields that depend on t alone: a forward node
+    is exact up to ``extrapolation_degree``, a backward node up to ``interpolation_degree``.
 
     Defaults (2, 1) were chosen by measurement on the Gaussian-mixture flows (README): quadratic
     extrapolation amplified the fast change of the velocity near t = 0 and lost at 3-7 NFE, while

@@ -21,6 +21,7 @@ float64 values are cached in ``_rule_table.py`` so that sympy is needed only to 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -53,6 +54,8 @@ class QuadratureRule:
                 f"rule {self.name!r}: nodes ({len(self.nodes)}) and weights ({len(self.weights)}) "
                 "must be non-empty and of equal length"
             )
+        if not all(math.isfinite(c) for c in self.nodes + self.weights):
+            raise ValueError(f"rule {self.name!r}: nodes and weights must be finite, got {self.nodes}, {self.weights}")
         if any(b <= a for a, b in zip(self.nodes, self.nodes[1:])):
             raise ValueError(f"rule {self.name!r}: nodes must be strictly increasing, got {self.nodes}")
         if abs(sum(self.weights) - 1.0) > 1e-12:

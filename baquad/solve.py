@@ -86,6 +86,11 @@ def _validate_x0(x0: Any) -> None:
             f"x0: has dtype {x0.dtype}; the solver needs a real floating dtype. "
             "Cast it first, e.g. x0.astype(numpy.float32) or x0.float()."
         )
+    if not B.is_torch(x0) and x0.ndim == 0:
+        raise ValueError(
+            "x0: a 0-d numpy array turns into a numpy scalar under arithmetic; pass it with one "
+            "dimension, x0.reshape(1)"
+        )
     if not B.all_finite(x0):
         raise ValueError("x0: contains NaN or inf; the initial state must be finite")
 

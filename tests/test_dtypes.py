@@ -176,15 +176,9 @@ def test_field_dtype_numpy_float32():
 
 
 # ---------------------------------------------------------------------------------------
-# known library bugs (strict xfail: they flip to failures once fixed, so the marker goes)
+# regressions of bugs found by these tests
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: baquad/_backend.py rms() computes torch gaps in float32 (x.detach().float()), "
-    "so float64 tensors overflow to inf (gaps > ~1e19) or underflow to 0 (gaps < ~1e-19); "
-    "the numpy path squares in float64",
-)
 @pytest.mark.parametrize("scale", [1e22, 1e-25])
 def test_torch_float64_local_errors_scale_with_a_linear_problem(scale):
     # dx/dt = cos(t) A x is linear: every state and every gap scales exactly with x0
@@ -200,19 +194,7 @@ def test_numpy_local_errors_scale_with_a_linear_problem():
         np.testing.assert_allclose(got / scale, ref, rtol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a 0-d numpy x0 is accepted but the state decays to a numpy scalar after the "
-    "first update (0-d ndarray arithmetic returns np.float64): the field receives np.float64 "
-    "and the result is np.float64, not the documented ndarray of x0's type",
-)
-def test_zero_dimensional_numpy_state_keeps_its_type():
-    seen = []
-
-    def f(t, x):
-        seen.append(type(x))
-        return np.asarray(-x)
-
-    res = baquad.solve(f, np.array(1.0), np.linspace(0.0, 1.0, 6), perception="anchor-only")
-    assert set(seen) == {np.ndarray}
-    assert type(res.x) is np.ndarray and res.x.shape == ()
+def test_zero_dimensional_numpy_state_is_refused_with_the_fix():
+    # 0-d ndarray arithmetic returns np.float64 scalars, so the state would silently change type
+    with pytest.raises(ValueError, match=r"x0.*reshape\(1\)"):
+        baquad.solve(lambda t, x: -x, np.array(1.0), np.linspace(0.0, 1.0, 6), perception="anchor-only")
