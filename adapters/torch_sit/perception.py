@@ -1,0 +1,88 @@
+"""The learned perception: a torch SideNet behind the ``baquad.perception.Perception`` contract.
+
+For an anchor (x, v, t) and offsets d_1..d_m (true time, either sign) it returns
+
+    v_hat(t + d_k) = v + d_k * g(x, v, t, d_k),   k = 1..m                         (Eq. 5)
+
+stacked as ``(m, *x.shape)`` in x's dtype and device, with ONE SideNet forward per call: the m
+offsets are stacked along the batch dimension (x and v repeated m times, t repeated, d constant
+per block of B rows), which is what makes a whole quadrature rule cost one network call
+(paper Eq. 7, algorithm.md section 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from baquad.perception import Anchor, Perception
+
+__all__ = ["NeuralPerception"]
+
+
+class NeuralPerception(Perception):
+    """Perception from a SideNet ``g = sidenet(x, v, t, d, labels, guidance)``.
+
+    Args:
+        sidenet: an :class:`~adapters.torch_sit.sidenet.MLPSideNet`, a
+            :class:`~adapters.torch_sit.sidenet.ConvSideNet` or any module with that forward.
+        labels: class labels of the batch (shape ``(B,)``) for a class-conditional SideNet; None
+            uses its null label.
+        guidance_scale: the classifier-free guidance scale, for a SideNet conditioned on it.
+        grad: build the autograd graph (False: the forward runs under ``torch.no_grad()``).
+
+    The SideNet runs on its own device and dtype (inputs are moved there and g comes back to x's
+    device and dtype); ``t`` may be a Python float (as ``baquad.solve`` passes it), a 0-dim tensor
+    or a per-sample tensor of shape ``(B,)``. ``history`` is ignored. ``calls`` counts forwards.
+    """
+
+    history_size = 1
+
+    def __init__(self, sidenet: nn.Module, labels: Optional[torch.Tensor] = None,
+                 guidance_scale: Optional[float] = None, grad: bool = False):
+        self.sidenet = sidenet
+        self.labels = labels
+        self.guidance_scale = guidance_scale
+        self.grad = grad
+        self.calls = 0
+
+    def _param_like(self) -> torch.Tensor:
+        for p in self.sidenet.parameters():
+            return p
+        raise ValueError("NeuralPerception: the SideNet has no parameters (cannot tell its device/dtype)")
+
+    def __call__(self, x: torch.Tensor, v: torch.Tensor, t: Any, offsets: Sequence[float],
+                 history: Sequence[Anchor] = ()) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not isinstance(v, torch.Tensor):
+            raise TypeError("NeuralPerception: x and v must be torch tensors (a numpy state needs a numpy perception)")
+        if x.ndim < 1:
+            raise ValueError("NeuralPerception: the state needs a leading batch dimension")
+        m, n = len(offsets), x.shape[0]
+        p = self._param_like()
+        dev, dt = p.device, p.dtype
+        xs = x.to(dev, dt).unsqueeze(0).expand(m, *x.shape).reshape(m * n, *x.shape[1:])
+        vs = v.to(dev, dt).unsqueeze(0).expand(m, *v.shape).reshape(m * n, *v.shape[1:])
+        tt = torch.as_tensor(t, dtype=dt, device=dev)
+        if tt.ndim == 0 or tt.numel() == 1:
+            ts = tt.reshape(()).expand(m * n)
+        elif tuple(tt.shape) == (n,):
+            ts = tt.repeat(m)
+        else:
+            raise ValueError(f"NeuralPerception: t must be a scalar or of shape ({n},), got {tuple(tt.shape)}")
+        ds = torch.tensor([float(d) for d in offsets], dtype=dt, device=dev).repeat_interleave(n)
+        labels = None
+        if self.labels is not None:
+            lab = torch.as_tensor(self.labels, device=dev).long()
+            labels = lab.reshape(()).expand(m * n) if lab.numel() == 1 else lab.repeat(m)
+        guidance = None if self.guidance_scale is None else torch.full((m * n,), float(self.guidance_scale), dtype=dt, device=dev)
+        with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
+            g = self.sidenet(xs, vs, ts, ds, labels, guidance)
+        self.calls += 1
+        g = g.reshape(m, *x.shape).to(x.device, x.dtype)
+        d = torch.tensor([float(o) for o in offsets], dtype=x.dtype, device=x.device).reshape(m, *([1] * x.ndim))
+        return v.unsqueeze(0) + d * g
+
+    def __repr__(self) -> str:
+        return f"NeuralPerception({type(self.sidenet).__name__})"

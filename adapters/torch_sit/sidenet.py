@@ -1,0 +1,376 @@
+"""SideNets: small torch networks that learn bidirectional temporal perception.
+
+A SideNet predicts the first-order velocity deviation g of the paper's Eq. 5 (algorithm.md
+section 2): from an anchor (x, v, t) of a trajectory, v = f(x, t) a backbone velocity, and an
+offset d of either sign,
+
+    v_hat(t + d) = v + d * g(x, v, t, d),                                       (Eq. 5)
+
+so v_hat = v exactly at d = 0 and the combined model is lower-bounded by the backbone.
+
+Two architectures (paper Appendix E, Table 4; algorithm.md section 7):
+
+- :class:`MLPSideNet` for vector states ``(B, dim)`` (the analytic toy flows): input
+  concat(x, v); t, d (and optionally a class label and a guidance scale) enter through sinusoidal
+  embeddings, a small conditioning MLP and an additive projection into every hidden layer.
+- :class:`ConvSideNet` for image/latent states ``(B, C, H, W)``: input concat(x, v) (2C channels),
+  ResBlocks whose GroupNorms take their scale and shift from the conditioning embedding (AdaGN),
+  global self-attention, and a zero-initialised output convolution. The paper's setting is base
+  channels 128, time embedding 256, 4 layers (256 px) / 8 (512 px), about 6M parameters.
+
+Both zero-initialise their output layer, so an untrained SideNet returns g = 0 exactly and its
+perception is the anchor-only one (v_hat = v). Both take ``forward(x, v, t, d, labels=None,
+guidance=None)`` with t and d per-sample tensors of shape ``(B,)`` (or scalars) and return g with
+the shape of x. Each SideNet exposes ``config()`` (its class name and constructor arguments) so a
+checkpoint can rebuild it with :func:`build_sidenet`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MLPSideNet",
+    "ConvSideNet",
+    "SIDENETS",
+    "build_sidenet",
+    "count_parameters",
+    "sidenet_report",
+    "sinusoidal_embedding",
+]
+
+
+def sinusoidal_embedding(s: torch.Tensor, dim: int, max_freq: float = 1000.0) -> torch.Tensor:
+    """Sinusoidal features of a scalar per sample.
+
+    ``[cos(f_1 s), ..., cos(f_n s), sin(f_1 s), ..., sin(f_n s)]`` with n = dim // 2 angular
+    frequencies f_j geometric from 1 to ``max_freq`` (radians per unit of s), zero-padded to ``dim``
+    when dim is odd. ``s`` has shape ``(B,)``; the result ``(B, dim)`` in s's dtype.
+    """
+    half = dim // 2
+    if half == 0:
+        return s.new_zeros(s.shape[0], dim)
+    exps = torch.arange(half, device=s.device, dtype=torch.float32) / max(half - 1, 1)
+    freqs = torch.exp(exps * math.log(max_freq)).to(s.dtype)
+    ang = s[:, None] * freqs[None, :]
+    emb = torch.cat([torch.cos(ang), torch.sin(ang)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def _offset_extras(d: torch.Tensor) -> torch.Tensor:
+    """``[sign(d), log(|d| + 1e-4) / 4]``: the offset's direction and scale on a log axis, so a
+    network resolves small offsets (|d| ~ 0.01) as well as large ones. Shape ``(B, 2)``."""
+    return torch.stack([torch.sign(d), torch.log(d.abs() + 1e-4) / 4.0], dim=1)
+
+
+def _per_sample(s: Any, n: int, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample time/offset/scale tensor ``(n,)`` on like's device and dtype."""
+    s = torch.as_tensor(s, device=like.device, dtype=like.dtype)
+    if s.ndim == 0 or s.numel() == 1:
+        return s.reshape(()).expand(n)
+    if tuple(s.shape) != (n,):
+        raise ValueError(f"expected a scalar or a per-sample tensor of shape ({n},), got {tuple(s.shape)}")
+    return s
+
+
+class _Conditioning(nn.Module):
+    """Embedding of (t, d[, class label][, guidance scale]) into one vector per sample.
+
+    Each scalar goes through sinusoidal features (plus sign/log-scale features for d when
+    ``offset_log_sign``) and a two-layer SiLU MLP; the label through an embedding table with one
+    extra row (index ``num_classes``) for the unconditional "null" label; the parts are summed.
+    """
+
+    def __init__(
+        self,
+        out_dim: int,
+        freq_dim: int,
+        max_freq: float,
+        offset_log_sign: bool,
+        num_classes: Optional[int],
+        guidance: bool,
+    ):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.max_freq = max_freq
+        self.offset_log_sign = offset_log_sign
+        self.num_classes = num_classes
+
+        def mlp(n_in: int) -> nn.Sequential:
+            return nn.Sequential(nn.Linear(n_in, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+        self.t_mlp = mlp(freq_dim)
+        self.d_mlp = mlp(freq_dim + (2 if offset_log_sign else 0))
+        self.label_embed = nn.Embedding(num_classes + 1, out_dim) if num_classes else None
+        self.g_mlp = mlp(freq_dim) if guidance else None
+
+    def forward(self, t: torch.Tensor, d: torch.Tensor, labels: Optional[torch.Tensor],
+                guidance: Optional[torch.Tensor]) -> torch.Tensor:
+        feat_d = sinusoidal_embedding(d, self.freq_dim, self.max_freq)
+        if self.offset_log_sign:
+            feat_d = torch.cat([feat_d, _offset_extras(d)], dim=1)
+        c = self.t_mlp(sinusoidal_embedding(t, self.freq_dim, self.max_freq)) + self.d_mlp(feat_d)
+        if self.label_embed is not None:
+            if labels is None:
+                labels = torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)
+            c = c + self.label_embed(labels.to(device=t.device, dtype=torch.long))
+        if self.g_mlp is not None:
+            if guidance is None:
+                raise ValueError("this SideNet is conditioned on the guidance scale: pass guidance=...")
+            c = c + self.g_mlp(sinusoidal_embedding(guidance, self.freq_dim, 10.0))
+        return c
+
+
+class _SideNetBase(nn.Module):
+    """Shared plumbing: config, input normalisation of (t, d, labels, guidance)."""
+
+    _config: dict
+
+    def config(self) -> dict:
+        """Class name and constructor arguments (JSON-serialisable), for checkpoints."""
+        return {"class": type(self).__name__, **self._config}
+
+    def _prepare(self, x: torch.Tensor, t: Any, d: Any, labels: Any, guidance: Any):
+        n = x.shape[0]
+        t = _per_sample(t, n, x)
+        d = _per_sample(d, n, x)
+        if labels is not None:
+            labels = torch.as_tensor(labels, device=x.device).long()
+            labels = labels.reshape(()).expand(n) if labels.numel() == 1 else labels
+        if guidance is not None:
+            guidance = _per_sample(guidance, n, x)
+        return t, d, labels, guidance
+
+
+class MLPSideNet(_SideNetBase):
+    """SideNet for vector states: an MLP on concat(x, v) conditioned on (t, d[, label, scale]).
+
+    g = W_out h_depth, with h_1 = SiLU(A concat(x, v) + P_1 c) and h_l = SiLU(W_l h_{l-1} + P_l c)
+    for l = 2..depth, where c is the conditioning embedding of (t, d) (sinusoidal features of t
+    and d, plus sign(d) and log|d| features when ``offset_log_sign``). W_out is zero at
+    initialisation, so g = 0 and v_hat = v (Eq. 5) until it is trained.
+
+    Args:
+        dim: state dimension (states of shape ``(B, *shape)`` are flattened; prod(shape) = dim).
+        hidden: width of the hidden layers.
+        depth: number of hidden layers.
+        embed_dim: width of the conditioning embedding (also the sinusoidal feature count).
+        num_classes: class-conditional SideNet (an embedding table with a null label) or None.
+        guidance: condition on the classifier-free guidance scale.
+        max_freq: highest angular frequency of the sinusoidal features (t, d in true time units).
+        offset_log_sign: add sign(d) and log(|d| + 1e-4) to the offset features.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int = 256,
+        depth: int = 3,
+        embed_dim: int = 64,
+        num_classes: Optional[int] = None,
+        guidance: bool = False,
+        max_freq: float = 100.0,
+        offset_log_sign: bool = True,
+    ):
+        super().__init__()
+        if dim < 1 or hidden < 1 or depth < 1 or embed_dim < 2:
+            raise ValueError(f"MLPSideNet: need dim, hidden, depth >= 1 and embed_dim >= 2, got "
+                             f"dim={dim}, hidden={hidden}, depth={depth}, embed_dim={embed_dim}")
+        self._config = dict(dim=int(dim), hidden=int(hidden), depth=int(depth), embed_dim=int(embed_dim),
+                            num_classes=None if num_classes is None else int(num_classes),
+                            guidance=bool(guidance), max_freq=float(max_freq),
+                            offset_log_sign=bool(offset_log_sign))
+        self.dim = dim
+        self.cond = _Conditioning(embed_dim, embed_dim, max_freq, offset_log_sign, num_classes, guidance)
+        self.inp = nn.Linear(2 * dim, hidden)
+        self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
+        self.cond_proj = nn.ModuleList(nn.Linear(embed_dim, hidden) for _ in range(depth))
+        self.out = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor, t: Any, d: Any,
+                labels: Any = None, guidance: Any = None) -> torch.Tensor:
+        """g(x, v, t, d) with the shape of x. t, d, guidance: scalars or ``(B,)``; labels ``(B,)``."""
+        t, d, labels, guidance = self._prepare(x, t, d, labels, guidance)
+        n = x.shape[0]
+        c = F.silu(self.cond(t, d, labels, guidance))
+        h = F.silu(self.inp(torch.cat([x.reshape(n, -1), v.reshape(n, -1)], dim=1)) + self.cond_proj[0](c))
+        for layer, proj in zip(self.layers, self.cond_proj[1:]):
+            h = F.silu(layer(h) + proj(c))
+        return self.out(h).reshape(x.shape)
+
+
+def _groups(channels: int, max_groups: int = 32) -> int:
+    g = min(max_groups, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+class AdaGN(nn.Module):
+    """Adaptive group normalisation: GN(h) * (1 + scale(c)) + shift(c), per channel."""
+
+    def __init__(self, channels: int, cond_dim: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(channels), channels, affine=False)
+        self.proj = nn.Linear(cond_dim, 2 * channels)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(c)[:, :, None, None].chunk(2, dim=1)
+        return self.norm(h) * (1 + scale) + shift
+
+
+class ResBlock(nn.Module):
+    """h + conv(SiLU(AdaGN(conv(SiLU(AdaGN(h, c))), c))): a conditioned residual block."""
+
+    def __init__(self, channels: int, cond_dim: int):
+        super().__init__()
+        self.norm1 = AdaGN(channels, cond_dim)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = AdaGN(channels, cond_dim)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        r = self.conv1(F.silu(self.norm1(h, c)))
+        r = self.conv2(F.silu(self.norm2(r, c)))
+        return h + r
+
+
+class SelfAttention(nn.Module):
+    """Global multi-head self-attention over the H*W positions, residual, pre-GroupNorm."""
+
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"ConvSideNet: base_channels {channels} must be divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, ch, hh, ww = h.shape
+        q, k, v = self.qkv(self.norm(h)).reshape(b, 3, self.num_heads, ch // self.num_heads, hh * ww).unbind(1)
+        a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return h + self.proj(a.transpose(-1, -2).reshape(b, ch, hh, ww))
+
+
+class ConvSideNet(_SideNetBase):
+    """SideNet for image/latent states ``(B, C, H, W)`` (paper Appendix E, Table 4).
+
+    conv3x3(concat(x, v)) -> ``num_layers`` x [``res_blocks`` AdaGN ResBlocks, global
+    self-attention] -> GroupNorm, SiLU, conv3x3 to C channels, zero-initialised (g = 0 until
+    trained). The conditioning vector (dimension ``time_embed_dim``) sums the embeddings of t, d
+    (sinusoidal + MLP; d also with sign/log-scale features), the class label (with a null label
+    for unconditional use) and optionally the guidance scale; every ResBlock's GroupNorms take
+    their scale and shift from it (AdaGN).
+
+    Args:
+        in_channels: C (4 for SD-VAE latents); the network reads 2C channels.
+        base_channels: width of every block (128 in the paper).
+        time_embed_dim: conditioning dimension (256 in the paper).
+        num_layers: number of (ResBlocks, attention) layers (4 at 256 px, 8 at 512 px).
+        num_classes: class-conditional SideNet, or None.
+        num_heads: attention heads.
+        guidance: condition on the guidance scale.
+        res_blocks: ResBlocks per layer. The paper does not give the block structure; 3 gives
+            5.9M parameters at the defaults with 1000 classes and C = 4, its "about 6M".
+        max_freq: highest angular frequency of the sinusoidal features.
+        offset_log_sign: add sign(d) and log(|d| + 1e-4) to the offset features.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        base_channels: int = 128,
+        time_embed_dim: int = 256,
+        num_layers: int = 4,
+        num_classes: Optional[int] = None,
+        num_heads: int = 4,
+        guidance: bool = False,
+        res_blocks: int = 3,
+        max_freq: float = 1000.0,
+        offset_log_sign: bool = True,
+    ):
+        super().__init__()
+        self._config = dict(in_channels=int(in_channels), base_channels=int(base_channels),
+                            time_embed_dim=int(time_embed_dim), num_layers=int(num_layers),
+                            num_classes=None if num_classes is None else int(num_classes),
+                            num_heads=int(num_heads), guidance=bool(guidance), res_blocks=int(res_blocks),
+                            max_freq=float(max_freq), offset_log_sign=bool(offset_log_sign))
+        self.cond = _Conditioning(time_embed_dim, time_embed_dim, max_freq, offset_log_sign, num_classes, guidance)
+        self.conv_in = nn.Conv2d(2 * in_channels, base_channels, 3, padding=1)
+        self.blocks = nn.ModuleList()
+        for _ in range(num_layers):
+            for _ in range(res_blocks):
+                self.blocks.append(ResBlock(base_channels, time_embed_dim))
+            self.blocks.append(SelfAttention(base_channels, num_heads))
+        self.norm_out = nn.GroupNorm(_groups(base_channels), base_channels)
+        self.conv_out = nn.Conv2d(base_channels, in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor, t: Any, d: Any,
+                labels: Any = None, guidance: Any = None) -> torch.Tensor:
+        """g(x, v, t, d) with the shape of x ``(B, C, H, W)``."""
+        if x.ndim != 4:
+            raise ValueError(f"ConvSideNet: expected states of shape (B, C, H, W), got {tuple(x.shape)}")
+        t, d, labels, guidance = self._prepare(x, t, d, labels, guidance)
+        c = F.silu(self.cond(t, d, labels, guidance))
+        h = self.conv_in(torch.cat([x, v], dim=1))
+        for block in self.blocks:
+            h = block(h, c) if isinstance(block, ResBlock) else block(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+SIDENETS: dict[str, type] = {"MLPSideNet": MLPSideNet, "ConvSideNet": ConvSideNet}
+
+
+def build_sidenet(config: dict) -> nn.Module:
+    """Rebuild a SideNet from its :meth:`config` dict (``{"class": name, **kwargs}``)."""
+    config = dict(config)
+    name = config.pop("class", None)
+    if name not in SIDENETS:
+        raise ValueError(f"build_sidenet: unknown SideNet class {name!r}; known: {', '.join(SIDENETS)}")
+    return SIDENETS[name](**config)
+
+
+def count_parameters(module: Any) -> int:
+    """Number of scalar parameters of a module (shared parameters counted once)."""
+    seen: set[int] = set()
+    n = 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def sidenet_report(sidenet: nn.Module, backbone: Any = None) -> str:
+    """One line: the SideNet's parameter count, the backbone's, and their ratio.
+
+    ``backbone``: an ``nn.Module``, a :class:`adapters.torch_sit.backbones.Backbone` (analytic
+    backbones report "analytic"), an int parameter count, or None.
+    """
+    n = count_parameters(sidenet)
+    line = f"SideNet {type(sidenet).__name__}: {n:,} parameters"
+    if backbone is None:
+        return line
+    name = getattr(backbone, "name", type(backbone).__name__)
+    if isinstance(backbone, int):
+        nb, name = backbone, "backbone"
+    elif isinstance(backbone, nn.Module):
+        nb = count_parameters(backbone)
+    else:
+        nb = getattr(backbone, "num_parameters", None)
+    if not nb:
+        return f"{line}; backbone {name}: analytic (no parameters)"
+    return f"{line}; backbone {name}: {nb:,} parameters; ratio {100.0 * n / nb:.3g}% of the backbone"
