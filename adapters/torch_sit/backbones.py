@@ -128,9 +128,9 @@ def _analytic_flow(flow_name: str) -> Callable[..., Backbone]:
 
         def sample_data(n: int, generator: torch.Generator) -> torch.Tensor:
             # exact mixture samples driven by the torch generator (reproducible across ranks)
-            k = torch.multinomial(torch.as_tensor(flow.weights), n, replacement=True, generator=generator)
+            k = torch.multinomial(torch.tensor(flow.weights), n, replacement=True, generator=generator)
             z = torch.randn(n, flow.dim, generator=generator, dtype=torch.float64)
-            mu, s = torch.as_tensor(flow.means), torch.as_tensor(flow.stds)
+            mu, s = torch.tensor(flow.means), torch.tensor(flow.stds)
             return (mu[k] + s[k] * z).float()
 
         return Backbone(flow_name, fn, (flow.dim,), None, None, None, sample_data, {"flow": flow})
