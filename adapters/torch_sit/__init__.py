@@ -1,0 +1,42 @@
+"""torch side of BA-solver: SideNets, their perception, chain training and checkpoints.
+
+- :mod:`.sidenet`: :class:`MLPSideNet` (vector states), :class:`ConvSideNet` (images/latents),
+  ``count_parameters``, ``sidenet_report``, ``build_sidenet``.
+- :mod:`.perception`: :class:`NeuralPerception`, a SideNet behind ``baquad``'s perception contract
+  (all offsets of an interval in one batched forward).
+- :mod:`.chain`: :class:`ChainConfig`, ``chain_losses`` and :class:`ChainTrainer` (paper Sec. 3.2.3).
+- :mod:`.checkpoint`: atomic safetensors checkpoints, ``save_sidenet`` / ``load_sidenet``.
+- :mod:`.backbones`: the backbone registry (``get_backbone("gmm-ring2d")``).
+- :mod:`.train`: ``train(...)`` and the ``python -m adapters.torch_sit.train`` command (DDP-ready).
+"""
+
+from .backbones import Backbone, CountingBackbone, backbone_names, get_backbone, register_backbone
+from .chain import ChainConfig, ChainTrainer, chain_losses, sample_batch, sample_times, simulate_chain
+from .checkpoint import ArchitectureMismatch, load_checkpoint, load_sidenet, save_checkpoint, save_sidenet
+from .perception import NeuralPerception
+from .sidenet import ConvSideNet, MLPSideNet, build_sidenet, count_parameters, sidenet_report
+
+__all__ = [
+    "MLPSideNet",
+    "ConvSideNet",
+    "build_sidenet",
+    "count_parameters",
+    "sidenet_report",
+    "NeuralPerception",
+    "ChainConfig",
+    "ChainTrainer",
+    "chain_losses",
+    "sample_batch",
+    "sample_times",
+    "simulate_chain",
+    "save_checkpoint",
+    "load_checkpoint",
+    "save_sidenet",
+    "load_sidenet",
+    "ArchitectureMismatch",
+    "Backbone",
+    "CountingBackbone",
+    "get_backbone",
+    "register_backbone",
+    "backbone_names",
+]
