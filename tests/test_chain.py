@@ -286,6 +286,8 @@ def test_config_validation_and_schedule():
         ChainConfig(intervals="gamma")
     with pytest.raises(ValueError, match="direction"):
         ChainConfig(direction="invert")  # inversion cannot start from noise at t = 1
+    with pytest.raises(ValueError, match="start_max"):
+        ChainConfig(start="path", start_min=0.0, start_max=0.0)  # chains would start at t = 0
     with pytest.raises(ValueError, match="rule"):
         ChainConfig(rule="no-such-rule")
     with pytest.raises(ValueError, match="unknown fields"):

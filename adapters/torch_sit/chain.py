@@ -163,6 +163,9 @@ class ChainConfig:
             bad("start_min", f"need 0 <= start_min <= start_max <= 1 (start_max = {self.start_max})")
         if self.direction not in DIRECTIONS:
             bad("direction", f"must be one of {DIRECTIONS}")
+        if self.start == "path" and (self.start_max if self.direction == "generate" else 1.0 - self.start_min) <= 0.0:
+            bad("start_max" if self.direction == "generate" else "start_min",
+                "the start-time range leaves no time to integrate toward the end of the chain")
         if self.direction == "invert" and self.start == "noise":
             bad("direction", "inversion chains run toward t = 1 and cannot start from noise at t = 1; use start='path'")
         get_rule(self.rule).check_unit_interval("rule")
@@ -406,7 +409,7 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     """
     K = ro.H.shape[0]
     if K == 0:
-        raise ValueError("rollout_loss: the rollout has no interval")
+        raise ValueError("rollout_loss: the rollout has no interval (every chain started at its end time)")
     xf = torch.stack(ro.X[:K])[:, samples]
     xb = torch.stack(ro.Xe[1:])[:, samples]
     v0 = torch.stack(ro.V[:K])[:, samples]
