@@ -1,4 +1,4 @@
-"""Convergence-order analysis.
+"""Convergence-order analysis: empirical (measured) and symbolic (sympy) orders.
 
 Empirical part
 --------------
@@ -14,17 +14,56 @@ from the line (a quick check that the data really are in the asymptotic regime).
 Nothing is dropped silently: any non-positive or non-finite error or step size is
 an error, because a zero error usually means the test problem is solved exactly
 by the method and the fit would be meaningless.
+
+:func:`empirical_order` runs a method (a ``baquad.solve`` method name with its options, or any
+solve callable) over a range of step counts on a flow, measures the error against the flow's
+exact solution (``flow.exact``) or a tight :func:`~baquad.reference.reference_solve`, and fits
+the slope with :func:`fit_order`.
+
+Symbolic part (needs sympy)
+---------------------------
+- :func:`degree_of_exactness`: the largest ``p`` such that ``sum_k w_k c_k^j == 1/(j+1)`` for
+  every ``j <= p``, decided exactly from the sympy nodes and weights of
+  :func:`baquad.rules.derive` (radicals, or ``CRootOf`` algebraic numbers).
+- :func:`leading_lte`: the leading local truncation error of a rule of degree ``d`` on one
+  interval of length ``h``: for ``v(t) = t^(d+1)`` the exact integral minus the rule is
+  ``E h^(d+2)``, and for a smooth ``v`` the local error is ``C h^(d+2) v^(d+1) + O(h^(d+3))``
+  with the Peano constant ``C = E / (d+1)!`` (trapezoid ``-1/12``, Simpson ``-1/2880``).
+- :func:`anchor_error_bounds`: the paper's Appendix A-B comparison. With a perception whose
+  velocity error grows linearly in the absolute offset, ``|e(d)| <= L K |d|``, the single-anchor
+  interval bound is ``int_0^h L K s ds = L K h^2 / 2`` and the bi-anchor bound
+  ``int_0^{h/2} L K s ds + int_{h/2}^h L K (h - s) ds = L K h^2 / 4``: ratio exactly 1/2.
+- :func:`quadrature_anchor_bounds`: the same comparison for what a rule actually integrates,
+  ``h sum_k w_k L K |d_k|`` with the offsets the solver uses (forward ``c_k h`` for a single
+  anchor; ``min(c_k, 1 - c_k) h`` for the bi-anchor scheme, the node ``c = 1/2`` backward). The
+  ratio is then rule dependent (0 for the trapezoid, whose nodes are both anchors; 2/3 for
+  Simpson; ``(5 - sqrt 5)/6 ~ 0.46`` for Gauss-Lobatto-4), not the continuous 1/2.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from functools import lru_cache
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["OrderFit", "fit_order"]
+__all__ = [
+    "OrderFit",
+    "fit_order",
+    "EmpiricalOrder",
+    "empirical_order",
+    "ExactRule",
+    "exact_rule",
+    "moment_defect",
+    "degree_of_exactness",
+    "LocalTruncationError",
+    "leading_lte",
+    "AnchorBounds",
+    "anchor_error_bounds",
+    "quadrature_anchor_bounds",
+]
 
 
 @dataclass(frozen=True)
@@ -111,3 +150,487 @@ def fit_order(
     resid = y - (intercept + slope * x)
     rms = float(np.sqrt(np.mean(resid**2)))
     return OrderFit(order=slope, intercept=intercept, residual=rms, n_points=int(h.size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Empirical order of a solver on a flow
+
+
+class EmpiricalOrder(NamedTuple):
+    """What :func:`empirical_order` returns; unpacks as ``fit, step_sizes, errors``.
+
+    Attributes:
+        fit: the :class:`OrderFit` of ``errors`` against ``step_sizes``.
+        step_sizes: ``|t1 - t0| / n`` for every step count ``n``.
+        errors: the error of the final state at every step count.
+    """
+
+    fit: OrderFit
+    step_sizes: np.ndarray
+    errors: np.ndarray
+
+    @property
+    def order(self) -> float:
+        """The fitted order (``fit.order``)."""
+        return self.fit.order
+
+    @property
+    def residual(self) -> float:
+        """The RMS deviation of the points from the fitted line (``fit.residual``)."""
+        return self.fit.residual
+
+
+def _error_fn(error: "str | Callable[[np.ndarray, np.ndarray], float]") -> Callable[[np.ndarray, np.ndarray], float]:
+    if callable(error):
+        return error
+    if error == "max":
+        return lambda x, ref: float(np.max(np.abs(x - ref)))
+    if error == "rms":
+        return lambda x, ref: float(np.sqrt(np.mean((x - ref) ** 2)))
+    raise ValueError(f"error: must be 'max', 'rms' or a callable error(x, exact), got {error!r}")
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if type(x).__module__.startswith("torch"):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def empirical_order(
+    method: "str | Callable[..., Any]",
+    flow: Callable[[float, Any], Any],
+    step_counts: Sequence[int],
+    *,
+    x0: Any = None,
+    t0: float = 1.0,
+    t1: float = 0.0,
+    grid: Optional[Callable[[int], Sequence[float]]] = None,
+    exact: Any = None,
+    error: "str | Callable[[np.ndarray, np.ndarray], float]" = "max",
+    oracle_rtol: float = 1e-13,
+    oracle_atol: float = 1e-14,
+    reference_rtol: float = 1e-13,
+    reference_atol: float = 1e-13,
+    **options: Any,
+) -> EmpiricalOrder:
+    """Measure the convergence order of ``method`` on ``flow``.
+
+    For every ``n`` in ``step_counts`` the method integrates ``flow`` from ``x0`` at ``t0`` to
+    ``t1`` over ``n`` intervals (uniform unless ``grid`` is given); the error of the final state
+    against the exact solution is recorded and :func:`fit_order` fits ``log e`` against
+    ``log(|t1 - t0| / n)``.
+
+    Args:
+        method: a method name of :func:`baquad.solve` (``"ba-solver"``, ``"euler"``, ``"rk4"``,
+            ``"dpm++"``, ...), whose options (``rule``, ``perception``, ``anchors``, ``final``,
+            ``order``, ...) are passed as keyword ``options``; ``perception="oracle"`` builds
+            :class:`~baquad.perception.Oracle` ``(flow, oracle_rtol, oracle_atol)``. Or a
+            callable ``method(vfield, x0, ts)`` returning the final state (an array, or an
+            object with an ``x`` attribute such as a ``SolveResult``); ``options`` are then
+            passed to it.
+        flow: the velocity field ``flow(t, x)``; a :mod:`baquad.flows` flow with the
+            ``"trajectory"`` truth gives the exact solution via ``flow.exact(t1, x0, t0)``.
+        step_counts: numbers of intervals (at least 2 distinct).
+        x0: initial state (default: 8 seeded standard-normal states of dimension ``flow.dim``).
+        t0, t1: start and end time (either order). Ignored when ``grid`` is given.
+        grid: ``grid(n) -> ts``, a strictly monotone grid of ``n + 1`` times; it fixes ``t0`` and
+            ``t1`` (all grids must share their endpoints). The step size reported is still
+            ``|t1 - t0| / n``.
+        exact: the exact final state, when known otherwise. Default: ``flow.exact`` when the
+            flow has closed-form trajectories, else ``reference_solve`` (DOP853 at
+            ``reference_rtol``, ``reference_atol``).
+        error: ``"max"`` (max absolute entry, default), ``"rms"``, or ``error(x, exact)``.
+
+    Returns:
+        :class:`EmpiricalOrder` ``(fit, step_sizes, errors)``.
+
+    Raises:
+        ValueError: fewer than 2 step counts, a non-positive step count, grids with different
+            endpoints, or an error that is zero/non-finite (the fit names the entry).
+    """
+    counts = [int(n) for n in step_counts]
+    if len(counts) < 2 or any(n < 1 for n in counts):
+        raise ValueError(f"step_counts: need at least 2 positive step counts, got {list(step_counts)}")
+    make_grid = grid if grid is not None else (lambda n: np.linspace(t0, t1, n + 1))
+    grids = [np.asarray(make_grid(n), dtype=np.float64) for n in counts]
+    for n, ts in zip(counts, grids):
+        if ts.shape != (n + 1,):
+            raise ValueError(f"grid: grid({n}) must have {n + 1} times, got shape {ts.shape}")
+    start, end = float(grids[0][0]), float(grids[0][-1])
+    if any(ts[0] != start or ts[-1] != end for ts in grids):
+        raise ValueError("grid: every grid must start at the same t0 and end at the same t1")
+
+    if x0 is None:
+        dim = getattr(flow, "dim", None)
+        if not dim:
+            raise ValueError("x0: required when the flow has no `dim` attribute")
+        x0 = np.random.default_rng(0).standard_normal((8, int(dim)))
+
+    if exact is None:
+        if "trajectory" in getattr(flow, "truth", ()) and hasattr(flow, "exact"):
+            exact = flow.exact(end, x0, start)
+        else:
+            from .reference import reference_solve
+
+            exact = reference_solve(flow, x0, [start, end], rtol=reference_rtol, atol=reference_atol)[-1]
+    ref = _to_numpy(exact)
+    measure = _error_fn(error)
+
+    if isinstance(method, str):
+        from .perception import Oracle
+        from .solve import solve
+
+        opts = dict(options)
+        if isinstance(opts.get("perception"), str) and opts["perception"] == "oracle":
+            opts["perception"] = Oracle(flow, rtol=oracle_rtol, atol=oracle_atol)
+
+        def run(ts: np.ndarray) -> Any:
+            return solve(flow, x0, ts, method=method, **opts)
+
+    elif callable(method):
+
+        def run(ts: np.ndarray) -> Any:
+            return method(flow, x0, ts, **options)
+
+    else:
+        raise TypeError(f"method: expected a method name or a callable, got {type(method).__name__}")
+
+    steps, errors = [], []
+    for n, ts in zip(counts, grids):
+        out = run(ts)
+        x = getattr(out, "x", out)
+        steps.append(abs(end - start) / n)
+        errors.append(measure(_to_numpy(x), ref))
+    h = np.asarray(steps)
+    e = np.asarray(errors)
+    try:
+        fit = fit_order(h, e)
+    except ValueError as err:
+        raise ValueError(
+            f"empirical_order: cannot fit step counts {counts} with errors {e.tolist()}: {err}"
+        ) from err
+    return EmpiricalOrder(fit, h, e)
+
+
+# ---------------------------------------------------------------------------------------------
+# Symbolic part (sympy)
+
+
+@dataclass(frozen=True)
+class ExactRule:
+    """A quadrature rule on [0, 1] with exact sympy nodes and weights.
+
+    Attributes:
+        name: canonical name (``"gauss-lobatto-4"``).
+        family: ``"gauss-lobatto"`` or ``"gauss-legendre"``.
+        n: number of nodes.
+        nodes: exact nodes c_k (increasing).
+        weights: exact weights w_k.
+        claimed_degree: the degree the family formula states (2n - 3 Lobatto, 2n - 1 Legendre);
+            :func:`degree_of_exactness` computes it independently from the nodes and weights.
+    """
+
+    name: str
+    family: str
+    n: int
+    nodes: tuple
+    weights: tuple
+    claimed_degree: int
+
+
+_FAMILIES = ("gauss-lobatto", "gauss-legendre")
+_RULE_ALIASES = {"trapezoid": "gauss-lobatto-2", "simpson": "gauss-lobatto-3"}
+
+
+def _parse_rule(rule: Any) -> tuple[str, int]:
+    name = getattr(rule, "name", rule)
+    if not isinstance(name, str):
+        raise TypeError(f"rule: expected a rule name or a QuadratureRule, got {type(rule).__name__}")
+    key = _RULE_ALIASES.get(name.lower(), name.lower())
+    family, _, n = key.rpartition("-")
+    if family not in _FAMILIES or not n.isdigit():
+        raise ValueError(
+            f"rule: {name!r} is not a Gauss-Lobatto/Gauss-Legendre rule name such as "
+            "'gauss-lobatto-4', 'gauss-legendre-3', 'trapezoid' or 'simpson'"
+        )
+    return family, int(n)
+
+
+@lru_cache(maxsize=None)
+def _exact_rule(family: str, n: int) -> ExactRule:
+    from .rules import derive
+
+    nodes, weights, degree = derive(family, n)
+    return ExactRule(f"{family}-{n}", family, n, tuple(nodes), tuple(weights), degree)
+
+
+def exact_rule(rule: Any) -> ExactRule:
+    """The exact sympy nodes and weights of a named rule (``baquad.rules.derive``, cached).
+
+    ``rule`` is a name (``"gauss-lobatto-n"``, ``"gauss-legendre-n"``, ``"trapezoid"``,
+    ``"simpson"``) or a :class:`~baquad.rules.QuadratureRule` with such a name.
+    """
+    return _exact_rule(*_parse_rule(rule))
+
+
+def _numberfield_parts(nodes: Sequence, weights: Sequence):
+    """Split the terms of a rule for exact power sums.
+
+    Nodes/weights free of ``CRootOf`` (rationals and radicals) are returned as they are. The
+    others must each involve one ``CRootOf(f, i)``; they are written as polynomials of degree
+    < deg f in a root y of f (division by inverting modulo f) and grouped by f. When a group's
+    nodes are all the roots of f with the same polynomials, its power sums are traces over the
+    roots, which are rational and computed exactly from Newton's identities.
+    """
+    import sympy as sp
+
+    y = sp.Dummy("y")
+    plain, groups = [], {}
+    for c, w in zip(nodes, weights):
+        roots = (sp.sympify(c).atoms(sp.CRootOf) | sp.sympify(w).atoms(sp.CRootOf))
+        if not roots:
+            plain.append((c, w))
+            continue
+        if len(roots) != 1:
+            raise ValueError(f"node {c} / weight {w} involves several algebraic numbers")
+        (r,) = roots
+        f = sp.Poly(r.poly.as_expr().subs(r.poly.gens[0], y), y)
+
+        def as_poly(expr):
+            num, den = sp.fraction(sp.together(sp.sympify(expr).subs(r, y)))
+            return sp.rem(sp.Poly(num, y) * sp.invert(sp.Poly(den, y), f), f)
+
+        groups.setdefault(f, []).append((int(r.args[1]), as_poly(c), as_poly(w)))
+    traced = []
+    for f, items in groups.items():
+        first = items[0]
+        complete = sorted(i for i, _, _ in items) == list(range(f.degree()))
+        same = all(qc == first[1] and qw == first[2] for _, qc, qw in items)
+        if not (complete and same):
+            raise ValueError(f"the nodes that are roots of {f.as_expr()} are not all its roots with one weight formula")
+        traced.append((f, first[1], first[2]))
+    return plain, traced
+
+
+def _power_sums(f, count: int) -> list:
+    """Power sums s_0..s_{count-1} of the roots of f (Newton's identities), exact rationals."""
+    import sympy as sp
+
+    coeffs = f.monic().all_coeffs()  # 1, e-like coefficients a_1..a_m: x^m + a_1 x^(m-1) + ...
+    m = f.degree()
+    a = [sp.Rational(0)] * (max(count, m) + 1)
+    for i in range(1, m + 1):
+        a[i] = coeffs[i]
+    s = [sp.Integer(m)]
+    for k in range(1, count):
+        val = -k * a[k] if k <= m else sp.Integer(0)
+        for i in range(1, min(k - 1, m) + 1):
+            val -= a[i] * s[k - i]
+        s.append(val)
+    return s
+
+
+def _trace(f, q) -> Any:
+    """sum over the roots y_j of f of the polynomial q(y_j)."""
+    import sympy as sp
+
+    coeffs = list(reversed(q.all_coeffs()))  # q_0 + q_1 y + ...
+    s = _power_sums(f, len(coeffs))
+    return sp.Add(*[c * s[i] for i, c in enumerate(coeffs)])
+
+
+def _exact_value(expr: Any) -> Any:
+    """Simplify an algebraic number exactly: a rational when it is one (decided with its minimal
+    polynomial), else its radical-simplified form."""
+    import sympy as sp
+
+    expr = sp.sympify(expr)
+    if expr.is_Rational:
+        return expr
+    z = sp.radsimp(sp.expand(expr))
+    if z.is_Rational:
+        return z
+    X = sp.Dummy("X")
+    mp = sp.Poly(sp.minimal_polynomial(z, X), X)
+    if mp.degree() == 1:
+        a, b = mp.all_coeffs()
+        return sp.Rational(-b, a)
+    return z
+
+
+def _weighted_sum(rule: ExactRule, fn: Callable) -> Any:
+    """sum_k w_k fn(c_k) exactly (fn a polynomial map of the node)."""
+    import sympy as sp
+
+    plain, traced = _numberfield_parts(rule.nodes, rule.weights)
+    total = sp.Add(*[w * fn(c) for c, w in plain])
+    for f, qc, qw in traced:
+        y = f.gens[0]
+        q = sp.rem(qw * sp.Poly(fn(qc.as_expr()), y), f)
+        total += _trace(f, q)
+    return _exact_value(total)
+
+
+def moment_defect(rule: Any, p: int) -> Any:
+    """``1/(p+1) - sum_k w_k c_k^p``, exactly: the error of the rule on ``c^p`` over [0, 1]
+    (0 for every ``p`` up to the degree of exactness). Cached per rule and ``p``."""
+    if int(p) != p or p < 0:
+        raise ValueError(f"p: must be a non-negative integer, got {p!r}")
+    r = rule if isinstance(rule, ExactRule) else exact_rule(rule)
+    return _moment_defect(r, int(p))
+
+
+@lru_cache(maxsize=None)
+def _moment_defect(rule: ExactRule, p: int) -> Any:
+    import sympy as sp
+
+    return _exact_value(sp.Rational(1, p + 1) - _weighted_sum(rule, lambda c: c**p))
+
+
+def degree_of_exactness(rule: Any, max_degree: int = 64) -> int:
+    """The largest ``p`` with ``sum_k w_k c_k^j == 1/(j+1)`` for all ``j <= p``, decided exactly.
+
+    Computed from the exact nodes and weights (rational and radical terms summed and decided
+    with minimal polynomials; ``CRootOf`` nodes summed as traces over the roots of their
+    polynomial), independently of the degree the family formula claims.
+
+    Returns:
+        The degree (-1 if even constants are not integrated exactly).
+    """
+    r = rule if isinstance(rule, ExactRule) else exact_rule(rule)
+    for p in range(max_degree + 1):
+        if moment_defect(r, p) != 0:
+            return p - 1
+    raise ValueError(f"rule {r.name}: exact beyond degree {max_degree}")
+
+
+@dataclass(frozen=True)
+class LocalTruncationError:
+    """The leading local truncation error of a rule on one interval ``[t, t + h]``.
+
+    Attributes:
+        rule: the rule's name.
+        degree: its degree of exactness ``d``.
+        monomial: the velocity probed, ``v(s) = s^(d+1)`` (sympy expression in ``s``).
+        monomial_error: ``int_0^h v ds - h sum_k w_k v(c_k h) = E h^(d+2)`` (sympy, in ``h``).
+        coefficient: the Peano constant ``C = E / (d+1)!``: for a smooth ``v`` the local error is
+            ``C h^(d+2) v^(d+1)(t) + O(h^(d+3))``.
+        term: ``C h^(d+2) v^(d+1)`` with ``v^(d+1)`` as the symbol ``Dv``.
+        h: the step symbol.
+    """
+
+    rule: str
+    degree: int
+    monomial: Any
+    monomial_error: Any
+    coefficient: Any
+    term: Any
+    h: Any
+
+    @property
+    def order(self) -> int:
+        """The power of ``h`` of the local error, ``d + 2`` (global order ``d + 1``)."""
+        return self.degree + 2
+
+
+def leading_lte(rule: Any) -> LocalTruncationError:
+    """The leading local truncation error term of ``rule`` (see :class:`LocalTruncationError`).
+
+    The rule integrates polynomials of degree ``<= d`` exactly, so on the Taylor expansion of a
+    smooth ``v`` the first term it misses is ``v^(d+1)(t) s^(d+1) / (d+1)!``. The error on the
+    monomial ``s^(d+1)`` over ``[0, h]`` is integrated symbolically. Trapezoid: ``-h^3/6`` on
+    ``s^2``, ``C = -1/12``; Simpson: ``-h^5/120`` on ``s^4``, ``C = -1/2880``.
+    """
+    import sympy as sp
+
+    r = rule if isinstance(rule, ExactRule) else exact_rule(rule)
+    d = degree_of_exactness(r)
+    s, h, dv = sp.symbols("s h Dv", positive=True)
+    v = s ** (d + 1)
+    integral = sp.integrate(v, (s, 0, h))
+    quad = h * h ** (d + 1) * _weighted_sum(r, lambda c: c ** (d + 1))
+    err = sp.expand(integral - quad)
+    coeff = _exact_value(sp.simplify(err / h ** (d + 2))) / sp.factorial(d + 1)
+    return LocalTruncationError(r.name, d, v, err, coeff, coeff * h ** (d + 2) * dv, h)
+
+
+@dataclass(frozen=True)
+class AnchorBounds:
+    """Single- vs bi-anchor local error bounds (paper Appendix A-B), symbolic.
+
+    Attributes:
+        single: the single-anchor bound.
+        bi: the bi-anchor bound.
+        ratio: ``bi / single`` (exact).
+        symbols: ``(L, K, h)``.
+        offsets: per node, ``(c_k, w_k, single-anchor |d_k|/h, bi-anchor |d_k|/h)`` for
+            :func:`quadrature_anchor_bounds`; empty for the continuous bounds.
+    """
+
+    single: Any
+    bi: Any
+    ratio: Any
+    symbols: tuple
+    offsets: tuple = ()
+
+
+def _symbols():
+    import sympy as sp
+
+    return sp.symbols("L K h", positive=True)
+
+
+def anchor_error_bounds() -> AnchorBounds:
+    """The paper's Appendix A-B comparison, integrated symbolically.
+
+    A perception whose velocity error grows linearly with the absolute offset from its anchor,
+    ``|e(d)| <= L K |d|`` (L the Lipschitz constant of the field, K the state drift per unit
+    time), bounds the interval error by the integral of ``L K |d|``:
+
+    - single anchor (offsets ``s`` from the start): ``int_0^h L K s ds = L K h^2 / 2``;
+    - bi-anchor (offset from the nearest anchor): ``int_0^{h/2} L K s ds + int_{h/2}^h L K (h - s) ds
+      = L K h^2 / 4``;
+
+    ratio exactly ``1/2``.
+    """
+    import sympy as sp
+
+    L, K, h = _symbols()
+    s = sp.Symbol("s", positive=True)
+    single = sp.integrate(L * K * s, (s, 0, h))
+    bi = sp.integrate(L * K * s, (s, 0, h / 2)) + sp.integrate(L * K * (h - s), (s, h / 2, h))
+    return AnchorBounds(sp.factor(single), sp.factor(bi), sp.simplify(bi / single), (L, K, h))
+
+
+def quadrature_anchor_bounds(rule: Any) -> AnchorBounds:
+    """The Appendix A-B comparison for the offsets a rule actually uses.
+
+    The solver integrates ``h sum_k w_k u_k``, so with ``|e(d)| <= L K |d|`` the interval error is
+    at most ``h sum_k w_k L K |d_k|``:
+
+    - single anchor: every node is predicted forward from the start, ``|d_k| = c_k h`` (the node
+      ``c = 1`` too): bound ``L K h^2 sum_k w_k c_k = L K h^2 / 2`` for any rule of degree >= 1;
+    - bi-anchor: nodes ``c_k < 1/2`` forward from the start, ``c_k >= 1/2`` backward from the
+      terminal anchor (``c = 1/2`` backward), ``|d_k| = min(c_k, 1 - c_k) h``; the endpoint nodes
+      are the anchors themselves (offset 0).
+
+    The ratio depends on the rule: 0 for the trapezoid (no node is predicted), 2/3 for Simpson
+    (all interior weight sits at the midpoint, the farthest point from both anchors),
+    ``(5 - sqrt 5)/6`` for Gauss-Lobatto-4, ``(9 - sqrt 15)/9`` for Gauss-Legendre-3. It ignores,
+    like the paper, that the terminal anchor is evaluated at the predictor rather than on the
+    true trajectory.
+    """
+    import sympy as sp
+
+    r = rule if isinstance(rule, ExactRule) else exact_rule(rule)
+    L, K, h = _symbols()
+    half = sp.Rational(1, 2)
+    single_d = [c for c in r.nodes]
+    bi_d = [c if bool(c < half) else 1 - c for c in r.nodes]
+    s_sum = _exact_value(sp.Add(*[w * d for w, d in zip(r.weights, single_d)]))
+    b_sum = _exact_value(sp.Add(*[w * d for w, d in zip(r.weights, bi_d)]))
+    single = L * K * h**2 * s_sum
+    bi = L * K * h**2 * b_sum
+    ratio = _exact_value(sp.radsimp(b_sum / s_sum))
+    offsets = tuple(zip(r.nodes, r.weights, single_d, bi_d))
+    return AnchorBounds(single, bi, ratio, (L, K, h), offsets)
