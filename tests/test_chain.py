@@ -318,3 +318,20 @@ def test_loss_decreases_on_the_ring():
         trainer.step(sample_batch(cfg, bb, step))
     final = evaluate()
     assert final < 0.5 * initial, (initial, final)
+
+
+def test_conv_sidenet_chain_with_labels_on_image_states():
+    field = lambda t, x, **cond: torch.tanh(x) * (1 + t.view(-1, 1, 1, 1)) - 0.3 * x.flip(-1)
+    bb = CountingBackbone(Backbone("toy-image", field, (3, 8, 8), num_classes=5))
+    from adapters.torch_sit.sidenet import ConvSideNet
+
+    torch.manual_seed(0)
+    net = ConvSideNet(3, base_channels=16, time_embed_dim=32, num_layers=1, num_heads=2, res_blocks=1, num_classes=5)
+    cfg = ChainConfig(batch_size=6, chain_length=3, loss_chunks=2)
+    trainer = ChainTrainer(net, bb, cfg)
+    batch = sample_batch(cfg, bb, 0)
+    assert batch.labels is not None and batch.labels.shape == (6,) and int(batch.labels.max()) < 5
+    w0 = net.conv_out.weight.detach().clone()
+    stats = trainer.step(batch)
+    assert bb.calls == 4 and math.isfinite(stats["loss"])
+    assert not torch.equal(w0, net.conv_out.weight)
