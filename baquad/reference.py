@@ -15,21 +15,11 @@ from typing import Any, Callable
 import numpy as np
 from scipy.integrate import solve_ivp
 
+from ._backend import is_torch, to_numpy
+
 __all__ = ["reference_solve"]
 
 Array = Any  # numpy.ndarray or torch.Tensor
-
-
-def _is_torch(x: object) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
-def _to_numpy(a: Any) -> np.ndarray:
-    if _is_torch(a):
-        import torch
-
-        return a.detach().to(device="cpu", dtype=torch.float64).numpy()
-    return np.asarray(a, dtype=np.float64)
 
 
 class _NonFinite(Exception):
@@ -75,7 +65,7 @@ def reference_solve(
     """
     if field_dtype not in ("float64", "input"):
         raise ValueError(f"field_dtype must be 'float64' or 'input', got {field_dtype!r}")
-    t_arr = _to_numpy(ts)
+    t_arr = to_numpy(ts)
     if t_arr.ndim != 1 or t_arr.size == 0:
         raise ValueError(f"ts must be a non-empty 1-D sequence of times, got shape {t_arr.shape}")
     if not np.all(np.isfinite(t_arr)):
@@ -84,9 +74,9 @@ def reference_solve(
     if dt.size and not (np.all(dt > 0) or np.all(dt < 0)):
         raise ValueError(f"ts must be strictly monotone (increasing or decreasing), got {t_arr.tolist()}")
 
-    torch_in = _is_torch(x0)
+    torch_in = is_torch(x0)
     shape = tuple(x0.shape)
-    y0 = _to_numpy(x0).reshape(-1)
+    y0 = to_numpy(x0).reshape(-1)
 
     if torch_in:
         import torch
@@ -99,7 +89,7 @@ def reference_solve(
             tt = torch.tensor(t, dtype=call_dtype, device=device)
             with torch.no_grad():
                 v = vfield(tt, x)
-            return _checked(_to_numpy(v).reshape(-1), t)
+            return _checked(to_numpy(v).reshape(-1), t)
 
     else:
         call_np = np.float64 if field_dtype == "float64" else np.asarray(x0).dtype

@@ -28,14 +28,6 @@ from adapters.torch_sit.chain import (
 from adapters.torch_sit.sidenet import MLPSideNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_mlp(seed: int = 0, hidden: int = 32, random_out: bool = True) -> MLPSideNet:
     torch.manual_seed(seed)
     net = MLPSideNet(2, hidden=hidden, depth=2, embed_dim=16)

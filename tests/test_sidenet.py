@@ -26,15 +26,6 @@ from adapters.torch_sit.sidenet import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: OpenMP spinning with 2 threads is ~40x slower here
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_mlp(**kw) -> MLPSideNet:
     torch.manual_seed(0)
     return MLPSideNet(2, hidden=32, depth=2, embed_dim=16, **kw)

@@ -25,14 +25,6 @@ from adapters.torch_sit.sidenet import MLPSideNet
 from adapters.torch_sit.train import TrainingInterrupted, main, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 ARCH = MLPSideNet(2, hidden=32, depth=2, embed_dim=16).config()
 
 

@@ -14,12 +14,9 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp as _np_logsumexp
 
+from .._backend import is_torch
+
 Array = Any  # numpy.ndarray or torch.Tensor
-
-
-def is_torch(x: object) -> bool:
-    """True when ``x`` is a torch tensor (without importing torch)."""
-    return type(x).__module__.startswith("torch")
 
 
 class Ops:
