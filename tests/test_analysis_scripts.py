@@ -1,0 +1,144 @@
+"""End-to-end runs of ``analysis.convergence`` and ``analysis.prediction_drift`` on tiny settings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from analysis import convergence, prediction_drift  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def table_rows(md: str) -> dict[str, list[str]]:
+    """Rows of the first markdown table keyed by their first cell (backticks stripped)."""
+    rows = {}
+    for line in md.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells
+    return rows
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert len(data) > 5000 and data.startswith(PNG_MAGIC), path
+
+
+def test_convergence_quick_run(tmp_path, capsys):
+    assert convergence.main(["--quick", "--out", str(tmp_path)]) == 0
+    png, md = tmp_path / "convergence_gaussian-2d.png", tmp_path / "convergence_gaussian-2d.md"
+    assert_png(png)
+    text = md.read_text()
+    out = capsys.readouterr().out
+    assert f"wrote {png}" in out and f"wrote {md}" in out
+    assert "| key | method | fitted order | expected order | residual |" in text
+    rows = table_rows(text)
+    assert set(convergence.METHODS) <= set(rows)  # the flow solvers run on the Gaussian flow
+    for n in (2, 3, 4):
+        cells = rows[f"ba-oracle-gl{n}"]
+        fitted, expected = float(cells[2]), int(cells[3])
+        assert expected == 2 * n - 2
+        assert abs(fitted - (2 * n - 2)) < 0.3, cells
+    assert abs(float(rows["ba-oracle-gl4-single"][2]) - 6) < 0.3
+    # every fitted order is within 0.3 of the expected one, also for the baselines
+    for key, cells in rows.items():
+        assert abs(float(cells[2]) - float(cells[3])) < 0.3, cells
+    # the symbolic table is part of the report
+    assert "5/6 - sqrt(5)/6" in text and "-Dv*h**3/12" in text
+
+
+def test_convergence_skips_flow_solvers_off_the_linear_path(tmp_path, capsys):
+    argv = ["--flow", "time-scaled-linear-2d", "--t0", "1", "--t1", "-0.5", "--methods",
+            "ba-oracle-gl3,euler,dpm++2m", "--steps", "8,12,16", "--out", str(tmp_path)]
+    assert convergence.main(argv) == 0
+    text = (tmp_path / "convergence_time-scaled-linear-2d.md").read_text()
+    rows = table_rows(text)
+    assert set(rows) == {"ba-oracle-gl3", "euler"}
+    assert abs(float(rows["ba-oracle-gl3"][2]) - 4) < 0.3
+    assert "DPM-Solver++ 2M skipped" in text and "DPM-Solver++ 2M skipped" in capsys.readouterr().out
+
+
+def test_convergence_rejects_unknown_methods(tmp_path):
+    with pytest.raises(SystemExit):
+        convergence.main(["--methods", "euler,rk5", "--out", str(tmp_path)])
+
+
+def test_convergence_runs_as_a_module(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis.convergence", "--methods", "heun,ba-anchor-only", "--quick",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and (tmp_path / "convergence_gaussian-2d.png").is_file()
+
+
+def test_prediction_drift_quick_run(tmp_path, capsys):
+    assert prediction_drift.main(["--quick", "--steps", "4", "--out", str(tmp_path)]) == 0
+    png, md = tmp_path / "prediction_drift_gmm-ring2d.png", tmp_path / "prediction_drift_gmm-ring2d.md"
+    assert_png(png)
+    text = md.read_text()
+    out = capsys.readouterr().out
+    assert f"wrote {png}" in out and f"wrote {md}" in out
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 8 and cells[1] in ("single", "bi"):
+            rows[(cells[0], cells[1])] = cells
+    assert set(rows) == {(p, a) for p in ("anchor-only", "polynomial") for a in ("single", "bi")}
+    for p in ("anchor-only", "polynomial"):
+        single, bi = rows[(p, "single")], rows[(p, "bi")]
+        # both start at the same anchor and agree up to h/4; the bi-anchor error is 0 at s = h
+        assert single[2] == bi[2] and float(bi[5]) == 0.0 and float(single[5]) > 0.1
+        assert float(bi[6]) < float(single[6])  # interval mean
+    assert re.search(r"\| 1\.00 -> 0\.75 \|", text)  # per-interval table
+
+
+def test_drift_of_the_anchor_only_perception_grows_linearly():
+    """Anchor-only predicts v(t + d) = v(t): its error is |v(t + d) - v(t)| ~ |v'| |d|, the paper's
+    linear-drift picture, so the bi-anchor interval mean is about half the single-anchor one."""
+    flow = prediction_drift.get_flow("gaussian-2d")
+    steps, sub = 4, 8
+    times = np.linspace(1.0, 0.0, steps * sub + 1)
+    xs, vs = prediction_drift.trajectories(flow, 16, times)
+    fwd, bwd = prediction_drift.drift(prediction_drift.AnchorOnly(), times, xs, vs, steps, sub)
+    np.testing.assert_allclose(fwd[:, 0], 0.0)
+    np.testing.assert_allclose(bwd[:, -1], 0.0)
+    # by hand for one interval and offset: |v(t_i + s) - v_i| averaged over samples
+    i, j = 1, 5
+    by_hand = np.linalg.norm(vs[i * sub + j] - vs[i * sub], axis=-1).mean()
+    assert fwd[i, j] == pytest.approx(by_hand, rel=1e-12)
+    bi = prediction_drift.bi_curve(fwd, bwd, sub)
+    ratio = prediction_drift.interval_mean(bi.mean(0)) / prediction_drift.interval_mean(fwd.mean(0))
+    assert 0.35 < ratio < 0.65
+
+
+def test_sidenet_option(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="does not exist"):
+        prediction_drift.main(["--quick", "--sidenet", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)])
+    try:
+        from adapters.torch_sit.checkpoint import save_sidenet
+        from adapters.torch_sit.sidenet import MLPSideNet
+    except ImportError as err:  # pragma: no cover - the torch adapter is optional
+        pytest.skip(f"adapters.torch_sit not importable: {err}")
+    # an untrained SideNet has a zero output layer, g = 0: it must reproduce anchor-only
+    path = save_sidenet(MLPSideNet(2, hidden=16, depth=2, embed_dim=8), tmp_path / "untrained.safetensors")
+    assert prediction_drift.main(["--quick", "--steps", "3", "--perceptions", "anchor-only",
+                                  "--sidenet", str(path), "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "prediction_drift_gmm-ring2d.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 8 and cells[1] in ("single", "bi"):
+            rows[(cells[0].split(" ")[0], cells[1])] = [float(c) for c in cells[2:7]]
+    for a in ("single", "bi"):
+        np.testing.assert_allclose(rows[("sidenet", a)], rows[("anchor-only", a)], rtol=2e-3)
