@@ -37,7 +37,8 @@ Symbolic part (needs sympy)
   ``h sum_k w_k L K |d_k|`` with the offsets the solver uses (forward ``c_k h`` for a single
   anchor; ``min(c_k, 1 - c_k) h`` for the bi-anchor scheme, the node ``c = 1/2`` backward). The
   ratio is then rule dependent (0 for the trapezoid, whose nodes are both anchors; 2/3 for
-  Simpson; ``(5 - sqrt 5)/6 ~ 0.46`` for Gauss-Lobatto-4), not the continuous 1/2.
+  Simpson; ``(5 - sqrt 5)/6 ~ 0.46`` for Gauss-Lobatto-4), approaching the continuous 1/2 only
+  for many nodes.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -616,21 +617,28 @@ def quadrature_anchor_bounds(rule: Any) -> AnchorBounds:
 
     The ratio depends on the rule: 0 for the trapezoid (no node is predicted), 2/3 for Simpson
     (all interior weight sits at the midpoint, the farthest point from both anchors),
-    ``(5 - sqrt 5)/6`` for Gauss-Lobatto-4, ``(9 - sqrt 15)/9`` for Gauss-Legendre-3. It ignores,
-    like the paper, that the terminal anchor is evaluated at the predictor rather than on the
-    true trajectory.
+    ``(5 - sqrt 5)/6`` for Gauss-Lobatto-4, ``(9 - sqrt 15)/9`` for Gauss-Legendre-3, and it tends
+    to the continuous 1/2 as the rule refines (0.492 for Gauss-Lobatto-8, 0.494 for
+    Gauss-Legendre-8: the weighted sums are quadratures of the integrals of Appendix A-B). It
+    ignores, like the paper, that the terminal anchor is evaluated at the predictor rather than on
+    the true trajectory. For ``CRootOf`` nodes the bi-anchor sum is returned exact but
+    unsimplified (it is not a symmetric function of the roots).
     """
     import sympy as sp
 
     r = rule if isinstance(rule, ExactRule) else exact_rule(rule)
     L, K, h = _symbols()
     half = sp.Rational(1, 2)
-    single_d = [c for c in r.nodes]
+    single_d = list(r.nodes)
     bi_d = [c if bool(c < half) else 1 - c for c in r.nodes]
-    s_sum = _exact_value(sp.Add(*[w * d for w, d in zip(r.weights, single_d)]))
-    b_sum = _exact_value(sp.Add(*[w * d for w, d in zip(r.weights, bi_d)]))
+    s_sum = _weighted_sum(r, lambda c: c)  # exactly 1/2 for degree >= 1 (traces for CRootOf nodes)
+    b_sum = sp.Add(*[w * d for w, d in zip(r.weights, bi_d)])
+    if not b_sum.has(sp.CRootOf):  # CRootOf sums stay exact but unsimplified (no trace applies)
+        b_sum = _exact_value(b_sum)
     single = L * K * h**2 * s_sum
     bi = L * K * h**2 * b_sum
-    ratio = _exact_value(sp.radsimp(b_sum / s_sum))
+    ratio = b_sum / s_sum
+    if not ratio.has(sp.CRootOf):
+        ratio = _exact_value(sp.radsimp(ratio))
     offsets = tuple(zip(r.nodes, r.weights, single_d, bi_d))
     return AnchorBounds(single, bi, ratio, (L, K, h), offsets)

@@ -71,6 +71,18 @@ def test_quadrature_weighted_bounds(rule, ratio):
     assert len(b.offsets) == r.n
 
 
+@pytest.mark.parametrize("rule", ["gauss-lobatto-8", "gauss-legendre-8"])
+def test_quadrature_weighted_ratio_tends_to_the_continuous_half(rule):
+    # many nodes: the weighted sums are quadratures of the Appendix A-B integrals
+    b = quadrature_anchor_bounds(rule)
+    L, K, h = b.symbols
+    assert sp.simplify(b.single - L * K * h**2 / 2) == 0  # exact, a trace over CRootOf nodes
+    assert abs(float(b.ratio) - 0.5) < 0.01
+    r = get_rule(rule)
+    by_hand = sum(w * min(c, 1 - c) for c, w in zip(r.nodes, r.weights)) / 0.5
+    assert float(b.ratio) == pytest.approx(by_hand, abs=1e-13)
+
+
 # ------------------------------------------------------------------ degree of exactness
 
 
