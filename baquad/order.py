@@ -417,7 +417,7 @@ def _power_sums(f, count: int) -> list:
     """Power sums s_0..s_{count-1} of the roots of f (Newton's identities), exact rationals."""
     import sympy as sp
 
-    coeffs = f.monic().all_coeffs()  # 1, e-like coefficients a_1..a_m: x^m + a_1 x^(m-1) + ...
+    coeffs = f.monic().all_coeffs()  # [1, a_1, ..., a_m] of x^m + a_1 x^(m-1) + ... + a_m
     m = f.degree()
     a = [sp.Rational(0)] * (max(count, m) + 1)
     for i in range(1, m + 1):
