@@ -50,6 +50,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from ._backend import to_numpy
+
 __all__ = [
     "OrderFit",
     "fit_order",
@@ -191,12 +193,6 @@ def _error_fn(error: "str | Callable[[np.ndarray, np.ndarray], float]") -> Calla
     raise ValueError(f"error: must be 'max', 'rms' or a callable error(x, exact), got {error!r}")
 
 
-def _to_numpy(x: Any) -> np.ndarray:
-    if type(x).__module__.startswith("torch"):
-        return x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 def empirical_order(
     method: "str | Callable[..., Any]",
     flow: Callable[[float, Any], Any],
@@ -274,7 +270,7 @@ def empirical_order(
             from .reference import reference_solve
 
             exact = reference_solve(flow, x0, [start, end], rtol=reference_rtol, atol=reference_atol)[-1]
-    ref = _to_numpy(exact)
+    ref = to_numpy(exact)
     measure = _error_fn(error)
 
     if isinstance(method, str):
@@ -301,7 +297,7 @@ def empirical_order(
         out = run(ts)
         x = getattr(out, "x", out)
         steps.append(abs(end - start) / n)
-        errors.append(measure(_to_numpy(x), ref))
+        errors.append(measure(to_numpy(x), ref))
     h = np.asarray(steps)
     e = np.asarray(errors)
     try:
