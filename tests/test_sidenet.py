@@ -56,7 +56,19 @@ OFFSETS = (-0.4, -0.1, 0.0, 0.05, 0.3)
 NETS = [small_mlp, small_conv]
 
 
-@pytest.mark.parametrize("make", NETS, ids=["mlp", "conv"])
+def small_mlp_path():
+    return small_mlp(path_features=True)
+
+
+def small_conv_path():
+    return small_conv(path_features=True)
+
+
+NETS_ALL = NETS + [small_mlp_path, small_conv_path]
+IDS_ALL = ["mlp", "conv", "mlp-path", "conv-path"]
+
+
+@pytest.mark.parametrize("make", NETS_ALL, ids=IDS_ALL)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_untrained_sidenet_is_anchor_only_exactly(make, dtype):
     net = make()
@@ -89,7 +101,7 @@ def test_solve_with_untrained_conv_equals_anchor_only_solve():
     assert torch.equal(a.x, b.x)
 
 
-@pytest.mark.parametrize("make", NETS, ids=["mlp", "conv"])
+@pytest.mark.parametrize("make", NETS_ALL, ids=IDS_ALL)
 def test_one_forward_per_call_and_batched_equals_unbatched(make):
     net = randomize_output(make())
     forwards = []
@@ -185,7 +197,7 @@ def test_parameter_counts_and_report():
     assert "6 parameters" in sidenet_report(mlp, wrapped)
 
 
-@pytest.mark.parametrize("make", NETS, ids=["mlp", "conv"])
+@pytest.mark.parametrize("make", NETS_ALL, ids=IDS_ALL)
 def test_config_rebuild_and_export_roundtrip(make, tmp_path):
     net = randomize_output(make())
     cfg = net.config()
@@ -202,3 +214,26 @@ def test_config_rebuild_and_export_roundtrip(make, tmp_path):
         assert torch.equal(loaded(x, v, 0.4, -0.2), net(x, v, 0.4, -0.2))
     with pytest.raises(ValueError, match="unknown SideNet class"):
         build_sidenet({"class": "Nope"})
+
+
+@pytest.mark.parametrize("make", [small_mlp_path, small_conv_path], ids=["mlp", "conv"])
+def test_path_features_are_the_linear_path_predictions(make):
+    # with path features the first layer reads [x, v, x - t v, x + (1 - t) v]: check against a
+    # network without them whose first-layer weights absorb the two extra blocks by hand
+    net = randomize_output(make())
+    plain = randomize_output(small_mlp() if isinstance(net, MLPSideNet) else small_conv())
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith(("inp.", "conv_in."))}, strict=False)
+    x, v = states(net)
+    t, d = 0.3, 0.1
+    with torch.no_grad():
+        if isinstance(net, MLPSideNet):
+            w, n = net.inp.weight, x.shape[1]
+            wx, wv, wd, we = w[:, :n], w[:, n:2 * n], w[:, 2 * n:3 * n], w[:, 3 * n:]
+            plain.inp.weight.copy_(torch.cat([wx + wd + we, wv - t * wd + (1 - t) * we], 1))
+            plain.inp.bias.copy_(net.inp.bias)
+        else:
+            w, c = net.conv_in.weight, x.shape[1]
+            wx, wv, wd, we = w[:, :c], w[:, c:2 * c], w[:, 2 * c:3 * c], w[:, 3 * c:]
+            plain.conv_in.weight.copy_(torch.cat([wx + wd + we, wv - t * wd + (1 - t) * we], 1))
+            plain.conv_in.bias.copy_(net.conv_in.bias)
+        torch.testing.assert_close(net(x, v, t, d), plain(x, v, t, d), rtol=1e-5, atol=1e-5)

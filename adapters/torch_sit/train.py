@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--" + key.replace("_", "-"), dest="arch_" + key, type=typ, default=None)
     a.add_argument("--offset-log-sign", dest="arch_offset_log_sign", action=argparse.BooleanOptionalAction, default=None,
                    help="sign(d) and log|d| offset features")
+    a.add_argument("--path-features", dest="arch_path_features", action=argparse.BooleanOptionalAction, default=None,
+                   help="also feed x0_hat = x - t v and eps_hat = x + (1 - t) v (linear-path flows)")
     a.add_argument("--sidenet-guidance", dest="arch_guidance", action=argparse.BooleanOptionalAction, default=None,
                    help="condition the SideNet on the guidance scale")
     return p
