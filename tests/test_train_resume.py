@@ -95,7 +95,9 @@ def test_cli_trains_resumes_and_refuses_a_different_architecture(tmp_path, capsy
     assert main(args + ["--iters", "3"]) == 0
     ck = load_checkpoint(out)
     assert ck.step == 3 and ck.config["batch_size"] == 16 and ck.config["ema_decay"] is None
-    assert ck.sidenet_config == ARCH
+    # flags not given come from the backbone's recipe (train.RECIPES): path features, truncated-exp intervals
+    assert ck.sidenet_config == dict(ARCH, path_features=True)
+    assert ck.config["intervals"] == "trunc-exp" and ck.config["h_max"] == 0.35
     # resuming without flags takes the checkpoint's recipe and architecture, and says so
     assert main(["--backbone", "gmm-ring2d", "--out", str(out), "--iters", "5", "--no-progress"]) == 0
     text = capsys.readouterr().out

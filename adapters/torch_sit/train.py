@@ -50,7 +50,8 @@ from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
 from .sidenet import SIDENETS, build_sidenet, count_parameters, sidenet_report
 
-__all__ = ["train", "TrainResult", "TrainingInterrupted", "default_sidenet_config", "main", "build_parser"]
+__all__ = ["train", "TrainResult", "TrainingInterrupted", "default_sidenet_config", "recipe_for", "RECIPES", "main",
+           "build_parser"]
 
 LOG_FIELDS = ("step", "loss", "loss_forward", "loss_backward", "lr", "grad_norm", "intervals",
               "backbone_calls", "elapsed_s")
@@ -90,6 +91,36 @@ def default_sidenet_config(backbone: Any, arch: Optional[str] = None, **override
         raise ValueError(f"SideNet {cfg['class']}: unknown architecture settings {unknown}; valid: {sorted(set(cfg) - {'class'})}")
     cfg.update(overrides)
     return build_sidenet(cfg).config()  # normalised (types as the constructor stores them)
+
+
+#: The measured default recipe for the analytic mixture flows (README, "SideNet recipe
+#: ablations"): interval sizes from an exponential of rate 5 truncated to [0.01, 0.35] rather than
+#: a Dirichlet partition of [0, 1], path features, EMA of the weights. Chains start from noise at
+#: t = 1, as the paper's (no data set).
+RECIPES: dict[str, dict] = {
+    "gmm-ring2d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, iters=4000,
+                                  batch_size=256, ema_decay=0.99),
+                       sidenet=dict(path_features=True)),
+    "gmm-32d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, iters=4000,
+                               batch_size=256, ema_decay=0.99),
+                    sidenet=dict(path_features=True)),
+}
+
+
+def recipe_for(backbone: str, *, iters: Optional[int] = None, batch_size: Optional[int] = None,
+               quick: bool = False) -> tuple[ChainConfig, dict]:
+    """The default (ChainConfig, SideNet config) for a registered backbone (``RECIPES``; the plain
+    ``ChainConfig()`` and :func:`default_sidenet_config` for others). ``quick``: a few iterations,
+    for smoke tests."""
+    recipe = RECIPES.get(backbone, dict(chain={}, sidenet={}))
+    chain = dict(recipe["chain"])
+    if iters is not None:
+        chain["iters"] = iters
+    if batch_size is not None:
+        chain["batch_size"] = batch_size
+    if quick:
+        chain.update(iters=min(chain.get("iters", 20), 20), batch_size=min(chain.get("batch_size", 64), 64))
+    return ChainConfig(**chain), default_sidenet_config(get_backbone(backbone), **recipe["sidenet"])
 
 
 def _dist_setup(device: Optional[str]) -> tuple[int, int, torch.device, bool]:
@@ -358,14 +389,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     chain_fields = {f.name for f in dataclasses.fields(ChainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in chain_fields}
-    base = ChainConfig().to_dict()
+    recipe_cfg, recipe_sidenet = recipe_for(args.backbone) if args.backbone in RECIPES else (ChainConfig(), None)
+    base = recipe_cfg.to_dict()
     ckpt = find_checkpoint(args.out) if args.resume is not False else None
     if ckpt is not None:
         base.update(load_checkpoint(ckpt).config)
     cfg = ChainConfig.from_dict({**base, **overrides})
 
     arch = {k[5:]: v for k, v in vars(args).items() if k.startswith("arch_") and v is not None}
-    sidenet_config = None
+    sidenet_config = recipe_sidenet if ckpt is None else None
     if arch or args.arch:
         bb = get_backbone(args.backbone)
         if ckpt is not None:
@@ -374,7 +406,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # resuming: only the settings given explicitly change (and are refused if different)
             sidenet_config = {**saved, **arch} if same_class else default_sidenet_config(bb, args.arch, **arch)
         else:
-            sidenet_config = default_sidenet_config(bb, args.arch, **arch)
+            recipe_arch = RECIPES.get(args.backbone, {}).get("sidenet", {}) if (args.arch or "mlp") == "mlp" else {}
+            sidenet_config = default_sidenet_config(bb, args.arch, **{**recipe_arch, **arch})
     train(cfg, backbone=args.backbone, out=args.out, sidenet_config=sidenet_config, resume=args.resume,
           ckpt_every=args.ckpt_every, keep_history=args.keep_history, device=args.device,
           progress=not args.no_progress)
