@@ -32,7 +32,6 @@ same flow. Default run: gmm-ring2d, 5 intervals, 256 samples, under 10 s on 2 co
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -73,25 +72,16 @@ class _TorchBridge(Perception):
 def load_sidenet_perception(path: str) -> Perception:
     """A numpy-facing perception from a trained SideNet file, or SystemExit saying what failed."""
     try:
+        from adapters.torch_sit.checkpoint import load_sidenet
         from adapters.torch_sit.perception import NeuralPerception
     except ImportError as err:
         raise SystemExit(
-            f"--sidenet: cannot import adapters.torch_sit.perception.NeuralPerception ({err}). The "
-            "SideNet needs torch and the adapters/torch_sit package of this repository; run from the "
-            "repository root with torch installed, or drop --sidenet."
+            f"--sidenet: cannot import adapters.torch_sit ({err}). The SideNet needs torch and the "
+            "adapters/torch_sit package of this repository; install the torch extra, or drop --sidenet."
         ) from None
-    loader, tried = None, []
-    for module in ("adapters.torch_sit.train", "adapters.torch_sit.checkpoint"):
-        try:
-            loader = getattr(importlib.import_module(module), "load_sidenet")
-            break
-        except (ImportError, AttributeError) as err:
-            tried.append(f"{module}: {err}")
-    if loader is None:
-        raise SystemExit("--sidenet: cannot import load_sidenet (" + "; ".join(tried) + ")")
     if not Path(path).exists():
         raise SystemExit(f"--sidenet: {path} does not exist")
-    net = loader(path)
+    net = load_sidenet(path)
     return _TorchBridge(NeuralPerception(net))
 
 

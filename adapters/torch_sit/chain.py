@@ -60,7 +60,7 @@ __all__ = [
 INTERVALS = ("dirichlet", "trunc-exp", "uniform-grid")
 STARTS = ("noise", "path")
 DIRECTIONS = ("generate", "invert")
-LOSS_NORMS = ("v", "g")
+LOSS_NORMS = ("v", "h", "g")
 STATE_UPDATES = ("predictor", "corrector")
 
 
@@ -95,7 +95,8 @@ class ChainConfig:
             one more no-gradient SideNet call per interval; the anchor velocity stays f(x~)).
     Loss
         forward_weight, backward_weight: weights of L_f and L_b.
-        loss_norm: ``"v"``: squared error of the velocity (as above); ``"g"``: divided by h^2,
+        loss_norm: ``"v"``: squared error of the velocity (as above); ``"h"``: divided by |h| (weights small
+            offsets more than "v" and less than "g"); ``"g"``: divided by h^2,
             i.e. regression of g on (v_{k+1} - v_k) / h.
         guidance_scale: classifier-free guidance scale passed to the backbone (``guidance_scale=``)
             and to a guidance-conditioned SideNet; None: no guidance.
@@ -402,7 +403,7 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     For the samples ``samples`` of the batch and every simulated interval k, with d_k = h_k:
         L_f = mean_dims (v_k + h_k g(x_k, v_k, t_k, h_k) - v_{k+1})^2
         L_b = mean_dims (v_{k+1} - h_k g(x~_{k+1}, v_{k+1}, t_{k+1}, -h_k) - v_k)^2
-    (divided by h_k^2 for ``loss_norm="g"``). Returns
+    (divided by h_k^2 for ``loss_norm="g"``, by |h_k| for ``"h"``). Returns
     ``sum over valid pairs (w_f L_f + w_b L_b) / normalizer`` (default: the number of valid pairs
     among ``samples``) and stats with the sums and counts (``sum_forward``, ``sum_backward``,
     ``count``) and their means (``loss_forward``, ``loss_backward``, ``loss``) as floats.
@@ -430,8 +431,9 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     hb = h.reshape(K, b, *([1] * len(shape)))
     res_f = v0 + hb * g[0] - v1
     res_b = v1 - hb * g[1] - v0
-    if cfg.loss_norm == "g":
-        hs = torch.where(valid, h, torch.ones_like(h)).reshape(hb.shape)
+    if cfg.loss_norm in ("g", "h"):
+        hs = torch.where(valid, h.abs(), torch.ones_like(h)).reshape(hb.shape)
+        hs = hs if cfg.loss_norm == "g" else hs.sqrt()
         res_f, res_b = res_f / hs, res_b / hs
     dims = tuple(range(2, 2 + len(shape)))
     lf = res_f.pow(2).mean(dim=dims) if dims else res_f.pow(2)
