@@ -95,13 +95,13 @@ def default_sidenet_config(backbone: Any, arch: Optional[str] = None, **override
 
 #: The measured default recipe for the analytic mixture flows (README, "SideNet recipe
 #: ablations"): interval sizes from an exponential of rate 5 truncated to [0.01, 0.35] rather than
-#: a Dirichlet partition of [0, 1], path features, EMA of the weights. Chains start from noise at
-#: t = 1, as the paper's (no data set).
+#: a Dirichlet partition of [0, 1], the squared error divided by |h| (loss_norm "h"), path
+#: features, EMA of the weights. Chains start from noise at t = 1, as the paper's (no data set).
 RECIPES: dict[str, dict] = {
-    "gmm-ring2d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, iters=4000,
+    "gmm-ring2d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
                                   batch_size=256, ema_decay=0.99),
                        sidenet=dict(path_features=True)),
-    "gmm-32d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, iters=4000,
+    "gmm-32d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
                                batch_size=256, ema_decay=0.99),
                     sidenet=dict(path_features=True)),
 }
