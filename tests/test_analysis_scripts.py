@@ -169,3 +169,11 @@ def test_nfe_sweep_quick_runs_end_to_end_and_scores_euler_independently(tmp_path
     want = np.linalg.norm(x - ref, axis=1).mean()
     got = float(re.search(r"^\| Euler \| ([0-9.e+-]+) \|", md, re.M).group(1))
     assert got == pytest.approx(want, rel=1e-3)
+
+    # the ablation table reads the recipe back from summary.json and scores the same SideNet
+    from analysis import sidenet_ablation
+
+    assert sidenet_ablation.main([str(tmp_path / "run" / "sidenet.safetensors"), "--nfe", "3", "--n", "16",
+                                  "--out", str(out)]) == 0
+    table = (out / "sidenet_ablation_gmm-ring2d.md").read_text()
+    assert "| run | intervals |" in table and "--intervals trunc-exp" in table
