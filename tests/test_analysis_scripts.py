@@ -177,3 +177,8 @@ def test_nfe_sweep_quick_runs_end_to_end_and_scores_euler_independently(tmp_path
                                   "--out", str(out)]) == 0
     table = (out / "sidenet_ablation_gmm-ring2d.md").read_text()
     assert "| run | intervals |" in table and "--intervals trunc-exp" in table
+
+    from analysis import chain_bias
+
+    assert chain_bias.main(["--sidenet", str(tmp_path / "run" / "sidenet.safetensors"), "--n", "8",
+                            "--t0", "0.5", "--h", "-0.1"]) == 0
