@@ -15,7 +15,7 @@ scored against exact truth:
 Methods: BA-solver with the learned SideNet (Gauss-Lobatto 2, 3, 4; NFE scheme A = every interval
 bi-anchor, scheme B = last interval single-anchor; and all single-anchor), BA-solver with the
 Oracle perception (the ceiling: exact intermediate velocities), BA-solver with the training-free
-polynomial perception (``solve``'s default), Euler, Heun (EDM variant), DPM-Solver++ 2M/3M and
+polynomial perception (``solve``'s default) and with anchor-only (g = 0), Euler, Heun (EDM variant), DPM-Solver++ 2M/3M and
 UniPC (bh2, order 2 and 3); plus Euler at 20, 50, 100, 200 NFE. It also reports the SideNet's
 training wall time and backbone calls, and the SideNet's share of the BA-solver's sampling time.
 
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 
     import baquad
     from baquad.flows import get_flow
-    from baquad.perception import Oracle, Perception
+    from baquad.perception import AnchorOnly, Oracle, Perception
     from baquad.reference import reference_solve
     from baquad.schedules import nfe_grid
     from adapters.torch_sit.perception import NeuralPerception
@@ -181,6 +181,7 @@ def main(argv=None) -> int:
         methods["BA oracle GL4 A"] = ba(oracle, "gauss-lobatto-4", "bi")
         methods["BA oracle GL4 B"] = ba(oracle, "gauss-lobatto-4", "single")
     methods["BA polynomial GL4 B (no training)"] = ba(None, "gauss-lobatto-4", "single")
+    methods["BA anchor-only GL4 B (no training)"] = ba(AnchorOnly(), "gauss-lobatto-4", "single")
     methods["Euler"] = base("euler")
     methods["Heun (EDM, last step Euler)"] = base("heun")
     methods["DPM-Solver++ 2M"] = base("dpm++", order=2)
