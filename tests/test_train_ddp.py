@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--backbone", "gmm-ring2d", "--iters", "8", "--batch", "64", "--chain-length", "4",
          "--intervals", "trunc-exp", "--exp-rate", "3", "--h-min", "0.05", "--h-max", "0.6",
          "--lr", "3e-3", "--ema-decay", "0.8", "--seed", "5", "--hidden", "32", "--depth", "2",
-         "--embed-dim", "16", "--ckpt-every", "4", "--no-progress"]
+         "--embed-dim", "16", "--ckpt-every", "4", "--no-progress",
+         "--loss-norm", "v", "--no-path-features"]  # not the backbone recipe's: the single run below uses these
 
 
 @pytest.mark.slow
