@@ -1,4 +1,4 @@
-"""Small helpers shared by ``analysis.convergence`` and ``analysis.prediction_drift``."""
+"""Small helpers shared by the analysis scripts."""
 
 from __future__ import annotations
 

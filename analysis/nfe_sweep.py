@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from ._common import command, markdown_table, output_paths, pyplot, shown
 
 DEFAULT_NFES = (3, 4, 5, 7, 10, 15)
 EULER_NFES = (20, 50, 100, 200)
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
 
     # ------------------------------------------------------------------------- report
     lines = [f"# NFE sweep on `{args.flow}`", ""]
-    lines.append(f"Command: `python -m analysis.nfe_sweep {' '.join(sys.argv[1:] if argv is None else argv)}`")
+    lines.append(f"Command: `{command('analysis.nfe_sweep', argv)}`")
     lines.append("")
     lines.append(
         f"{args.n} noises (seed {args.seed}), schedule `{args.schedule}` (shift {args.shift}), every method "
@@ -227,10 +228,9 @@ def main(argv=None) -> int:
                    "below it means samples contracted toward the modes)")
     lines.append("Euler at large NFE:")
     lines.append("")
-    lines.append("| NFE | " + " | ".join(str(n) for n in EULER_NFES) + " |")
-    lines.append("|---|" + "---|" * len(EULER_NFES))
-    lines.append("| trajectory error | " + " | ".join(f"{euler_long[n][0]:.4g}" for n in EULER_NFES) + " |")
-    lines.append("| NLL | " + " | ".join(f"{euler_long[n][1]:.4g}" for n in EULER_NFES) + " |")
+    lines.append(markdown_table(["NFE", *map(str, EULER_NFES)],
+                                [["trajectory error", *(f"{euler_long[n][0]:.4g}" for n in EULER_NFES)],
+                                 ["NLL", *(f"{euler_long[n][1]:.4g}" for n in EULER_NFES)]]))
     lines.append("")
     lines += bars(results, euler_long, args.nfe)
     side_params = count_parameters(sidenet)
@@ -252,23 +252,16 @@ def main(argv=None) -> int:
     lines.append(f"- reference DOP853 solve of the same noises: {ref_seconds:.1f} s")
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / f"nfe_sweep_{args.flow}.md"
+    png, md = output_paths(args.out, f"nfe_sweep_{args.flow}")
     md.write_text(text)
-    png = out / f"nfe_sweep_{args.flow}.png"
     plot(results, euler_long, args, png, ref_nll)
-    print(f"wrote {md} and {png}")
+    print(f"wrote {shown(md)} and {shown(png)}")
     return 0
 
 
 def table(results, nfes, k: int, title: str) -> list[str]:
-    out = [f"{title}:", "", "| method | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|" + "---|" * len(nfes)]
-    for name, row in results.items():
-        cells = [f"{row[n][k]:.4g}" if n in row else "-" for n in nfes]
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out.append("")
-    return out
+    rows = [[name, *(f"{row[n][k]:.4g}" if n in row else "-" for n in nfes)] for name, row in results.items()]
+    return [f"{title}:", "", markdown_table(["method", *(f"NFE {n}" for n in nfes)], rows), ""]
 
 
 def bars(results, euler_long, nfes) -> list[str]:
@@ -295,11 +288,7 @@ def bars(results, euler_long, nfes) -> list[str]:
 
 
 def plot(results, euler_long, args, path: Path, ref_nll: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     keep = [k for k in results if not k.startswith("BA SideNet") or k in ("BA SideNet GL4 A", "BA SideNet GL4 B", "BA SideNet GL2 A")]
     # NLL: the distance to the reference solutions' NLL (a solver that contracts its samples

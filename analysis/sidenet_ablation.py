@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._common import command, markdown_table, output_paths, shown
+
 #: recipe fields shown in the table (the others are equal across the runs or printed in the commands)
 SHOWN = ("intervals", "exp_rate", "h_max", "loss_norm", "start", "state_update", "iters", "batch_size")
 
@@ -70,18 +72,15 @@ def main(argv=None) -> int:
                         f"--no-resume {flags} {pf}")
 
     lines = [f"# SideNet recipe ablation on `{args.flow}`", "",
-             f"Command: `python -m analysis.sidenet_ablation {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+             f"Command: `{command('analysis.sidenet_ablation', argv)}`", "",
              f"BA-solver GL4 mean trajectory error, {args.n} noises (seed {args.seed}), uniform grids; "
              f"scheme B = last interval single-anchor, A = all bi-anchor. Euler at 100 NFE: {euler100:.4f}.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "Retrain a row:", "", "```"] + commands + ["```"]
+             markdown_table(header, rows), "", "Retrain a row:", "", "```", *commands, "```"]
     text = "\n".join(lines) + "\n"
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"sidenet_ablation_{args.flow}.md").write_text(text)
-    print(f"wrote {out / f'sidenet_ablation_{args.flow}.md'}")
+    _, md = output_paths(args.out, f"sidenet_ablation_{args.flow}")
+    md.write_text(text)
+    print(f"wrote {shown(md)}")
     return 0
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Sequence
 
-import numpy as np
 
 from . import _backend as B
 
