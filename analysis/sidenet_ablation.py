@@ -4,7 +4,8 @@
 
 Every SideNet is scored the same way: BA-solver Gauss-Lobatto-4 on uniform grids from the same
 noises, mean |x(0) - x_ref(0)| against the DOP853 reference (rtol 1e-10), scheme B (last interval
-single-anchor) at each NFE and scheme A at the largest; Euler at 100 NFE is printed as the bar.
+single-anchor) at each NFE and scheme A at the largest, plus the medians at the largest; Euler at
+100 NFE is printed as the bar.
 The recipe of each run is read from the ``summary.json`` beside its weights (written by
 ``adapters.torch_sit.train``), so the table states what differs, and the command that retrains
 each row is printed under it. Writes ``<out>/sidenet_ablation_<flow>.md``.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import command, markdown_table, output_paths, shown
+from ._common import Scorer, command, markdown_table, output_paths, shown
 
 #: recipe fields shown in the table (the others are equal across the runs or printed in the commands)
 SHOWN = ("intervals", "exp_rate", "h_max", "loss_norm", "start", "state_update", "iters", "batch_size")
@@ -40,6 +41,7 @@ def main(argv=None) -> int:
     import baquad
     from adapters.torch_sit.checkpoint import load_sidenet
     from adapters.torch_sit.perception import NeuralPerception
+    from adapters.torch_sit.sidenet import count_parameters
     from baquad.flows import get_flow
     from baquad.reference import reference_solve
     from baquad.schedules import uniform
@@ -47,34 +49,39 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     flow = get_flow(args.flow)
     x0 = torch.from_numpy(np.random.default_rng(args.seed).standard_normal((args.n, flow.dim)))
-    ref = torch.from_numpy(reference_solve(flow, x0.numpy(), [1.0, 0.0], rtol=1e-10, atol=1e-10)[-1])
-    err = lambda x: float((x - ref).norm(dim=1).mean())
-    euler100 = err(baquad.solve(flow, x0, uniform(100), method="euler").x)
+    score = Scorer(flow, reference_solve(flow, x0.numpy(), [1.0, 0.0], rtol=1e-10, atol=1e-10)[-1])
+    euler100 = score(baquad.solve(flow, x0, uniform(100), method="euler").x)
     top = max(args.nfe)
 
-    header = ["run", *SHOWN, "path features"] + [f"B, NFE {n}" for n in args.nfe] + [f"A, NFE {top}"]
+    header = (["run", *SHOWN, "net", "path features"] + [f"B, NFE {n}" for n in args.nfe] + [f"A, NFE {top}"]
+              + [f"median B, NFE {top}", f"median A, NFE {top}"])
     rows, commands = [], []
     for path in args.sidenets:
         path = Path(path)
         summary = json.loads(path.with_name("summary.json").read_text())
         cfg, arch = summary["config"], summary["sidenet_config"]
-        perception = NeuralPerception(load_sidenet(path))
-        errs = [err(baquad.solve(flow, x0, uniform(n), perception=perception).x) for n in args.nfe]
-        errs.append(err(baquad.solve(flow, x0, uniform(top - 1), perception=perception, final="bi").x))
+        sidenet = load_sidenet(path)
+        perception = NeuralPerception(sidenet)
+        scores = [score(baquad.solve(flow, x0, uniform(n), perception=perception).x) for n in args.nfe]
+        scores.append(score(baquad.solve(flow, x0, uniform(top - 1), perception=perception, final="bi").x))
         name = path.parent.name
-        rows.append([name, *(str(cfg[k]) for k in SHOWN), str(arch.get("path_features", False))]
-                    + [f"{e:.4f}" for e in errs])
+        net = f"{arch['class']} {arch.get('hidden', '?')}x{arch.get('depth', '?')}, {count_parameters(sidenet):,} p."
+        rows.append([name, *(str(cfg[k]) for k in SHOWN), net, str(arch.get("path_features", False))]
+                    + [f"{s.err:.4f}" for s in scores] + [f"{scores[-2].median:.4f}", f"{scores[-1].median:.4f}"])
         flags = " ".join(f"--{k.replace('_', '-')} {cfg[k]}" for k in
                          ("intervals", "exp_rate", "h_min", "h_max", "loss_norm", "start", "state_update", "iters",
                           "batch_size", "ema_decay", "chain_length", "seed"))
         pf = "--path-features" if arch.get("path_features") else "--no-path-features"
+        pf += "".join(f" --{k.replace('_', '-')} {arch[k]}" for k in ("hidden", "depth", "embed_dim") if k in arch)
         commands.append(f"python -m adapters.torch_sit.train --backbone {args.flow} --out runs/ablation/{name} "
                         f"--no-resume {flags} {pf}")
 
     lines = [f"# SideNet recipe ablation on `{args.flow}`", "",
              f"Command: `{command('analysis.sidenet_ablation', argv)}`", "",
              f"BA-solver GL4 mean trajectory error, {args.n} noises (seed {args.seed}), uniform grids; "
-             f"scheme B = last interval single-anchor, A = all bi-anchor. Euler at 100 NFE: {euler100:.4f}.", "",
+             f"scheme B = last interval single-anchor, A = all bi-anchor; the last two columns are medians (the mean "
+             f"moves with the few samples that end in another mode). Euler at 100 NFE: mean {euler100.err:.4f} "
+             f"+- {euler100.se:.2g}, median {euler100.median:.4f}.", "",
              markdown_table(header, rows), "", "Retrain a row:", "", "```", *commands, "```"]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -166,9 +166,22 @@ def test_nfe_sweep_quick_runs_end_to_end_and_scores_euler_independently(tmp_path
     ts = np.linspace(1.0, 0.0, 4)
     for t0, t1 in zip(ts[:-1], ts[1:]):
         x = x + (t1 - t0) * flow(t0, x)
-    want = np.linalg.norm(x - ref, axis=1).mean()
-    got = float(re.search(r"^\| Euler \| ([0-9.e+-]+) \|", md, re.M).group(1))
-    assert got == pytest.approx(want, rel=1e-3)
+    err = np.linalg.norm(x - ref, axis=1)
+    euler_rows = [float(v) for v in re.findall(r"^\| Euler \| ([0-9.e+-]+) \|", md, re.M)]
+    # tables in order: mean error, median error, mode switches, NLL
+    assert euler_rows[0] == pytest.approx(err.mean(), rel=1e-3)
+    assert euler_rows[1] == pytest.approx(np.median(err), rel=1e-3)
+    # mode switch: most probable component (scipy densities, written out here) differs from the reference's
+    from scipy.stats import multivariate_normal
+
+    def mode(y):
+        logp = [np.log(w) + multivariate_normal(m, np.diag(s**2)).logpdf(y)
+                for m, s, w in zip(flow.means, flow.stds, flow.weights)]
+        return np.argmax(np.stack(logp, -1), -1)
+
+    switched = np.mean(mode(x) != mode(ref))
+    assert euler_rows[2] == pytest.approx(switched, abs=1e-3)
+    assert euler_rows[3] == pytest.approx(-np.mean(flow.log_prob(x)), rel=1e-3)
 
     # the ablation table reads the recipe back from summary.json and scores the same SideNet
     from analysis import sidenet_ablation
