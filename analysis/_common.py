@@ -23,6 +23,15 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: "str | os.PathLike", dpi: int) -> None:
+    """Lay out ``fig``, write it as PNG to ``path`` and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def command(module: str, argv: Optional[Sequence[str]]) -> str:
     """The command line that reproduces a run, for the markdown header."""
     args = list(sys.argv[1:] if argv is None else argv)

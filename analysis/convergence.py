@@ -32,7 +32,7 @@ import numpy as np
 from baquad.flows import FLOW_NAMES, GaussianMixtureFlow, get_flow
 from baquad.order import EmpiricalOrder, empirical_order
 
-from ._common import FIGURES, command, markdown_table, output_paths, pyplot, shown
+from ._common import FIGURES, command, markdown_table, output_paths, pyplot, save_figure, shown
 
 ORACLE_TOL = dict(oracle_rtol=1e-13, oracle_atol=1e-14)
 FLOW_SOLVER_OPTIONS = dict(lower_order_final="none")
@@ -157,9 +157,7 @@ def plot(results, flow_name: str, t0: float, t1: float, path) -> None:
         if ax.lines:
             ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     axes[0].set_ylabel("max |x_N - x(t1)|")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def table(results, span: float) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 
 from baquad.perception import Perception
 
-from ._common import Scorer, command, markdown_table, output_paths, pyplot, shown
+from ._common import Scorer, command, markdown_table, output_paths, pyplot, save_figure, shown
 
 
 class WindowedPerception(Perception):
@@ -152,9 +152,7 @@ def plot(rows, windows, label, args, path) -> None:
         ax.set_xlabel("window of t")
         ax.set_title(f"{args.flow}, NFE {args.nfe}: {title}")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._common import Score, Scorer, command, markdown_table, output_paths, pyplot, shown
+from ._common import Score, Scorer, command, markdown_table, output_paths, pyplot, save_figure, shown
 
 DEFAULT_NFES = (3, 4, 5, 7, 10, 15)
 EULER_NFES = (20, 50, 100, 200)
@@ -280,10 +280,10 @@ def bars(results, euler_long, nfes) -> list[str]:
         ok = value < bar if strict else value <= bar
         return "met" if ok else f"NOT met, {value / bar:.1f}x short"
 
+    e100 = euler_long[100]
     for key in ("err", "median"):
         label = "mean" if key == "err" else "median"
         pm = (lambda s: f"{s.err:.4g} +- {s.se:.2g}") if key == "err" else (lambda s: f"{s.median:.4g}")
-        e100 = euler_long[100]
         if 10 in nfes:
             d10 = results[default][10]
             best = min(side, key=lambda k: getattr(side[k][10], key) if 10 in side[k] else np.inf)
@@ -323,9 +323,7 @@ def plot(results, euler_long, args, path: Path, ref_nll: float) -> None:
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

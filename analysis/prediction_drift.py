@@ -42,7 +42,7 @@ from baquad.flows import FLOW_NAMES, get_flow
 from baquad.perception import Anchor, AnchorOnly, AnchorPolynomial, Oracle, Perception
 from baquad.reference import reference_solve
 
-from ._common import FIGURES, command, markdown_table, output_paths, pyplot, shown
+from ._common import FIGURES, command, markdown_table, output_paths, pyplot, save_figure, shown
 
 BUILTIN = {
     "anchor-only": AnchorOnly,
@@ -215,10 +215,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_ylim(bottom=0)
-    fig.tight_layout()
     png, md = output_paths(args.out, f"prediction_drift_{args.flow}")
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
+    save_figure(fig, png, dpi=90)
 
     cmd = command("analysis.prediction_drift", argv)
     body = "\n".join([
