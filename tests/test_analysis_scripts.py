@@ -195,3 +195,35 @@ def test_nfe_sweep_quick_runs_end_to_end_and_scores_euler_independently(tmp_path
 
     assert chain_bias.main(["--sidenet", str(tmp_path / "run" / "sidenet.safetensors"), "--n", "8",
                             "--t0", "0.5", "--h", "-0.1"]) == 0
+
+
+def test_scorer_against_scipy_densities():
+    """``Scorer`` on samples of which some were moved to another mode: error statistics by numpy,
+    mode switches and NLL from scipy's Gaussian densities of the mixture, written out here."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    from analysis._common import Scorer
+    from baquad.flows import get_flow
+
+    flow = get_flow("gmm-32d")
+    rng = np.random.default_rng(5)
+    ref = flow.sample_data(300, rng)
+    x = ref + 0.01 * rng.standard_normal(ref.shape)
+    moved = rng.random(len(x)) < 0.2
+    x[moved] = flow.sample_data(int(moved.sum()), rng)  # fresh samples: most land in another mode
+
+    comp = np.stack([np.log(w) + multivariate_normal(m, np.diag(s**2)).logpdf(x)
+                     for m, s, w in zip(flow.means, flow.stds, flow.weights)], -1)
+    comp_ref = np.stack([multivariate_normal(m, np.diag(s**2)).logpdf(ref) + np.log(w)
+                         for m, s, w in zip(flow.means, flow.stds, flow.weights)], -1)
+    want_switched = np.mean(comp.argmax(-1) != comp_ref.argmax(-1))
+    err = np.sqrt(((x - ref) ** 2).sum(1))
+
+    got = Scorer(flow, ref)(x)
+    assert 0.1 < want_switched < 0.2  # the case has switches, and not every moved sample switched
+    assert got.switched == pytest.approx(want_switched, abs=1e-12)
+    assert got.err == pytest.approx(err.mean(), rel=1e-12)
+    assert got.median == pytest.approx(np.median(err), rel=1e-12)
+    assert got.se == pytest.approx(err.std(ddof=1) / np.sqrt(len(err)), rel=1e-12)
+    assert got.nll == pytest.approx(-np.mean(logsumexp(comp, axis=-1)), rel=1e-9)
