@@ -83,7 +83,10 @@ def train_or_load(args, flow_name: str):
     print(f"training a SideNet for {flow_name} into {out} ({cfg.iters} iterations, batch {cfg.batch_size}, "
           f"K = {cfg.chain_length}); interrupt and rerun to resume", flush=True)
     result = train(cfg, backbone=flow_name, out=out, sidenet_config=sidenet_config, ckpt_every=max(cfg.iters // 10, 1))
-    return result.sidenet, result.summary, out / "sidenet.safetensors"
+    # score the weights the run wrote (EMA when kept), the same ones ``--sidenet`` loads later;
+    # ``result.sidenet`` holds the raw final weights instead
+    path = out / "sidenet.safetensors"
+    return load_sidenet(path), result.summary, path
 
 
 class Timed:

@@ -182,6 +182,17 @@ def test_nfe_sweep_quick_runs_end_to_end_and_scores_euler_independently(tmp_path
     switched = np.mean(mode(x) != mode(ref))
     assert euler_rows[2] == pytest.approx(switched, abs=1e-3)
     assert euler_rows[3] == pytest.approx(-np.mean(flow.log_prob(x)), rel=1e-3)
+    # the SideNet row scores the weights written to disk (what --sidenet loads later), solved here
+    torch = pytest.importorskip("torch")
+    import baquad
+    from adapters.torch_sit.checkpoint import load_sidenet
+    from adapters.torch_sit.perception import NeuralPerception
+
+    x0 = np.random.default_rng(7).standard_normal((64, 2))
+    side = NeuralPerception(load_sidenet(tmp_path / "run" / "sidenet.safetensors"))
+    x_ba = baquad.solve(flow, torch.from_numpy(x0), np.linspace(1.0, 0.0, 4), perception=side).x.numpy()
+    got = float(re.search(r"^\| BA SideNet GL4 B \| ([0-9.e+-]+) \|", md, re.M).group(1))
+    assert got == pytest.approx(np.linalg.norm(x_ba - ref, axis=1).mean(), rel=1e-3)
 
     # the ablation table reads the recipe back from summary.json and scores the same SideNet
     from analysis import sidenet_ablation
