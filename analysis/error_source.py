@@ -26,12 +26,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from baquad.perception import Perception
+from baquad.perception import Perception, PerceptionWrapper
 
 from ._common import Scorer, command, markdown_table, output_paths, pyplot, save_figure, shown
 
 
-class WindowedPerception(Perception):
+class WindowedPerception(PerceptionWrapper):
     """``inside`` on the intervals of ``ts`` whose midpoint lies in ``[lo, hi)``, ``outside`` on
     the rest.
 
@@ -40,10 +40,10 @@ class WindowedPerception(Perception):
     end, so that point is strictly inside the interval the probe serves."""
 
     def __init__(self, inside: Perception, outside: Perception, ts: Sequence[float], lo: float, hi: float):
+        super().__init__(inside, outside)
         self.inside, self.outside = inside, outside
         self.ts = np.asarray(ts, dtype=np.float64)
         self.lo, self.hi = float(lo), float(hi)
-        self.history_size = max(getattr(inside, "history_size", 1), getattr(outside, "history_size", 1))
 
     def in_window(self, t: float, offsets: Sequence[float]) -> bool:
         d = max(offsets, key=abs)

@@ -104,18 +104,17 @@ class Timed:
             self.seconds += time.perf_counter() - t0
 
 
-def _perception_base():
-    from baquad.perception import Perception
+def _wrapper_base():
+    from baquad.perception import PerceptionWrapper
 
-    return Perception
+    return PerceptionWrapper
 
 
-class TimedPerception(_perception_base()):
-    """Wraps a perception and accumulates its wall time."""
+class TimedPerception(_wrapper_base()):
+    """Wraps a perception and accumulates its wall time (declarations forwarded by the base)."""
 
     def __init__(self, inner):
-        self.inner = inner
-        self.history_size = getattr(inner, "history_size", 1)
+        super().__init__(inner)
         self.seconds = 0.0
 
     def __call__(self, *a, **k):
@@ -124,9 +123,6 @@ class TimedPerception(_perception_base()):
             return self.inner(*a, **k)
         finally:
             self.seconds += time.perf_counter() - t0
-
-    def __repr__(self) -> str:
-        return repr(self.inner)
 
 
 def main(argv=None) -> int:

@@ -39,7 +39,7 @@ from typing import Any, Optional
 import numpy as np
 
 from baquad.flows import FLOW_NAMES, get_flow
-from baquad.perception import Anchor, AnchorOnly, AnchorPolynomial, Oracle, Perception
+from baquad.perception import Anchor, AnchorOnly, AnchorPolynomial, Oracle, Perception, PerceptionWrapper, history_size
 from baquad.reference import reference_solve
 
 from ._common import FIGURES, command, markdown_table, output_paths, pyplot, save_figure, shown
@@ -51,12 +51,8 @@ BUILTIN = {
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
-class _TorchBridge(Perception):
+class _TorchBridge(PerceptionWrapper):
     """Runs a torch perception (the SideNet) on the numpy states of this script."""
-
-    def __init__(self, inner: Perception):
-        self.inner = inner
-        self.history_size = getattr(inner, "history_size", 1)
 
     def __call__(self, x, v, t, offsets, history=()):
         import torch
@@ -64,9 +60,6 @@ class _TorchBridge(Perception):
         out = self.inner(torch.from_numpy(np.ascontiguousarray(x)).float(),
                          torch.from_numpy(np.ascontiguousarray(v)).float(), float(t), offsets)
         return out.detach().double().cpu().numpy()
-
-    def __repr__(self) -> str:
-        return repr(self.inner)
 
 
 def load_sidenet_perception(path: str) -> Perception:
@@ -97,7 +90,7 @@ def drift(perception: Perception, times: np.ndarray, xs: np.ndarray, vs: np.ndar
           sub: int) -> tuple[np.ndarray, np.ndarray]:
     """Forward and backward prediction errors, each ``(steps, sub + 1)``: entry ``[i, j]`` is the
     mean error at ``t_i + j h / sub`` of interval ``i``."""
-    hist_size = max(1, int(getattr(perception, "history_size", 1)))
+    hist_size = history_size(perception) or steps + 1
     anchors = [Anchor(float(times[i * sub]), xs[i * sub], vs[i * sub]) for i in range(steps + 1)]
     fwd = np.zeros((steps, sub + 1))
     bwd = np.zeros((steps, sub + 1))

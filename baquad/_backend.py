@@ -48,6 +48,16 @@ def broadcast_stack(x: Array, m: int) -> Array:
     return np.broadcast_to(x, (m, *x.shape))
 
 
+def per_row(s: Array, like: Array) -> Array:
+    """A ``(B,)`` array of per-row scalars reshaped to ``(B, 1, ..., 1)`` to broadcast against
+    ``like`` of shape ``(B, ...)``."""
+    if tuple(s.shape) != (like.shape[0],):
+        raise ValueError(
+            f"per-sample times: expected shape ({like.shape[0]},) (one per row of the state), got {tuple(s.shape)}"
+        )
+    return s.reshape((s.shape[0],) + (1,) * (like.ndim - 1))
+
+
 def all_finite(x: Array) -> bool:
     """True if every entry is finite (one device sync for a GPU tensor)."""
     if is_torch(x):

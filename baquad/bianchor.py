@@ -20,7 +20,14 @@ f(x_{i+1}, t_{i+1}) (no call at all when the interval is the last one).
 error indicator, like the difference of an embedded pair.
 
 The solver is an object with explicit ``init``/``step`` state (diffrax style), so the reused
-anchor is visible in :class:`BiAnchorState` rather than hidden.
+anchor is visible in :class:`BiAnchorState` rather than hidden, and so is the anchor history the
+perception declared it needs (``history_size``; see :mod:`baquad.perception`).
+
+Times are Python floats for sampling. For chain training (:mod:`adapters.torch_sit.chain`) the
+same step runs with per-sample times: ``t`` a ``(B,)`` array, one time per batch row, and h
+broadcast over the rows, so every sample integrates its own interval; the perception then gets
+``(B,)`` times and ``(m, B)`` offsets and must declare ``per_sample_times = True``. This is the
+one implementation of the step: sampling and training cannot drift apart.
 """
 
 from __future__ import annotations
@@ -29,11 +36,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from . import _backend as B
-from .perception import Anchor, Perception
-from .rules import QuadratureRule
+from .methods import Method, register_method
+from .perception import Anchor, Perception, get_perception, history_size
+from .rules import QuadratureRule, get_rule
 
 Array = Any
-Field = Callable[[float, Array], Array]
+Time = Any  # a Python float, or a (B,) array of per-sample times
+Field = Callable[[Time, Array], Array]
+
+__all__ = ["BiAnchorState", "StepInfo", "BiAnchorSolver", "ba_solver", "BA_SOLVER", "resolve_ba_options"]
 
 
 @dataclass(frozen=True)
@@ -41,24 +52,31 @@ class BiAnchorState:
     """Solver state between intervals.
 
     Attributes:
-        t: current time.
+        t: current time (a float, or a ``(B,)`` array of per-sample times).
         x: current state.
-        v: the start anchor for the next interval (the backbone velocity last computed, at
-            ``history[-1].x``), or None after a single-anchor interval that evaluated nothing.
-        history: the most recent anchors of the trajectory, oldest first.
+        anchor: the start anchor of the next interval, ``Anchor(t, x_eval, v)`` with
+            v = f(x_eval, t): the backbone velocity last computed. After a bi-anchor interval
+            x_eval is the predictor x~, not ``x`` (the anchor is reused, not re-evaluated, step 5).
+            None after a single-anchor interval that evaluated nothing (the final one).
+        history: the most recent anchors of the trajectory, oldest first (as many as the
+            perception declares; all of them when it declares None).
     """
 
-    t: float
+    t: Time
     x: Array
-    v: Optional[Array]
+    anchor: Optional[Anchor]
     history: tuple[Anchor, ...]
+
+    @property
+    def v(self) -> Optional[Array]:
+        """The start anchor's velocity (None when there is no anchor)."""
+        return None if self.anchor is None else self.anchor.v
 
 
 @dataclass(frozen=True)
 class StepInfo:
     """What one interval produced besides the new state."""
 
-    predictor: Array
     #: rms(x_{i+1} - x~) as a 0-dim array (no device sync); None for a single-anchor interval,
     #: which has no corrector.
     gap: Optional[Array]
@@ -79,54 +97,80 @@ class BiAnchorSolver:
         nodes = rule.nodes
         self._forward = [k for k, c in enumerate(nodes) if c > 0.0]
         self._backward = [k for k, c in enumerate(nodes) if 0.5 <= c < 1.0]
-        self._history_size = max(1, int(getattr(perception, "history_size", 1)))
+        self._history_size = history_size(perception)
 
-    def init(self, field: Field, t0: float, x0: Array) -> BiAnchorState:
+    def init(self, field: Field, t0: Time, x0: Array) -> BiAnchorState:
         """Evaluate the first anchor v_0 = f(x_0, t_0) (one NFE)."""
-        v0 = field(t0, x0)
-        return BiAnchorState(t0, x0, v0, (Anchor(t0, x0, v0),))
+        anchor = Anchor(t0, x0, field(t0, x0))
+        return BiAnchorState(t0, x0, anchor, (anchor,))
 
-    def step(self, field: Field, state: BiAnchorState, t1: float, *, bi: bool = True,
+    def step(self, field: Field, state: BiAnchorState, t1: Time, *, bi: bool = True,
              evaluate_end: bool = True) -> tuple[BiAnchorState, StepInfo]:
-        """Advance one interval to ``t1``.
+        """Advance one interval to ``t1`` (paper Algorithm 1, steps 1-5 marked below).
 
         Args:
             bi: bi-anchor interval (steps 1-5); False gives a single-anchor interval.
             evaluate_end: single-anchor only: evaluate the next anchor at the new state (False for
                 the last interval, which then costs no backbone call). A bi-anchor interval always
                 evaluates its terminal anchor.
+
+        ``t1`` is a float, or a ``(B,)`` array when the state's time is one (per-sample
+        intervals; rows with h = 0 stay where they are, at the cost of their share of the calls).
         """
-        if state.v is None:
+        if state.anchor is None:
             raise RuntimeError("step: the state has no start anchor (the previous interval was final)")
         nodes, weights = self.rule.nodes, self.rule.weights
-        x, v, t0 = state.x, state.v, state.t
+        x, v, t0 = state.x, state.anchor.v, state.t
         h = t1 - t0
+        per_sample = B.is_array(h)
+        if per_sample and not getattr(self.perception, "per_sample_times", False):
+            raise TypeError(
+                f"step: per-sample times need a perception that accepts them; {self.perception!r} does not "
+                "declare per_sample_times = True"
+            )
+        hx = B.per_row(h, x) if per_sample else h
+        offsets = _offsets(per_sample)
+
+        # Step 1: forward perception from the start anchor, all nodes c > 0 in one call; predictor.
         u: list[Array] = [v if c == 0.0 else None for c in nodes]
         if self._forward:
-            probe = self.perception(x, v, t0, tuple(nodes[k] * h for k in self._forward), state.history)
+            probe = self.perception(x, v, t0, offsets([nodes[k] for k in self._forward], h), state.history)
             for j, k in enumerate(self._forward):
                 u[k] = probe[j]
-        x_pred = x + h * _weighted_sum(weights, u)
+        x_pred = x + hx * _weighted_sum(weights, u)
 
         if not bi:
-            history = state.history
-            v1 = None
+            history, anchor = state.history, None
             if evaluate_end:
-                v1 = field(t1, x_pred)
-                history = _push(history, Anchor(t1, x_pred, v1), self._history_size)
-            return BiAnchorState(t1, x_pred, v1, history), StepInfo(x_pred, None)
+                anchor = Anchor(t1, x_pred, field(t1, x_pred))
+                history = self._push(history, anchor)
+            return BiAnchorState(t1, x_pred, anchor, history), StepInfo(None)
 
-        v1 = field(t1, x_pred)
-        history = _push(state.history, Anchor(t1, x_pred, v1), self._history_size)
+        # Step 2: the terminal anchor, the interval's only backbone call.
+        anchor = Anchor(t1, x_pred, field(t1, x_pred))
+        history = self._push(state.history, anchor)
+        # Step 3: backward perception from the terminal anchor for the nodes c >= 1/2.
         for k, c in enumerate(nodes):
             if c == 1.0:
-                u[k] = v1
+                u[k] = anchor.v
         if self._backward:
-            back = self.perception(x_pred, v1, t1, tuple((nodes[k] - 1.0) * h for k in self._backward), history)
+            back = self.perception(x_pred, anchor.v, t1, offsets([nodes[k] - 1.0 for k in self._backward], h), history)
             for j, k in enumerate(self._backward):
                 u[k] = back[j]
-        x1 = x + h * _weighted_sum(weights, u)
-        return BiAnchorState(t1, x1, v1, history), StepInfo(x_pred, B.rms(x1 - x_pred))
+        # Step 4: corrector. Step 5: the terminal anchor is the next interval's start anchor.
+        x1 = x + hx * _weighted_sum(weights, u)
+        return BiAnchorState(t1, x1, anchor, history), StepInfo(B.rms(x1 - x_pred))
+
+    def _push(self, history: tuple[Anchor, ...], anchor: Anchor) -> tuple[Anchor, ...]:
+        history = history + (anchor,)
+        return history if self._history_size is None else history[-self._history_size:]
+
+
+def _offsets(per_sample: bool) -> Callable[[Sequence[float], Time], Any]:
+    """The perception's offsets c * h: a tuple of floats, or an ``(m, B)`` array per sample."""
+    if per_sample:
+        return lambda coeffs, h: B.stack([c * h for c in coeffs])
+    return lambda coeffs, h: tuple(c * h for c in coeffs)
 
 
 def _weighted_sum(weights: Sequence[float], u: Sequence[Array]) -> Array:
@@ -136,40 +180,66 @@ def _weighted_sum(weights: Sequence[float], u: Sequence[Array]) -> Array:
     return out
 
 
-def _push(history: tuple[Anchor, ...], anchor: Anchor, size: int) -> tuple[Anchor, ...]:
-    return (history + (anchor,))[-size:]
-
-
 def ba_solver(
     field: Field,
     x0: Array,
     ts: Sequence[float],
     *,
     callback: Optional[Callable[..., None]] = None,
-    rule: QuadratureRule,
-    perception: Perception,
-    anchors: str = "bi",
-    final: str = "single",
+    rule: "QuadratureRule | str | None" = None,
+    perception: "Perception | str | None" = None,
+    anchors: Optional[str] = None,
+    final: Optional[str] = None,
 ) -> Array:
     """BA-solver over a grid, in the sampler form shared with the baselines.
 
-    NFE schemes (algorithm.md section 5), for a grid of M intervals:
+    NFE schemes (docs: "Counting NFE"), for a grid of M intervals:
     - ``anchors="bi", final="bi"`` (scheme A): every interval bi-anchor, NFE = M + 1.
-    - ``anchors="bi", final="single"`` (scheme B): the last interval single-anchor, NFE = M.
+    - ``anchors="bi", final="single"`` (scheme B, default): the last interval single-anchor,
+      NFE = M.
     - ``anchors="single"``: every interval single-anchor (the ablation), NFE = M.
 
+    ``rule`` defaults to Gauss-Lobatto-4 and ``perception`` to the training-free
+    :class:`~baquad.perception.AnchorPolynomial` (see :func:`resolve_ba_options`).
     ``callback(i, t_i, x_i, info)`` is called after each interval with its :class:`StepInfo`.
     """
-    if anchors not in ("bi", "single"):
-        raise ValueError(f"anchors: must be 'bi' or 'single', got {anchors!r}")
-    if final not in ("bi", "single"):
-        raise ValueError(f"final: must be 'bi' or 'single', got {final!r}")
-    solver = BiAnchorSolver(rule, perception)
+    opts = resolve_ba_options(rule=rule, perception=perception, anchors=anchors, final=final)
+    solver = BiAnchorSolver(opts["rule"], opts["perception"])
     state = solver.init(field, ts[0], x0)
     last = len(ts) - 1
     for i in range(1, len(ts)):
-        bi = anchors == "bi" and not (i == last and final == "single")
+        bi = opts["anchors"] == "bi" and not (i == last and opts["final"] == "single")
         state, info = solver.step(field, state, ts[i], bi=bi, evaluate_end=i < last)
         if callback is not None:
             callback(i, ts[i], state.x, info)
     return state.x
+
+
+_SCHEMES = ("bi", "single")
+
+
+def resolve_ba_options(rule: "QuadratureRule | str | None" = None, perception: "Perception | str | None" = None,
+                       anchors: Optional[str] = None, final: Optional[str] = None) -> dict:
+    """BA-solver's options checked, with defaults filled in (None selects a default).
+
+    ``rule``: a name or :class:`~baquad.rules.QuadratureRule` with nodes in [0, 1] (default
+    ``"gauss-lobatto-4"``); ``perception``: see :func:`~baquad.perception.get_perception`;
+    ``anchors``: ``"bi"`` (default) or ``"single"``; ``final``: ``"single"`` (default) or ``"bi"``.
+
+    Raises:
+        ValueError / TypeError naming the option.
+    """
+    for name, value in (("anchors", anchors), ("final", final)):
+        if value is not None and (not isinstance(value, str) or value not in _SCHEMES):
+            raise ValueError(f"{name}: must be 'bi' or 'single' (or None for the default), got {value!r}")
+    rule = get_rule("gauss-lobatto-4" if rule is None else rule)
+    rule.check_unit_interval("rule")
+    return dict(rule=rule, perception=get_perception(perception), anchors=anchors or "bi", final=final or "single")
+
+
+def _ba_cost(rule: Any, perception: Any, anchors: str, final: str) -> tuple[int, int]:
+    """NFE = N (scheme B or all single-anchor) or N + 1 (scheme A) for N intervals."""
+    return (1, 1) if anchors == "bi" and final == "bi" else (1, 0)
+
+
+BA_SOLVER = register_method(Method("ba-solver", ba_solver, cost=_ba_cost, resolve=resolve_ba_options))

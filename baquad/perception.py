@@ -16,6 +16,19 @@ increasing time). ``history`` is the tuple of anchors of the same trajectory com
 oldest first, whose last element is the anchor (t, x, v) itself (:class:`Anchor`); perceptions
 that do not use it ignore it. Perceptions never count as NFE (the solver counts their calls).
 
+What a perception declares (class or instance attributes; the solver reads them, wrappers
+derived from :class:`PerceptionWrapper` forward them):
+
+- ``history_size``: how many anchors it needs in ``history`` (the solver state keeps no more).
+  ``None`` (the base-class default) keeps every anchor of the trajectory, so a perception, or a
+  wrapper around one, that declares nothing still gets the history it needs: forgetting the
+  declaration costs memory, never correctness.
+- ``per_sample_times``: True if it accepts per-sample times (chain training): ``t`` a 1-D array
+  of shape ``(B,)`` (one time per batch row of x) and ``offsets`` an array of shape ``(m, B)``.
+  Default False: ``t`` and the offsets are Python floats.
+- ``state_agnostic``: True if it acts elementwise on any state vector, so that it is valid on the
+  adjoint system of ``torchdiffeq.odeint_adjoint`` (anchor-only and polynomial are).
+
 Built-ins:
 - :class:`AnchorOnly`: g = 0 (v_hat = v). Every rule then degenerates: bi-anchor Gauss-Lobatto-n
   puts the weight of the nodes c < 1/2 on the start anchor and the rest on the terminal anchor.
@@ -33,7 +46,7 @@ Built-ins:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 
 from . import _backend as B
@@ -43,6 +56,8 @@ Array = Any
 __all__ = [
     "Anchor",
     "Perception",
+    "PerceptionWrapper",
+    "history_size",
     "AnchorOnly",
     "AnchorPolynomial",
     "Oracle",
@@ -63,8 +78,12 @@ class Anchor(NamedTuple):
 class Perception:
     """Base class. Subclasses implement :meth:`__call__` (see the module docstring)."""
 
-    #: how many past anchors the perception wants in ``history`` (the solver keeps no more).
-    history_size: int = 1
+    #: how many past anchors the perception wants in ``history``; None: all of the trajectory's.
+    history_size: Optional[int] = None
+    #: accepts a ``(B,)`` time array and ``(m, B)`` offsets (chain training).
+    per_sample_times: bool = False
+    #: valid on any state vector (the adjoint system of ``odeint_adjoint``).
+    state_agnostic: bool = False
 
     def __call__(
         self, x: Array, v: Array, t: float, offsets: Sequence[float], history: Sequence[Anchor] = ()
@@ -75,8 +94,63 @@ class Perception:
         return f"{type(self).__name__}()"
 
 
+class PerceptionWrapper(Perception):
+    """Base for perceptions that wrap another (counting, timing, windowing, device bridging).
+
+    It forwards the inner perception's declarations (``history_size``, ``per_sample_times``,
+    ``state_agnostic``) and its repr, so a subclass only overrides ``__call__``. A wrapper around
+    several perceptions passes them all: its history is the largest they declare (None if any
+    declares None) and it accepts per-sample times or is state-agnostic only if all do.
+    """
+
+    def __init__(self, inner: Perception, *others: Perception):
+        self.inner = inner
+        self.wrapped = (inner, *others)
+
+    @property
+    def history_size(self) -> Optional[int]:  # type: ignore[override]
+        sizes = [history_size(p) for p in self.wrapped]
+        return None if None in sizes else max(sizes)
+
+    @property
+    def per_sample_times(self) -> bool:  # type: ignore[override]
+        return all(getattr(p, "per_sample_times", False) for p in self.wrapped)
+
+    @property
+    def state_agnostic(self) -> bool:  # type: ignore[override]
+        return all(getattr(p, "state_agnostic", False) for p in self.wrapped)
+
+    def __call__(self, x, v, t, offsets, history=()):
+        return self.inner(x, v, t, offsets, history)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+
+def history_size(perception: Any) -> Optional[int]:
+    """The number of anchors ``perception`` declares it needs (>= 1), or None for all of them.
+
+    Raises:
+        ValueError: naming the perception when it declares something else than a positive int or
+            None.
+    """
+    size = getattr(perception, "history_size", None)
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(
+            f"perception: {perception!r} declares history_size = {size!r}; it must be a positive int "
+            "(the number of anchors it reads) or None (every anchor of the trajectory)"
+        )
+    return size
+
+
 class AnchorOnly(Perception):
     """The frozen perception, g = 0: every predicted velocity is the anchor velocity."""
+
+    history_size = 1
+    per_sample_times = True
+    state_agnostic = True
 
     def __call__(self, x, v, t, offsets, history=()):
         return B.broadcast_stack(v, len(offsets))
@@ -102,6 +176,8 @@ class AnchorPolynomial(Perception):
     extrapolation amplified the fast change of the velocity near t = 0 and lost at 3-7 NFE, while
     linear extrapolation with quadratic interpolation was the best of the combinations tried.
     """
+
+    state_agnostic = True
 
     def __init__(self, interpolation_degree: int = 2, extrapolation_degree: int = 1):
         if interpolation_degree < 0 or extrapolation_degree < 0:
@@ -154,6 +230,8 @@ class Oracle(Perception):
     calls are not counted as NFE: it is an analysis tool, not a sampler.
     """
 
+    history_size = 1
+
     def __init__(self, vfield: Callable[[float, Array], Array], rtol: float = 1e-12, atol: float = 1e-12):
         self.vfield = vfield
         self.rtol = rtol
@@ -183,6 +261,8 @@ class FromDeviation(Perception):
     device) of length m, and g returns an array of shape ``(m, *x.shape)``: g_k predicts
     (v(t + d_k) - v) / d_k. The prediction is v + d_k * g_k (Eq. 5).
     """
+
+    history_size = 1
 
     def __init__(self, g: Callable[..., Array]):
         if not callable(g):

@@ -4,9 +4,11 @@
 ``ts`` (increasing or decreasing) and returns a :class:`SolveResult`. It owns everything the
 solvers share: input validation, counting backbone calls (NFE) and perception calls by wrapping
 them, shape/dtype checks of every call with the step where it failed, NaN/inf detection per step,
-and the recorded trajectory. The solvers themselves are short functions with one signature
-(``sampler(field, x0, ts, *, callback, **options) -> x``): ``baquad.bianchor.ba_solver`` and the
-baselines in ``baquad.solvers``.
+and the recorded trajectory. The solvers themselves are registered methods
+(:mod:`baquad.methods`): short functions with one signature
+(``sampler(field, x0, ts, *, callback, **options) -> x``) that own their options and declare their
+NFE cost, ``baquad.bianchor.ba_solver`` and the baselines in ``baquad.solvers`` alike. ``solve``
+validates, wraps, dispatches and collects; it knows no method by name.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import _backend as B
-from .bianchor import ba_solver
-from .perception import Perception, get_perception
-from .rules import QuadratureRule, get_rule
+from .methods import get_method, method_names
+from .perception import Perception, PerceptionWrapper
+from .rules import QuadratureRule
 
 Array = Any
 
@@ -145,14 +147,13 @@ def _cast(x: Array, dtype: Any) -> Array:
     return x.to(dtype) if B.is_torch(x) else x.astype(dtype, copy=False)
 
 
-class CountedPerception(Perception):
+class CountedPerception(PerceptionWrapper):
     """Wraps a perception: counts its batched calls and checks each output."""
 
     def __init__(self, inner: Perception, where: _Where):
-        self.inner = inner
+        super().__init__(inner)
         self.where = where
         self.calls = 0
-        self.history_size = getattr(inner, "history_size", 1)
 
     def __call__(self, x, v, t, offsets, history=()):
         self.calls += 1
@@ -164,29 +165,18 @@ class CountedPerception(Perception):
             or tuple(out.shape) != expected
             or out.dtype != x.dtype
         ):
+            at = f"anchor t = {t:g}" if isinstance(t, float) else "per-sample anchor times"
             raise ValueError(
-                f"perception: call {self.calls} ({self.inner!r}, {self.where}, anchor t = {t:g}, "
+                f"perception: call {self.calls} ({self.inner!r}, {self.where}, {at}, "
                 f"{len(offsets)} offsets) returned {B.describe(out)}; expected shape {expected} and "
                 f"dtype {x.dtype} (one velocity per offset, stacked on a new leading axis)"
             )
         return out
 
-    def __repr__(self) -> str:
-        return repr(self.inner)
-
 
 def methods() -> dict[str, Callable]:
     """All method names accepted by :func:`solve`, with their sampler functions."""
-    table: dict[str, Callable] = {"ba-solver": ba_solver}
-    try:
-        from .solvers import SOLVERS
-    except ImportError:  # pragma: no cover - the baselines package is optional during development
-        SOLVERS = {}
-    table.update(SOLVERS)
-    return table
-
-
-_BA_ONLY = ("rule", "perception", "anchors", "final")
+    return {name: get_method(name).sampler for name in method_names()}
 
 
 def solve(
@@ -196,9 +186,6 @@ def solve(
     rule: "str | QuadratureRule | None" = None,
     *,
     method: str = "ba-solver",
-    perception: "Perception | str | None" = None,
-    anchors: Optional[str] = None,
-    final: Optional[str] = None,
     save_states: bool = False,
     check_finite: bool = True,
     field_dtype: Any = None,
@@ -213,21 +200,23 @@ def solve(
             keeps its array type, dtype and device.
         ts: strictly monotone grid (increasing or decreasing), at least 2 times; every time is an
             integration node.
-        rule: BA-solver quadrature rule name or object (default ``"gauss-lobatto-4"``).
+        rule: BA-solver's quadrature rule, name or object (default ``"gauss-lobatto-4"``); the
+            one option that may also be given positionally.
         method: ``"ba-solver"`` (default) or a baseline (see :func:`methods`).
-        perception: BA-solver perception. Default: :class:`~baquad.perception.AnchorPolynomial`,
-            the training-free Lagrange perception on the anchors already computed (measured better
-            than anchor-only, see README). Pass a SideNet perception for the learned solver, or
-            ``"anchor-only"``.
-        anchors: BA-solver ``"bi"`` (default) or ``"single"`` (ablation).
-        final: BA-solver NFE scheme: ``"single"`` (default; scheme B, last interval single-anchor,
-            NFE = number of intervals) or ``"bi"`` (scheme A, NFE = intervals + 1).
         save_states: also return the states at every grid time in ``result.xs``.
         check_finite: check the state for NaN/inf after every interval and raise naming the
             interval (one host sync per interval on a GPU; set False to skip).
         field_dtype: run the field in this dtype (e.g. ``torch.bfloat16``) while the solver state
             keeps x0's dtype; inputs are cast down and outputs cast up at each call (see Torch).
-        **options: options of a baseline method (e.g. ``order=2`` for ``"dpm++"``).
+        **options: the method's options. BA-solver: ``perception`` (default
+            :class:`~baquad.perception.AnchorPolynomial`, the training-free Lagrange perception on
+            the anchors already computed, measured better than anchor-only, see README; pass a
+            SideNet perception for the learned solver, or ``"anchor-only"``), ``anchors``
+            (``"bi"`` default, or ``"single"``, the ablation) and ``final`` (NFE scheme:
+            ``"single"``, default, scheme B, last interval single-anchor, NFE = number of
+            intervals; or ``"bi"``, scheme A, NFE = intervals + 1). Baselines: e.g. ``order=2``
+            for ``"dpm++"`` (see :mod:`baquad.solvers`). An option the method does not take is a
+            TypeError naming it.
 
     Torch: x0 may live on any device; BA-solver's state, anchors and perception outputs keep x0's
     device and dtype, and times and offsets are Python floats (the anchor-only and polynomial
@@ -249,46 +238,18 @@ def solve(
         ValueError / TypeError naming the bad argument; FloatingPointError when the state becomes
         non-finite, naming the interval and time.
     """
-    table = methods()
-    if method not in table:
-        raise ValueError(f"method: unknown method {method!r}; valid methods are: {', '.join(sorted(table))}")
+    spec = get_method(method)
     if not callable(vfield):
         raise TypeError(f"vfield: expected a callable vfield(t, x), got {type(vfield).__name__}")
+    if rule is not None:
+        options["rule"] = rule
+    opts = spec.options(options)
     grid = validate_grid(ts)
     _validate_x0(x0)
 
     where = _Where(grid)
     field = CountedField(vfield, x0, where, field_dtype)
-    sampler = table[method]
-    ba_given = {k: v for k, v in dict(rule=rule, perception=perception, anchors=anchors, final=final).items() if v is not None}
-    counted_perception = None
-    if method == "ba-solver":
-        kwargs = dict(
-            rule=get_rule("gauss-lobatto-4" if rule is None else rule),
-            anchors=anchors or "bi",
-            final=final or "single",
-        )
-        counted_perception = CountedPerception(get_perception(perception), where)
-        kwargs["perception"] = counted_perception
-        if options:
-            raise TypeError(
-                f"options: {', '.join(sorted(options))} not understood by method 'ba-solver'; "
-                f"its options are {', '.join(_BA_ONLY)}"
-            )
-    else:
-        if ba_given:
-            raise TypeError(
-                f"{', '.join(ba_given)}: option(s) of method 'ba-solver' only, not of {method!r}"
-            )
-        valid = [p for p in inspect.signature(sampler).parameters if p not in ("field", "x0", "ts", "callback")]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise TypeError(
-                f"options: {', '.join(unknown)} not understood by method {method!r}; "
-                f"its options are {', '.join(valid) or '(none)'}"
-            )
-        kwargs = dict(options)
-
+    counted = {k: CountedPerception(v, where) for k, v in opts.items() if isinstance(v, Perception)}
     states = [x0] if save_states else None
     gaps: list = []
 
@@ -305,9 +266,9 @@ def solve(
             gaps.append(info.gap)
         where.interval = i
 
-    x = sampler(field, x0, grid, callback=callback, **kwargs)
+    x = spec.sampler(field, x0, grid, callback=callback, **{**opts, **counted})
     local = None
-    if method == "ba-solver":
+    if gaps:
         # One conversion for all intervals (one host sync for a GPU tensor, at the end only).
         local = np.full(len(gaps), math.nan, dtype=np.float64)
         have = [k for k, g in enumerate(gaps) if g is not None]
@@ -317,9 +278,9 @@ def solve(
         x=x,
         ts=grid,
         nfe=field.calls,
-        perception_calls=counted_perception.calls if counted_perception is not None else 0,
+        perception_calls=sum(c.calls for c in counted.values()),
         xs=B.stack(states) if states is not None else None,
         local_errors=local,
         method=method,
-        options={**{k: v for k, v in kwargs.items() if k != "perception"}, **({"perception": repr(counted_perception)} if counted_perception else {})},
+        options={k: repr(v) if k in counted else v for k, v in opts.items()},
     )

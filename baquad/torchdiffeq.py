@@ -71,9 +71,9 @@ from torchdiffeq._impl import misc as _td_misc
 from torchdiffeq._impl.odeint import SOLVERS as _SOLVERS
 from torchdiffeq._impl.solvers import FixedGridODESolver  # absolute: the third-party package
 
-from .bianchor import ba_solver
-from .perception import AnchorOnly, AnchorPolynomial, Perception, get_perception
-from .rules import QuadratureRule, get_rule
+from .bianchor import ba_solver, resolve_ba_options
+from .perception import Perception
+from .rules import QuadratureRule
 from .solve import CountedField, CountedPerception, _Where, validate_grid
 
 __all__ = ["register", "unregister", "Stats", "BASolver", "OPTIONS"]
@@ -132,9 +132,9 @@ class Stats:
 
 
 def _is_state_agnostic(perception: Perception) -> bool:
-    """True for perceptions that act elementwise on any state (valid on the adjoint system)."""
-    inner = getattr(perception, "inner", perception)
-    return isinstance(inner, (AnchorOnly, AnchorPolynomial)) or bool(getattr(inner, "state_agnostic", False))
+    """True for perceptions that act elementwise on any state (valid on the adjoint system):
+    anchor-only, polynomial, and any perception declaring ``state_agnostic = True``."""
+    return bool(getattr(perception, "state_agnostic", False))
 
 
 def _inspect_func(func: Callable) -> tuple[bool, Optional[list], bool]:
@@ -203,16 +203,11 @@ class BASolver(FixedGridODESolver):
             atol=passed.get("atol"),
             rtol=passed.get("rtol"),
         )
-        rule = opts.get("rule")
-        self.rule: QuadratureRule = get_rule("gauss-lobatto-4" if rule is None else rule)
-        self.rule.check_unit_interval("rule")
-        self.perception: Perception = get_perception(opts.get("perception"))
-        self.anchors: str = opts.get("anchors") or "bi"
-        self.final: str = opts.get("final") or "single"
-        if self.anchors not in ("bi", "single"):
-            raise ValueError(f"ba-solver: anchors must be 'bi' or 'single', got {self.anchors!r}")
-        if self.final not in ("bi", "single"):
-            raise ValueError(f"ba-solver: final must be 'bi' or 'single', got {self.final!r}")
+        ba = resolve_ba_options(**{k: opts.get(k) for k in ("rule", "perception", "anchors", "final")})
+        self.rule: QuadratureRule = ba["rule"]
+        self.perception: Perception = ba["perception"]
+        self.anchors: str = ba["anchors"]
+        self.final: str = ba["final"]
         stats = opts.get("stats")
         if stats is not None and not isinstance(stats, Stats):
             raise TypeError(f"ba-solver: stats must be a baquad.torchdiffeq.Stats, got {type(stats).__name__}")

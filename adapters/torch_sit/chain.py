@@ -18,7 +18,8 @@ loss offsets d = -h > 0 (both signs, as inversion and the backward refinement ne
 The losses are averaged over the (sample, interval) pairs of the chain.
 
 Implementation: the simulation runs first, entirely under ``torch.no_grad()`` (SideNet and
-backbone), and stores the anchors; then ONE SideNet forward with gradient evaluates all 2K
+backbone), one step of the core integrator ``baquad.bianchor.BiAnchorSolver`` per interval with
+per-sample times (the same step that samples), and stores the anchors; then ONE SideNet forward with gradient evaluates all 2K
 (forward and backward) loss terms, stacked along the batch. The autograd graph therefore holds
 exactly one SideNet forward on 2KB inputs and nothing from the backbone or the simulation; the
 trainer may split that forward over the batch (``loss_chunks``) and backpropagate chunk by chunk,
@@ -33,13 +34,16 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from baquad.bianchor import BiAnchorSolver
 from baquad.rules import get_rule
+
+from .perception import NeuralPerception
 
 __all__ = [
     "ChainConfig",
@@ -316,11 +320,6 @@ class Rollout:
     backbone_calls: int
 
 
-def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, ..., 1) broadcasting against like (B, ...)."""
-    return s.reshape(s.shape[0], *([1] * (like.ndim - 1)))
-
-
 def _cond(labels: Optional[torch.Tensor], guidance: Optional[float]) -> dict:
     cond: dict = {}
     if labels is not None:
@@ -335,63 +334,42 @@ def _sidenet_g(net: Callable, x, v, t, d, labels, guidance) -> torch.Tensor:
     return net(x, v, t, d, labels, gs)
 
 
-def _probe(net: Callable, x, v, t, h, coeffs: Sequence[float], labels, guidance) -> list:
-    """u_j = v + c_j h g(x, v, t, c_j h) for all c_j in ONE batched SideNet call."""
-    m = len(coeffs)
-    if m == 0:
-        return []
-    n = x.shape[0]
-    rep = lambda a: a.unsqueeze(0).expand(m, *a.shape).reshape(m * n, *a.shape[1:])
-    c = torch.tensor(list(coeffs), dtype=t.dtype, device=t.device)
-    d = (c[:, None] * h[None, :]).reshape(-1)
-    lab = None if labels is None else labels.repeat(m)
-    g = _sidenet_g(net, rep(x), rep(v), t.repeat(m), d, lab, guidance).reshape(m, *x.shape)
-    return [v + _bcast(d[j * n:(j + 1) * n], x) * g[j] for j in range(m)]
-
-
 @torch.no_grad()
 def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, times: torch.Tensor,
                    cfg: ChainConfig, labels: Optional[torch.Tensor] = None) -> Rollout:
     """Simulate the chain through the time grid ``times`` (K + 1, B) from x at times[0].
 
-    Backbone calls: one at the start and one per simulated interval (K + 1 for a full chain),
-    all under ``torch.no_grad()``, as are the SideNet probes.
+    Each interval is one step of the core integrator, :class:`baquad.bianchor.BiAnchorSolver`,
+    with per-sample times (every sample on its own grid), the SideNet behind
+    :class:`~adapters.torch_sit.perception.NeuralPerception` and the rule ``cfg.rule``:
+    a single-anchor step for ``state_update="predictor"`` (the next state is the predictor x~,
+    Eq. 8) and a bi-anchor step for ``"corrector"``. So the chain is exactly what
+    ``baquad.solve`` computes per sample on that sample's grid with ``anchors="single"`` or
+    ``anchors="bi", final="bi"``. Backbone calls: one at the start and one per simulated interval
+    (K + 1 for a full chain), all under ``torch.no_grad()``, as are the SideNet probes. Empty
+    intervals (h = 0, a "trunc-exp" chain that reached its end) leave their rows unchanged and
+    are masked out of the loss; once every chain of the batch has ended, no more calls are made.
     """
-    net = unwrap(sidenet)
-    rule = get_rule(cfg.rule)
-    nodes, weights = rule.nodes, rule.weights
-    fwd = [j for j, c in enumerate(nodes) if c > 0.0]
-    back = [j for j, c in enumerate(nodes) if 0.5 <= c < 1.0]
+    solver = BiAnchorSolver(get_rule(cfg.rule), NeuralPerception(unwrap(sidenet), labels, cfg.guidance_scale))
+    cond = _cond(labels, cfg.guidance_scale)
+
+    def field(t: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+        return backbone(t, xt, **cond)
+
     T = times.to(device=x.device, dtype=x.dtype)
     H = T[1:] - T[:-1]
     valid = H != 0
-    cond = _cond(labels, cfg.guidance_scale)
-    v = backbone(T[0], x, **cond)
+    state = solver.init(field, T[0], x)
     calls = 1
-    X, Xe, V = [x], [x], [v]
+    X, Xe, V = [x], [x], [state.v]
     for k in range(H.shape[0]):
         if not bool(valid[k:].any()):
             break
-        h, t, t1 = H[k], T[k], T[k + 1]
-        hb = _bcast(h, x)
-        u = [v if c == 0.0 else None for c in nodes]
-        for j, uj in zip(fwd, _probe(net, x, v, t, h, [nodes[j] for j in fwd], labels, cfg.guidance_scale)):
-            u[j] = uj
-        x_pred = x + hb * sum(w * uj for w, uj in zip(weights, u))
-        v1 = backbone(t1, x_pred, **cond)
+        state, _ = solver.step(field, state, T[k + 1], bi=cfg.state_update == "corrector", evaluate_end=True)
         calls += 1
-        x_next = x_pred
-        if cfg.state_update == "corrector":
-            for j, c in enumerate(nodes):
-                if c == 1.0:
-                    u[j] = v1
-            for j, uj in zip(back, _probe(net, x_pred, v1, t1, h, [nodes[j] - 1.0 for j in back], labels, cfg.guidance_scale)):
-                u[j] = uj
-            x_next = x + hb * sum(w * uj for w, uj in zip(weights, u))
-        x, v = x_next, v1
-        X.append(x)
-        Xe.append(x_pred)
-        V.append(v)
+        X.append(state.x)
+        Xe.append(state.anchor.x)
+        V.append(state.v)
     kk = len(X) - 1
     return Rollout(X, Xe, V, T[: kk + 1], H[:kk], valid[:kk], labels, cfg.guidance_scale, calls)
 

@@ -34,11 +34,14 @@ class NeuralPerception(Perception):
         grad: build the autograd graph (False: the forward runs under ``torch.no_grad()``).
 
     The SideNet runs on its own device and dtype (inputs are moved there and g comes back to x's
-    device and dtype); ``t`` may be a Python float (as ``baquad.solve`` passes it), a 0-dim tensor
-    or a per-sample tensor of shape ``(B,)``. ``history`` is ignored. ``calls`` counts forwards.
+    device and dtype). ``t`` may be a Python float (as ``baquad.solve`` passes it), a 0-dim tensor
+    or a per-sample tensor of shape ``(B,)``, and ``offsets`` a sequence of m floats or, with
+    per-sample times (chain training through the core step), a tensor of shape ``(m, B)``.
+    ``history`` is ignored. ``calls`` counts forwards.
     """
 
     history_size = 1
+    per_sample_times = True
 
     def __init__(self, sidenet: nn.Module, labels: Optional[torch.Tensor] = None,
                  guidance_scale: Optional[float] = None, grad: bool = False):
@@ -53,7 +56,7 @@ class NeuralPerception(Perception):
             return p
         raise ValueError("NeuralPerception: the SideNet has no parameters (cannot tell its device/dtype)")
 
-    def __call__(self, x: torch.Tensor, v: torch.Tensor, t: Any, offsets: Sequence[float],
+    def __call__(self, x: torch.Tensor, v: torch.Tensor, t: Any, offsets: Any,
                  history: Sequence[Anchor] = ()) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not isinstance(v, torch.Tensor):
             raise TypeError("NeuralPerception: x and v must be torch tensors (a numpy state needs a numpy perception)")
@@ -71,7 +74,14 @@ class NeuralPerception(Perception):
             ts = tt.repeat(m)
         else:
             raise ValueError(f"NeuralPerception: t must be a scalar or of shape ({n},), got {tuple(tt.shape)}")
-        ds = torch.tensor([float(d) for d in offsets], dtype=dt, device=dev).repeat_interleave(n)
+        if isinstance(offsets, torch.Tensor):  # per-sample offsets (m, B): row j is offset j of every sample
+            if tuple(offsets.shape) != (m, n):
+                raise ValueError(f"NeuralPerception: per-sample offsets must have shape (m, {n}), got {tuple(offsets.shape)}")
+            ds = offsets.to(dev, dt).reshape(-1)
+            d = offsets.to(x.device, x.dtype).reshape(m, n, *([1] * (x.ndim - 1)))
+        else:
+            ds = torch.tensor([float(o) for o in offsets], dtype=dt, device=dev).repeat_interleave(n)
+            d = torch.tensor([float(o) for o in offsets], dtype=x.dtype, device=x.device).reshape(m, *([1] * x.ndim))
         labels = None
         if self.labels is not None:
             lab = torch.as_tensor(self.labels, device=dev).long()
@@ -81,7 +91,6 @@ class NeuralPerception(Perception):
             g = self.sidenet(xs, vs, ts, ds, labels, guidance)
         self.calls += 1
         g = g.reshape(m, *x.shape).to(x.device, x.dtype)
-        d = torch.tensor([float(o) for o in offsets], dtype=x.dtype, device=x.device).reshape(m, *([1] * x.ndim))
         return v.unsqueeze(0) + d * g
 
     def __repr__(self) -> str:
