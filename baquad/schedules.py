@@ -13,6 +13,11 @@ Every schedule returns a tuple of Python floats in [0, 1], strictly decreasing, 
   t = 1 and t = 0), then one extra step from ``t_min`` to t = 0.  That last step is one of the
   ``n_steps`` intervals and costs its NFE like any other (for the multistep flow solvers it
   is the order-1 step ``x_N = x0_hat``).
+- :func:`edm`: Karras et al.'s (EDM) rho-spacing of the noise level ``sigma = t / (1 - t)``
+  (the noise-to-signal ratio of the linear path): ``sigma_j = (sigma_max^(1/rho) + j/(N-1)
+  (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``, j = 0..N-1 (rho = 7, sigma in [0.002, 80] by
+  default), mapped to ``t = sigma / (1 + sigma)``, then t = 0; the first point is moved from
+  ``t(sigma_max) = 80/81`` to t = 1 so that the grid starts at pure noise as every flow grid does.
 - :func:`user_grid`: a user grid, validated.
 
 :func:`nfe_grid` picks the number of steps from an NFE budget (via
@@ -31,6 +36,7 @@ __all__ = [
     "uniform",
     "sd3_shift",
     "logsnr_uniform",
+    "edm",
     "user_grid",
     "get_schedule",
     "nfe_grid",
@@ -119,6 +125,23 @@ def logsnr_uniform(
     return sd3_shift(pts, shift)
 
 
+def edm(n_steps: int, *, shift: float = 1.0, rho: float = 7.0, sigma_min: float = 0.002,
+        sigma_max: float = 80.0) -> tuple[float, ...]:
+    """EDM's rho-spaced noise levels in flow time (see the module docstring): ``n_steps + 1``
+    points from 1 to 0, the last interval ``t(sigma_min) -> 0``. ``shift`` is applied last."""
+    n = _check_steps(n_steps)
+    if not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"rho must be a positive finite number, got {rho!r}")
+    if not 0.0 < sigma_min < sigma_max < math.inf:
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
+    if n == 1:
+        return sd3_shift((1.0, 0.0), shift)
+    a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    sigmas = [(a + j / (n - 1) * (b - a)) ** rho for j in range(n)]
+    pts = [1.0] + [sg / (1.0 + sg) for sg in sigmas[1:]] + [0.0]
+    return sd3_shift(pts, shift)
+
+
 def user_grid(ts: Sequence[float]) -> tuple[float, ...]:
     """A user-supplied generation grid as a tuple of floats, checked to be in [0, 1] and
     strictly decreasing with at least 2 points.
@@ -137,11 +160,12 @@ def user_grid(ts: Sequence[float]) -> tuple[float, ...]:
 
 
 #: name -> schedule function ``f(n_steps, *, shift, **options)``.  ``"sd3"`` is ``"uniform"``
-#: (pass ``shift``); ``"logsnr"`` is :func:`logsnr_uniform`.
+#: (pass ``shift``); ``"logsnr"`` is :func:`logsnr_uniform`; ``"edm"`` is :func:`edm`.
 SCHEDULES: dict[str, Callable[..., tuple[float, ...]]] = {
     "uniform": uniform,
     "sd3": uniform,
     "logsnr": logsnr_uniform,
+    "edm": edm,
 }
 
 

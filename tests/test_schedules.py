@@ -165,3 +165,21 @@ def test_nfe_grid_ba_solver_counted_through_solve() -> None:
 def test_nfe_grid_rejects_unreachable_budget(method: str, nfe: int, opts: dict) -> None:
     with pytest.raises(ValueError, match="nfe"):
         nfe_grid(method, nfe, **opts)
+
+
+def test_edm_grid_is_karras_rho_spacing_in_flow_time():
+    """Karras et al. (2022), Eq. 5: sigma_i = (s_max^(1/rho) + i/(N-1) (s_min^(1/rho) - s_max^(1/rho)))^rho,
+    i < N, sigma_N = 0; flow time t = sigma / (1 + sigma) (sigma = t / (1 - t) on the linear path).
+    The first point is t = 1 (pure noise) instead of t(sigma_max)."""
+    from baquad.schedules import edm
+
+    n, rho, lo, hi = 18, 7.0, 0.002, 80.0
+    ts = get_schedule("edm", n)
+    assert len(ts) == n + 1 and ts[0] == 1.0 and ts[-1] == 0.0
+    for i in range(1, n):
+        sigma = (hi ** (1 / rho) + i / (n - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+        assert math.isclose(ts[i] / (1 - ts[i]), sigma, rel_tol=1e-12)
+    assert all(b < a for a, b in zip(ts, ts[1:]))
+    assert edm(1) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="rho"):
+        edm(5, rho=0.0)

@@ -15,6 +15,7 @@ Presets (``get_flow(name)``):
 =========================  =====================================================
 gmm-ring2d                 8 modes on a radius-2 circle, std 0.1 (density, samples)
 gmm-32d                    d = 32, K = 10 seeded mixture (density, samples)
+gmm-64d                    d = 64, K = 16 seeded mixture (density, samples)
 gaussian-2d                N((1, -0.5), diag(0.25, 2.25)) (all four truths)
 linear-2d                  v = A x, A = [[-0.5, 1], [-2, -0.3]] (trajectory)
 time-scaled-linear-2d      v = cos(t) A x, same A (trajectory)
@@ -37,7 +38,7 @@ from .closed_form import (
     RotationFlow,
     TimeScaledLinearFlow,
 )
-from .gmm import GaussianFlow, GaussianMixtureFlow, gaussian_2d, gmm_32d, gmm_ring2d
+from .gmm import GaussianFlow, GaussianMixtureFlow, gaussian_2d, gmm_32d, gmm_64d, gmm_ring2d
 
 __all__ = [
     "Flow",
@@ -50,6 +51,7 @@ __all__ = [
     "RotationFlow",
     "gmm_ring2d",
     "gmm_32d",
+    "gmm_64d",
     "gaussian_2d",
     "get_flow",
     "FLOW_NAMES",
@@ -65,6 +67,7 @@ _A2 = [[-0.5, 1.0], [-2.0, -0.3]]
 _PRESETS: dict[str, Callable[..., Flow]] = {
     "gmm-ring2d": gmm_ring2d,
     "gmm-32d": gmm_32d,
+    "gmm-64d": gmm_64d,
     "gaussian-2d": gaussian_2d,
     "linear-2d": lambda: LinearFlow(_A2, name="linear-2d"),
     "time-scaled-linear-2d": lambda: TimeScaledLinearFlow(_A2, "cos", name="time-scaled-linear-2d"),

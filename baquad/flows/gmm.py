@@ -202,6 +202,16 @@ def gmm_ring2d(seed: int = 0) -> GaussianMixtureFlow:
     return GaussianMixtureFlow(means, 0.1, np.full(8, 1.0 / 8), name="gmm-ring2d")
 
 
+def _seeded_mixture(name: str, dim: int, k: int, seed: int) -> GaussianMixtureFlow:
+    """Means ``~ N(0, I_dim)``, diagonal stds uniform in [0.1, 0.5], weights ``~ Dirichlet(3, ..., 3)``,
+    drawn in that order from ``numpy.random.default_rng(seed)``."""
+    g = np.random.default_rng(seed)
+    means = g.standard_normal((k, dim))
+    stds = g.uniform(0.1, 0.5, size=(k, dim))
+    weights = g.dirichlet(np.full(k, 3.0))
+    return GaussianMixtureFlow(means, stds, weights, name=name)
+
+
 def gmm_32d(seed: int = 0) -> GaussianMixtureFlow:
     """d = 32, K = 10 components drawn with ``seed``.
 
@@ -209,11 +219,14 @@ def gmm_32d(seed: int = 0) -> GaussianMixtureFlow:
     component stds, but the modes merge in the noise for t above about 0.85), diagonal
     stds uniform in [0.1, 0.5], weights ``~ Dirichlet(3, ..., 3)``.
     """
-    g = np.random.default_rng(seed)
-    means = g.standard_normal((10, 32))
-    stds = g.uniform(0.1, 0.5, size=(10, 32))
-    weights = g.dirichlet(np.full(10, 3.0))
-    return GaussianMixtureFlow(means, stds, weights, name="gmm-32d")
+    return _seeded_mixture("gmm-32d", 32, 10, seed)
+
+
+def gmm_64d(seed: int = 0) -> GaussianMixtureFlow:
+    """d = 64, K = 16 components drawn with ``seed``, built like :func:`gmm_32d` (means
+    ``~ N(0, I_64)``, pairwise distances about 11, diagonal stds uniform in [0.1, 0.5], weights
+    ``~ Dirichlet(3, ..., 3)``)."""
+    return _seeded_mixture("gmm-64d", 64, 16, seed)
 
 
 def gaussian_2d(seed: int = 0) -> GaussianFlow:
