@@ -176,8 +176,9 @@ class GuidedSiT(nn.Module):
         if null is None:
             raise ValueError("guidance_scale > 1 needs a null class, but this SiT's label table has none "
                              "(class_dropout_prob = 0); use guidance_scale=None")
-        x_in = torch.cat([x, x[idx]])
-        t_in = torch.cat([tt, tt[idx]])
+        every = idx.numel() == b  # the sampling case: the whole batch at one time inside the interval
+        x_in = torch.cat([x, x if every else x[idx]])
+        t_in = torch.cat([tt, tt if every else tt[idx]])
         y_in = torch.cat([y, torch.full((idx.numel(),), null, dtype=y.dtype, device=y.device)])
         out = self._network(x_in, t_in, y_in).to(x.dtype)
         cond, uncond = out[:b], out[b:]
