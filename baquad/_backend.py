@@ -58,6 +58,13 @@ def per_row(s: Array, like: Array) -> Array:
     return s.reshape((s.shape[0],) + (1,) * (like.ndim - 1))
 
 
+def where(cond: Array, a: Array, b: Array) -> Array:
+    """Elementwise ``a`` where ``cond`` else ``b`` (broadcasting)."""
+    if is_torch(cond) or is_torch(a) or is_torch(b):
+        return _torch().where(cond, a, b)
+    return np.where(cond, a, b)
+
+
 def all_finite(x: Array) -> bool:
     """True if every entry is finite (one device sync for a GPU tensor)."""
     if is_torch(x):

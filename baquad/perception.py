@@ -178,6 +178,7 @@ class AnchorPolynomial(Perception):
     """
 
     state_agnostic = True
+    per_sample_times = True
 
     def __init__(self, interpolation_degree: int = 2, extrapolation_degree: int = 1):
         if interpolation_degree < 0 or extrapolation_degree < 0:
@@ -191,6 +192,8 @@ class AnchorPolynomial(Perception):
 
     def __call__(self, x, v, t, offsets, history=()):
         anchors = list(history)
+        if B.is_array(t):
+            return self._per_sample(x, v, t, offsets, anchors)
         if not anchors or anchors[-1].t != t:
             anchors.append(Anchor(t, x, v))
         lo, hi = min(a.t for a in anchors), max(a.t for a in anchors)
@@ -202,6 +205,47 @@ class AnchorPolynomial(Perception):
             ts = [a.t for a in used]
             outs.append(_combine([_lagrange(ts, j, s) for j in range(len(ts))], [a.v for a in used]))
         return B.stack(outs)
+
+    def _per_sample(self, x, v, t, offsets, anchors):
+        """The same prediction with per-sample times (``t`` of shape (B,), offsets (m, B)): the
+        Lagrange weights are computed row by row, interpolation or extrapolation chosen per row.
+        A row whose anchors share a time (a chain that reached its end, h = 0) gets finite
+        weights (its repeated nodes are dropped from the product) and is not moved by the step."""
+        last = anchors[-1].t if anchors else None
+        if last is None or not (last is t or bool((last == t).all())):
+            anchors.append(Anchor(t, x, v))
+        lo, hi = anchors[0].t, anchors[0].t
+        for a in anchors[1:]:
+            lo, hi = B.where(a.t < lo, a.t, lo), B.where(a.t > hi, a.t, hi)
+        outs = []
+        for d in offsets:
+            s = t + d
+            inside = (lo <= s) & (s <= hi)
+            interp = self._per_sample_degree(anchors, s, self.interpolation_degree, x)
+            extrap = self._per_sample_degree(anchors, s, self.extrapolation_degree, x)
+            outs.append(B.where(B.per_row(inside, x), interp, extrap))
+        return B.stack(outs)
+
+    @staticmethod
+    def _per_sample_degree(anchors, s, degree, x):
+        used = anchors[-(degree + 1):]
+        # a node repeated later in the same row (a chain that has stopped) is dropped from that row
+        shadowed = [None] * len(used)
+        for j in range(len(used)):
+            for m in range(j + 1, len(used)):
+                eq = used[m].t == used[j].t
+                shadowed[j] = eq if shadowed[j] is None else (shadowed[j] | eq)
+        coeffs = []
+        for j, aj in enumerate(used):
+            c = 1.0
+            for m, am in enumerate(used):
+                if m != j:
+                    skip = aj.t == am.t if shadowed[m] is None else ((aj.t == am.t) | shadowed[m])
+                    c = c * B.where(skip, 1.0, (s - am.t) / B.where(skip, 1.0, aj.t - am.t))
+            if shadowed[j] is not None:
+                c = B.where(shadowed[j], 0.0, c)
+            coeffs.append(B.per_row(c + 0.0 * s, x))
+        return _combine(coeffs, [a.v for a in used])
 
     def __repr__(self) -> str:
         return f"AnchorPolynomial({self.interpolation_degree}, {self.extrapolation_degree})"

@@ -239,3 +239,26 @@ def test_ba_solver_is_a_registered_method_like_the_baselines():
     a = baquad.solve(f, np.ones(2), np.linspace(1, 0, 5), rule="gauss-lobatto-4").x
     b = baquad.solve(f, np.ones(2), np.linspace(1, 0, 5), "gauss-lobatto-4", method="ba-solver").x
     np.testing.assert_array_equal(a, b)
+
+
+def test_polynomial_perception_per_sample_equals_float_path_row_by_row():
+    """The per-sample polynomial (chain training) against the float path run on each row alone;
+    a row whose anchors repeat a time (a stopped chain) predicts its anchor velocity."""
+    from baquad.perception import Anchor
+
+    p = AnchorPolynomial()
+    g = torch.Generator().manual_seed(0)
+    b = 5
+    times = [torch.rand(b, generator=g, dtype=torch.float64) * 0.1 + c for c in (0.9, 0.6, 0.3)]
+    hist = tuple(Anchor(t, torch.randn(b, 3, generator=g, dtype=torch.float64),
+                        torch.randn(b, 3, generator=g, dtype=torch.float64)) for t in times)
+    t, x, v = hist[-1]
+    offsets = torch.stack([torch.full((b,), -0.1, dtype=torch.float64), torch.full((b,), 0.2, dtype=torch.float64),
+                           0.5 * (times[1] - times[2])])  # extrapolation, beyond, interpolation
+    out = p(x, v, t, offsets, hist)
+    for i in range(b):
+        row = tuple(Anchor(float(a.t[i]), a.x[i:i + 1], a.v[i:i + 1]) for a in hist)
+        ref = p(x[i:i + 1], v[i:i + 1], float(t[i]), tuple(float(o) for o in offsets[:, i]), row)
+        torch.testing.assert_close(out[:, i:i + 1], ref, rtol=1e-12, atol=1e-12)
+    stopped = hist + (Anchor(t, x, v),)
+    torch.testing.assert_close(p(x, v, t, 0.0 * offsets, stopped), v.expand(3, b, 3), rtol=1e-12, atol=1e-12)
