@@ -262,3 +262,17 @@ def test_polynomial_perception_per_sample_equals_float_path_row_by_row():
         torch.testing.assert_close(out[:, i:i + 1], ref, rtol=1e-12, atol=1e-12)
     stopped = hist + (Anchor(t, x, v),)
     torch.testing.assert_close(p(x, v, t, 0.0 * offsets, stopped), v.expand(3, b, 3), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("base", ["polynomial", "anchor-only"])
+def test_residual_sidenet_with_zero_output_is_exactly_its_base(base):
+    """A SideNet trained as a residual on a training-free perception: zero output (its
+    initialisation) gives exactly that perception, inside the whole solve."""
+    net = MLPSideNet(2, hidden=16, depth=1, embed_dim=8, base_perception=base).double()
+    flow = get_flow("gmm-ring2d")
+    x0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ts = np.linspace(1.0, 0.0, 7)
+    learned = baquad.solve(flow, x0, ts, perception=NeuralPerception(net))
+    free = baquad.solve(flow, x0, ts, perception=base)
+    assert torch.equal(learned.x, free.x) and learned.nfe == free.nfe
+    assert net.config().get("base_perception", "anchor-only") == base

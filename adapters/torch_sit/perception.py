@@ -4,6 +4,10 @@ For an anchor (x, v, t) and offsets d_1..d_m (true time, either sign) it returns
 
     v_hat(t + d_k) = v + d_k * g(x, v, t, d_k),   k = 1..m                         (Eq. 5)
 
+or, for a SideNet trained as a residual on a training-free perception P0 (its config's
+``base_perception``, e.g. the anchor polynomial), v_hat(t + d_k) = P0(t + d_k) + d_k g, so that
+a zero SideNet output is exactly P0.
+
 stacked as ``(m, *x.shape)`` in x's dtype and device, with ONE SideNet forward per call: the m
 offsets are stacked along the batch dimension (x and v repeated m times, t repeated, d constant
 per block of B rows), which is what makes a whole quadrature rule cost one network call
@@ -17,7 +21,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from baquad.perception import Anchor, Perception
+from baquad.perception import Anchor, Perception, get_perception, history_size
 
 __all__ = ["NeuralPerception"]
 
@@ -37,10 +41,10 @@ class NeuralPerception(Perception):
     device and dtype). ``t`` may be a Python float (as ``baquad.solve`` passes it), a 0-dim tensor
     or a per-sample tensor of shape ``(B,)``, and ``offsets`` a sequence of m floats or, with
     per-sample times (chain training through the core step), a tensor of shape ``(m, B)``.
-    ``history`` is ignored. ``calls`` counts forwards.
+    ``history`` goes to the base perception (the SideNet itself reads only the anchor).
+    ``calls`` counts forwards.
     """
 
-    history_size = 1
     per_sample_times = True
 
     def __init__(self, sidenet: nn.Module, labels: Optional[torch.Tensor] = None,
@@ -50,6 +54,12 @@ class NeuralPerception(Perception):
         self.guidance_scale = guidance_scale
         self.grad = grad
         self.calls = 0
+        name = getattr(sidenet, "base_perception", "anchor-only")
+        self.base = None if name == "anchor-only" else get_perception(name)
+
+    @property
+    def history_size(self) -> int:
+        return 1 if self.base is None else history_size(self.base)
 
     def _param_like(self) -> torch.Tensor:
         for p in self.sidenet.parameters():
@@ -91,7 +101,9 @@ class NeuralPerception(Perception):
             g = self.sidenet(xs, vs, ts, ds, labels, guidance)
         self.calls += 1
         g = g.reshape(m, *x.shape).to(x.device, x.dtype)
-        return v.unsqueeze(0) + d * g
+        base = v.unsqueeze(0) if self.base is None else self.base(x, v, t, offsets, history)
+        return base + d * g
 
     def __repr__(self) -> str:
-        return f"NeuralPerception({type(self.sidenet).__name__})"
+        on = "" if self.base is None else f" on {self.base!r}"
+        return f"NeuralPerception({type(self.sidenet).__name__}{on})"

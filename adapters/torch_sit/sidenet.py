@@ -141,14 +141,36 @@ class _Conditioning(nn.Module):
         return c
 
 
+#: training-free perceptions a SideNet can be a residual on (``base_perception=``): its prediction is
+#: v_hat(t + d) = base(t + d) + d g(x, v, t, d), so a zero g is exactly the base.
+BASES = ("anchor-only", "polynomial")
+
+
+def _check_base(base: str) -> str:
+    if base not in BASES:
+        raise ValueError(f"base_perception: the SideNet's training-free base must be one of {BASES}, got {base!r}")
+    return base
+
+
 class _SideNetBase(nn.Module):
     """Shared plumbing: config, input normalisation of (t, d, labels, guidance)."""
 
     _config: dict
 
     def config(self) -> dict:
-        """Class name and constructor arguments (JSON-serialisable), for checkpoints."""
-        return {"class": type(self).__name__, **self._config}
+        """Class name and constructor arguments (JSON-serialisable), for checkpoints. The base is
+        listed only when it is not anchor-only, so that files written before it existed (all
+        anchor-only) keep their configs."""
+        cfg = {"class": type(self).__name__, **self._config}
+        if cfg.get("base_perception") == "anchor-only":
+            del cfg["base_perception"]
+        return cfg
+
+    @property
+    def base_perception(self) -> str:
+        """The training-free perception this SideNet corrects (``"anchor-only"``: v_hat = v + d g,
+        Eq. 5 as in the paper; ``"polynomial"``: the anchor polynomial + d g)."""
+        return self._config.get("base_perception", "anchor-only")
 
     def _prepare(self, x: torch.Tensor, t: Any, d: Any, labels: Any, guidance: Any):
         n = x.shape[0]
@@ -180,6 +202,8 @@ class MLPSideNet(_SideNetBase):
         max_freq: highest angular frequency of the sinusoidal features (t, d in true time units).
         offset_log_sign: add sign(d) and log(|d| + 1e-4) to the offset features.
         path_features: also read x0_hat = x - t v and eps_hat = x + (1 - t) v (linear path only).
+        base_perception: the training-free perception the SideNet corrects (:data:`BASES`; default
+            ``"anchor-only"``, the paper's Eq. 5).
     """
 
     def __init__(
@@ -193,6 +217,7 @@ class MLPSideNet(_SideNetBase):
         max_freq: float = 100.0,
         offset_log_sign: bool = True,
         path_features: bool = False,
+        base_perception: str = "anchor-only",
     ):
         super().__init__()
         if dim < 1 or hidden < 1 or depth < 1 or embed_dim < 2:
@@ -201,7 +226,8 @@ class MLPSideNet(_SideNetBase):
         self._config = dict(dim=int(dim), hidden=int(hidden), depth=int(depth), embed_dim=int(embed_dim),
                             num_classes=None if num_classes is None else int(num_classes),
                             guidance=bool(guidance), max_freq=float(max_freq),
-                            offset_log_sign=bool(offset_log_sign), path_features=bool(path_features))
+                            offset_log_sign=bool(offset_log_sign), path_features=bool(path_features),
+                            base_perception=_check_base(base_perception))
         self.dim = dim
         self.path_features = bool(path_features)
         self.cond = _Conditioning(embed_dim, embed_dim, max_freq, offset_log_sign, num_classes, guidance)
@@ -302,6 +328,7 @@ class ConvSideNet(_SideNetBase):
         max_freq: highest angular frequency of the sinusoidal features.
         offset_log_sign: add sign(d) and log(|d| + 1e-4) to the offset features.
         path_features: also read x0_hat = x - t v and eps_hat = x + (1 - t) v (4C input channels).
+        base_perception: the training-free perception the SideNet corrects (see :class:`MLPSideNet`).
     """
 
     def __init__(
@@ -317,6 +344,7 @@ class ConvSideNet(_SideNetBase):
         max_freq: float = 1000.0,
         offset_log_sign: bool = True,
         path_features: bool = False,
+        base_perception: str = "anchor-only",
     ):
         super().__init__()
         self.path_features = bool(path_features)
@@ -325,7 +353,7 @@ class ConvSideNet(_SideNetBase):
                             num_classes=None if num_classes is None else int(num_classes),
                             num_heads=int(num_heads), guidance=bool(guidance), res_blocks=int(res_blocks),
                             max_freq=float(max_freq), offset_log_sign=bool(offset_log_sign),
-                            path_features=self.path_features)
+                            path_features=self.path_features, base_perception=_check_base(base_perception))
         self.cond = _Conditioning(time_embed_dim, time_embed_dim, max_freq, offset_log_sign, num_classes, guidance)
         self.conv_in = nn.Conv2d((4 if path_features else 2) * in_channels, base_channels, 3, padding=1)
         self.blocks = nn.ModuleList()
