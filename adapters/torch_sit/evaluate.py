@@ -53,6 +53,7 @@ from typing import Any, Iterable, Optional, Protocol, Sequence
 import numpy as np
 
 from . import metrics
+from ._cli import HelpFormatter
 from .npz import iter_npz_array, npz_array_info, npz_members, read_npz_array
 
 __all__ = [
@@ -361,11 +362,13 @@ def evaluate(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m adapters.torch_sit.evaluate",
-        description="IS, FID, sFID, precision and recall of ADM-style .npz image batches (the ADM evaluator's "
-                    "formulas on torch-fidelity's Inception-v3). Example: python -m adapters.torch_sit.evaluate "
-                    "pretrained/VIRTUAL_imagenet256_labeled.npz samples/ba-solver-nfe7/samples.npz "
-                    "--inception-weights pretrained/weights-inception-2015-12-05-6726825d.pth",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="IS, FID, sFID, precision and recall of ADM-style .npz image batches: the ADM evaluator's\n"
+                    "formulas on torch-fidelity's Inception-v3 (pip install 'baquad[eval]').",
+        epilog="example:\n"
+               "  python -m adapters.torch_sit.evaluate pretrained/VIRTUAL_imagenet256_labeled.npz \\\n"
+               "      samples/ba-solver-nfe7/samples.npz \\\n"
+               "      --inception-weights pretrained/weights-inception-2015-12-05-6726825d.pth",
+        formatter_class=HelpFormatter)
     p.add_argument("reference", type=Path, help="reference batch: arr_0 images and/or mu, sigma, mu_s, sigma_s")
     p.add_argument("samples", type=Path, nargs="+", help="sample batch(es) with arr_0 (uint8 N x H x W x 3)")
     p.add_argument("--inception-weights", default=None,

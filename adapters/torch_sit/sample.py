@@ -61,6 +61,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ._cli import HelpFormatter
 from .backbones import Backbone, backbone_names, get_backbone
 from .checkpoint import atomic_write
 from .decode import LATENT_SCALE, SDVAEDecoder, UpsampleDecoder, to_uint8
@@ -505,7 +506,7 @@ def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}); e.g. '{{\"autocast\": \"bf16\"}}'") from err
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}); write e.g. '{{\"name\": 1}}'") from err
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
     return value
@@ -516,21 +517,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="python -m adapters.torch_sit.sample",
-        description="Generate N images with a solver at an NFE budget and write the ADM evaluator's .npz "
-                    "(arr_0: uint8 N x H x W x 3) plus a grid PNG. Runs as one process or under torchrun; "
-                    "interrupted runs continue when started again with the same command.",
-        epilog="Example (8 GPUs): torchrun --nproc_per_node=8 -m adapters.torch_sit.sample --backbone "
-               "repa-sit-xl2-256 --ckpt pretrained/last.pt --vae pretrained/sd-vae-ft-ema --solver ba-solver "
-               "--sidenet runs/sit-xl2/sidenet.safetensors --nfe 7 --cfg-scale 2.8 --guidance-high 0.7 "
-               "--out samples/ba-solver-nfe7. See docs/imagenet.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Generate N images with a solver at an NFE budget and write the ADM evaluator's .npz\n"
+                    "(arr_0: uint8 N x H x W x 3) plus a grid PNG. Runs as one process or under torchrun;\n"
+                    "an interrupted run continues when started again with the same command.",
+        epilog="example, 8 GPUs (docs/imagenet.md has the full Table 1 recipe):\n"
+               "  torchrun --nproc_per_node=8 -m adapters.torch_sit.sample \\\n"
+               "      --backbone repa-sit-xl2-256 --ckpt pretrained/last.pt --vae pretrained/sd-vae-ft-ema \\\n"
+               "      --solver ba-solver --sidenet runs/sit-xl2/sidenet.safetensors --nfe 7 \\\n"
+               "      --cfg-scale 2.8 --guidance-high 0.7 --out samples/ba-solver-nfe7\n"
+               "dry run without weights: --decoder upsample and a registered toy backbone",
+        formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="run directory (settings, shards, samples.npz, grid.png)")
     m = p.add_argument_group("model")
     m.add_argument("--backbone", required=True,
                    help=f"registered backbone (now: {', '.join(backbone_names())}; --import adds more)")
     m.add_argument("--ckpt", default=None, help="backbone checkpoint, passed to the backbone as ckpt=")
     m.add_argument("--backbone-kwargs", type=_json_object, default={},
-                   help="JSON object of further backbone factory arguments, e.g. '{\"autocast\": \"bf16\"}'")
+                   help="JSON object of further arguments for the backbone's factory, e.g. '{\"name\": 1}'")
     m.add_argument("--cfg-scale", type=float, default=None,
                    help="classifier-free guidance scale, passed to the backbone (default: the backbone's)")
     m.add_argument("--guidance-low", type=float, default=None, help="guidance only for t >= this (REPA time)")
