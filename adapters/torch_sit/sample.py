@@ -1,0 +1,602 @@
+"""Generate N images with any solver at an NFE budget: an ADM ``.npz``, a grid PNG, restartable.
+
+    python -m adapters.torch_sit.sample --backbone repa-sit-xl2-256 --ckpt pretrained/last.pt \\
+        --vae pretrained/sd-vae-ft-ema --solver ba-solver --sidenet runs/sit-xl2/sidenet.safetensors \\
+        --nfe 7 --cfg-scale 2.8 --guidance-high 0.7 --out samples/ba-solver-nfe7
+    torchrun --nproc_per_node=8 -m adapters.torch_sit.sample ...same flags...
+
+Output directory ``--out``:
+    settings.json   what defines the samples (checked on every restart) and run information
+    shards/         one ``shard-<j>.safetensors`` per finished micro-batch (removed at the end
+                    unless ``--keep-shards``)
+    samples.npz     ``arr_0``: uint8 images (N, H, W, 3), the ADM evaluator's input;
+                    ``arr_1``: int64 class labels (N,)
+    grid.png        the first 64 images, 8 x 8
+    summary.json    counts, NFE, wall time of the last session, sha256 of samples.npz
+
+Reproducibility. Sample i depends only on (seed, i): its initial noise (and, with uniform
+labels, its class) come from a torch generator seeded with a 64-bit hash of (seed, i)
+(``numpy.random.SeedSequence([seed, i])``): noise ``randn(state_shape)`` first, then
+``randint(num_classes)``. With ``--labels balanced`` every class appears floor(N/C) or ceil(N/C)
+times, label i = perm[i] mod C for a permutation of range(N) drawn from (seed, N). Samples are
+solved in fixed micro-batches, j = indices [j m, (j + 1) m) for ``--batch-size`` m, so the
+numbers do not depend on how many processes run or on which process runs a batch; micro-batches
+are dealt round-robin over the processes. On the same hardware and software the ``.npz`` is
+byte-identical whatever the number of processes and however often the run was interrupted
+(cuDNN autotuning is switched off; the backbone decides TF32/autocast).
+
+Interruptions. Every finished micro-batch is written atomically as a shard holding its images,
+labels, and a header with the settings digest, its index range and a sha256 of its data. A run
+killed at any moment and started again with the same command continues: shards are verified
+(header, length, checksum) and a missing, truncated or corrupted one is recomputed, never
+stitched in; the remaining micro-batches are dealt over the processes of the new run (its
+process count may differ). Rank 0 then streams the verified shards into ``samples.npz``
+(written to a temporary file and renamed). A restart whose settings differ from
+``settings.json`` is refused, naming the differing settings (files such as ``--ckpt``,
+``--sidenet`` and ``--vae`` are identified by name, size and sha256).
+
+Decoding, as REPA's ``generate.py``: ``img = vae.decode(z / 0.18215).sample`` with diffusers'
+``AutoencoderKL`` loaded from a local folder (``--vae``), then ``clamp(255 (img + 1) / 2, 0, 255)``
+cast to uint8 by truncation, laid out NHWC. ``--decoder upsample`` is a stand-in for tests and
+dry runs without the VAE: RGB = tanh of latent channels 0-2, nearest-upsampled 8x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ._cli import HelpFormatter
+from .backbones import Backbone, backbone_names, get_backbone
+from .checkpoint import atomic_write
+from .decode import LATENT_SCALE, SDVAEDecoder, UpsampleDecoder, to_uint8
+from .npz import NpyInfo, write_npz
+from .shards import MicroBatch, ShardInvalid, micro_batches, read_shard, shard_path, write_shard
+
+__all__ = [
+    "index_seed",
+    "balanced_labels",
+    "sample_inputs",
+    "file_identity",
+    "SettingsMismatch",
+    "SamplingInterrupted",
+    "SampleConfig",
+    "sample",
+    "build_parser",
+    "main",
+]
+
+SETTINGS_NAME = "settings.json"
+NPZ_NAME = "samples.npz"
+_SETTINGS_FORMAT = "baquad-sample-run"
+_VERSION = 1
+
+
+class SettingsMismatch(ValueError):
+    """A restart asked for samples other than the ones the run directory holds."""
+
+
+class SamplingInterrupted(RuntimeError):
+    """Raised by ``sample(..., interrupt_after=k)`` after k shards (to test restarts)."""
+
+
+# ------------------------------------------------------------------------ per-index inputs
+
+
+def index_seed(seed: int, i: int) -> int:
+    """The 64-bit seed of sample i: ``SeedSequence([seed, i]).generate_state(1, uint64)[0]``."""
+    return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1, np.uint64)[0])
+
+
+def balanced_labels(seed: int, num_samples: int, num_classes: int) -> np.ndarray:
+    """Class-balanced labels: ``perm[i] mod C`` for a permutation of range(N) seeded by (seed, N)."""
+    state = np.random.SeedSequence([int(seed), int(num_samples), 1]).generate_state(1, np.uint64)[0]
+    g = torch.Generator().manual_seed(int(state))
+    return (torch.randperm(int(num_samples), generator=g) % int(num_classes)).numpy()
+
+
+def sample_inputs(seed: int, indices: range, state_shape: Sequence[int], num_classes: Optional[int],
+                  labels: str = "uniform", num_samples: Optional[int] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(noise float32 (n, *state_shape), labels int64 (n,) or None)`` for the sample ``indices``
+    (module docstring; ``num_samples`` is needed for balanced labels)."""
+    noises, ys = [], []
+    table = None
+    if num_classes and labels == "balanced":
+        if num_samples is None:
+            raise ValueError("balanced labels need num_samples")
+        table = balanced_labels(seed, num_samples, num_classes)
+    for i in indices:
+        g = torch.Generator().manual_seed(index_seed(seed, i))
+        noises.append(torch.randn(tuple(state_shape), generator=g, dtype=torch.float32))
+        if num_classes:
+            ys.append(int(table[i]) if table is not None else int(torch.randint(0, int(num_classes), (1,), generator=g)))
+    y = torch.tensor(ys, dtype=torch.int64) if num_classes else None
+    return torch.stack(noises), y
+
+
+# --------------------------------------------------------------------------------- settings
+
+
+def file_identity(path: "str | os.PathLike | None") -> Optional[dict]:
+    """Name, size and sha256 of a file; for a folder, of its files (hidden ones skipped, such as
+    a download cache). None stays None."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.is_file():
+        return {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256_file(path)}
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist")
+    files = sorted(p for p in path.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    listing = {str(p.relative_to(path)): _sha256_file(p) for p in files}
+    return {"name": path.name, "bytes": sum(p.stat().st_size for p in files),
+            "sha256": hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Record ``settings`` in ``out/settings.json``, or refuse if it holds different ones."""
+    path = out / SETTINGS_NAME
+    if path.is_file():
+        saved = json.loads(path.read_text())["settings"]
+        keys = sorted(set(saved) | set(settings))
+        diff = [k for k in keys if saved.get(k) != settings.get(k)]
+        if diff:
+            parts = "; ".join(f"{k}: recorded {saved.get(k)!r}, requested {settings.get(k)!r}" for k in diff)
+            raise SettingsMismatch(
+                f"{out} holds samples made with other settings ({parts}). Restart with the recorded settings to "
+                f"finish that run, or use a new --out directory for these settings.")
+        return
+    record = {"format": _SETTINGS_FORMAT, "version": _VERSION, "digest": _digest(settings), "settings": settings,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
+    atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
+
+
+# ---------------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class SampleConfig:
+    """Everything that defines the samples (see ``--help`` for each field)."""
+
+    backbone: str
+    solver: str
+    nfe: int
+    out: Path
+    num_samples: int = 50_000
+    batch_size: int = 64
+    seed: int = 0
+    labels: str = "uniform"
+    ckpt: Optional[str] = None
+    backbone_kwargs: dict = dataclasses.field(default_factory=dict)
+    cfg_scale: Optional[float] = None
+    guidance_low: Optional[float] = None
+    guidance_high: Optional[float] = None
+    sidenet: Optional[str] = None
+    rule: Optional[str] = None
+    solver_options: dict = dataclasses.field(default_factory=dict)
+    schedule: str = "uniform"
+    shift: float = 1.0
+    state_dtype: str = "float32"
+    decoder: str = "sd-vae"
+    vae: Optional[str] = None
+    latent_scale: float = LATENT_SCALE
+    keep_shards: bool = False
+
+    def validate(self) -> None:
+        from baquad import methods
+
+        if self.solver not in methods():
+            raise ValueError(f"--solver: unknown solver {self.solver!r}; choose from {', '.join(sorted(methods()))}")
+        for name in ("num_samples", "batch_size", "nfe"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.labels not in ("uniform", "balanced"):
+            raise ValueError(f"--labels must be 'uniform' or 'balanced', got {self.labels!r}")
+        if self.solver != "ba-solver" and (self.sidenet or self.rule):
+            raise ValueError(f"--sidenet and --rule belong to --solver ba-solver, not {self.solver!r}")
+        if self.state_dtype not in ("float32", "float64"):
+            raise ValueError(f"--state-dtype must be float32 or float64, got {self.state_dtype!r}")
+        if self.decoder not in ("sd-vae", "upsample"):
+            raise ValueError(f"--decoder must be 'sd-vae' or 'upsample', got {self.decoder!r}")
+        if self.decoder == "sd-vae" and self.vae is None:
+            raise ValueError("--vae PATH is required with --decoder sd-vae (a local sd-vae-ft-ema folder); "
+                             "--decoder upsample is the stand-in for dry runs")
+
+    def factory_kwargs(self) -> dict:
+        """What ``get_backbone`` receives: ``--backbone-kwargs`` plus ckpt and guidance when given."""
+        kw = dict(self.backbone_kwargs)
+        for name in ("ckpt", "cfg_scale", "guidance_low", "guidance_high"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        return kw
+
+
+def _dist_setup(device: Optional[str]) -> tuple[int, int, torch.device, bool]:
+    """(rank, world, device, initialised_here); starts the process group under torchrun
+    (nccl on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device(f"cuda:{local}")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    initialised = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        initialised = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return rank, world, dev, initialised
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+class _Generator:
+    """Solves and decodes one micro-batch; holds the backbone, SideNet and decoder."""
+
+    def __init__(self, cfg: SampleConfig, device: torch.device, backbone: Backbone):
+        from baquad.schedules import nfe_grid
+
+        self.cfg, self.device, self.backbone = cfg, device, backbone
+        self.dtype = getattr(torch, cfg.state_dtype)
+        self.ts = nfe_grid(cfg.solver, cfg.nfe, cfg.schedule, cfg.shift, **cfg.solver_options)
+        self.sidenet = None
+        if cfg.sidenet is not None:
+            from .checkpoint import load_sidenet
+
+            self.sidenet = load_sidenet(cfg.sidenet, map_location=device)
+        if cfg.decoder == "sd-vae":
+            self.decoder: Callable[[torch.Tensor], torch.Tensor] = SDVAEDecoder(cfg.vae, device, cfg.latent_scale)
+        else:
+            self.decoder = UpsampleDecoder()
+
+    def __call__(self, mb: MicroBatch) -> tuple[np.ndarray, np.ndarray]:
+        from baquad import solve
+
+        from .perception import NeuralPerception
+
+        cfg, bb = self.cfg, self.backbone
+        noise, y = sample_inputs(cfg.seed, range(mb.start, mb.stop), bb.state_shape, bb.num_classes, cfg.labels,
+                                 cfg.num_samples)
+        x0 = noise.to(self.device, self.dtype)
+        cond = {} if y is None else {"labels": y.to(self.device)}
+        kwargs: dict[str, Any] = dict(cfg.solver_options)
+        if cfg.solver == "ba-solver":
+            if self.sidenet is not None:
+                kwargs["perception"] = NeuralPerception(self.sidenet, labels=cond.get("labels"),
+                                                        guidance_scale=cfg.cfg_scale)
+            if cfg.rule is not None:
+                kwargs["rule"] = cfg.rule
+        with torch.no_grad():
+            res = solve(bb.vfield(**cond), x0, self.ts, method=cfg.solver, **kwargs)
+            if res.nfe != cfg.nfe:
+                raise RuntimeError(f"{cfg.solver} made {res.nfe} backbone calls on a grid planned for {cfg.nfe}")
+            images = to_uint8(self.decoder(res.x.float()))
+        labels = (y if y is not None else torch.full((mb.size,), -1, dtype=torch.int64)).numpy()
+        return images, labels
+
+
+def _settings(cfg: SampleConfig, backbone: Backbone, ts: Sequence[float]) -> dict:
+    return {
+        "backbone": cfg.backbone, "backbone_kwargs": cfg.backbone_kwargs, "ckpt": file_identity(cfg.ckpt),
+        "cfg_scale": cfg.cfg_scale, "guidance_low": cfg.guidance_low, "guidance_high": cfg.guidance_high,
+        "state_shape": list(backbone.state_shape), "num_classes": backbone.num_classes,
+        "solver": cfg.solver, "nfe": cfg.nfe, "solver_options": cfg.solver_options, "rule": cfg.rule,
+        "sidenet": file_identity(cfg.sidenet), "grid": list(ts), "schedule": cfg.schedule, "shift": cfg.shift,
+        "state_dtype": cfg.state_dtype, "num_samples": cfg.num_samples, "batch_size": cfg.batch_size,
+        "seed": cfg.seed, "labels": cfg.labels, "decoder": cfg.decoder, "vae": file_identity(cfg.vae),
+        "latent_scale": cfg.latent_scale if cfg.decoder == "sd-vae" else None,
+    }
+
+
+def _grid_png(path: Path, images: np.ndarray, cols: int = 8, pad: int = 2) -> None:
+    """Images (n, H, W, 3) tiled ``cols`` wide with white padding, written as PNG (matplotlib)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import image as mpimg
+
+    n, h, w, _ = images.shape
+    rows = math.ceil(n / cols)
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for k, img in enumerate(images):
+        r, c = divmod(k, cols)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
+    buf = io.BytesIO()
+    mpimg.imsave(buf, canvas, format="png")
+    atomic_write(path, buf.getvalue())
+
+
+def _assemble(out: Path, batches: list[MicroBatch], digest: str, generate: Callable[[MicroBatch], tuple],
+              cfg: SampleConfig, log: Callable[[str], None]) -> tuple[Path, np.ndarray]:
+    """Rank 0: stream the verified shards into ``samples.npz`` (a shard that fails verification
+    now is recomputed first). Returns the path and the first images (for the grid)."""
+
+    def load(mb: MicroBatch) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            return read_shard(shard_path(out, mb.index), mb, digest)
+        except ShardInvalid as err:
+            log(f"shard {mb.index}: {err}; recomputing it before writing {NPZ_NAME}")
+            images, labels = generate(mb)
+            write_shard(shard_path(out, mb.index), mb, images, labels, digest)
+            return images, labels
+
+    first_images, _ = load(batches[0])
+    info = NpyInfo((cfg.num_samples, *first_images.shape[1:]), np.dtype(np.uint8))
+    all_labels = np.empty(cfg.num_samples, dtype=np.int64)
+    preview: list[np.ndarray] = []
+
+    def image_chunks():
+        for mb in batches:
+            images, labels = load(mb)
+            if images.shape[1:] != first_images.shape[1:]:
+                raise ShardInvalid(f"shard {mb.index}: images of shape {images.shape[1:]}, shard 0 has "
+                                   f"{first_images.shape[1:]}")
+            all_labels[mb.start:mb.stop] = labels
+            if sum(len(p) for p in preview) < 64:
+                preview.append(images[:64])
+            yield images
+
+    # arr_0 is streamed first and fills all_labels, which arr_1 then writes
+    write_npz(out / NPZ_NAME, {"arr_0": (info, image_chunks()),
+                               "arr_1": (NpyInfo((cfg.num_samples,), np.dtype(np.int64)), [all_labels])})
+    return out / NPZ_NAME, np.concatenate(preview)[:64]
+
+
+def _pending(out: Path, batches: list[MicroBatch], digest: str, rank: int, world: int,
+             log: Callable[[str], None]) -> list[int]:
+    """Indices of the micro-batches without a valid shard. Each rank verifies every world-th
+    shard (reading and checksumming it); the lists are then gathered on all ranks."""
+    mine = []
+    for mb in batches[rank::world]:
+        try:
+            read_shard(shard_path(out, mb.index), mb, digest)
+        except ShardInvalid as err:
+            if str(err) != "missing":
+                log(f"shard {mb.index}: {err}; it will be recomputed")
+            mine.append(mb.index)
+    if not dist.is_initialized():
+        return mine
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, mine)
+    return sorted(j for part in gathered for j in part)
+
+
+def sample(cfg: SampleConfig, *, device: Optional[str] = None, progress: bool = True,
+           log: Callable[[str], None] = print, interrupt_after: Optional[int] = None,
+           hard_kill: bool = False) -> Optional[Path]:
+    """Generate ``cfg.num_samples`` images into ``cfg.out`` (module docstring); single process
+    or one rank under torchrun. Returns the ``.npz`` path on rank 0, None on other ranks.
+
+    ``interrupt_after=k`` stops this process after it wrote k shards: ``SamplingInterrupted``,
+    or SIGKILL with ``hard_kill`` (tests of the restart).
+
+    Raises:
+        SettingsMismatch: ``cfg.out`` holds a run with other settings.
+    """
+    cfg.validate()
+    out = Path(cfg.out)
+    rank, world, dev, initialised = _dist_setup(device)
+    say = (lambda msg: log(msg)) if rank == 0 else (lambda msg: None)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    try:
+        try:
+            backbone = get_backbone(cfg.backbone, dev, **cfg.factory_kwargs())
+        except TypeError as err:
+            raise TypeError(f"--backbone {cfg.backbone}: its factory rejected the arguments "
+                            f"{sorted(cfg.factory_kwargs())} ({err}); drop the flags it does not take") from err
+        generate = _Generator(cfg, dev, backbone)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            _check_settings(out, _settings(cfg, backbone, generate.ts))
+            for stale in (out / "shards").glob(".shard-*.tmp"):
+                stale.unlink()  # temporary files of writes killed mid-way
+        _barrier()
+        digest = json.loads((out / SETTINGS_NAME).read_text())["digest"]
+        if (out / NPZ_NAME).is_file() and (out / "summary.json").is_file():  # summary.json is written last
+            say(f"{out / NPZ_NAME} is complete (settings match); nothing to do")
+            return out / NPZ_NAME if rank == 0 else None
+
+        batches = micro_batches(cfg.num_samples, cfg.batch_size)
+        todo = _pending(out, batches, digest, rank, world, log)
+        mine = [batches[j] for j in todo[rank::world]]
+        say(f"{cfg.num_samples} samples in {len(batches)} micro-batches of {cfg.batch_size}: {len(batches) - len(todo)} "
+            f"done, {len(todo)} to compute on {world} process(es); {cfg.solver} at NFE {cfg.nfe}, grid "
+            f"{[round(t, 4) for t in generate.ts]}"
+            + ("" if cfg.solver != "ba-solver" or cfg.sidenet else "; no --sidenet: training-free perception"))
+
+        bar = None
+        if progress and rank == 0 and mine:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(mine), desc=f"sampling (rank 0 of {world})", unit="batch", dynamic_ncols=True,
+                       file=sys.stderr)
+        t0 = time.perf_counter()
+        for written, mb in enumerate(mine, start=1):
+            images, labels = generate(mb)
+            write_shard(shard_path(out, mb.index), mb, images, labels, digest)
+            if bar is not None:
+                bar.update(1)
+            if interrupt_after is not None and written >= interrupt_after:
+                if hard_kill:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise SamplingInterrupted(f"rank {rank}: interrupted after {written} shard(s)")
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        _barrier()
+        if rank != 0:
+            return None
+
+        npz, preview = _assemble(out, batches, digest, generate, cfg, say)
+        _grid_png(out / "grid.png", preview)
+        summary = {"num_samples": cfg.num_samples, "image_shape": list(preview.shape[1:]), "solver": cfg.solver,
+                   "nfe": cfg.nfe, "grid": list(generate.ts), "processes": world, "device": str(dev),
+                   "micro_batches_this_session": len(todo), "seconds_this_session_rank0": round(elapsed, 3),
+                   "sha256": _sha256_file(npz)}
+        atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        if not cfg.keep_shards:
+            for mb in batches:
+                shard_path(out, mb.index).unlink(missing_ok=True)
+            with_shards = out / "shards"
+            if with_shards.is_dir() and not any(with_shards.iterdir()):
+                with_shards.rmdir()
+        say(f"wrote {npz} ({cfg.num_samples} images {'x'.join(map(str, preview.shape[1:]))} uint8, sha256 "
+            f"{summary['sha256'][:16]}...) and {out / 'grid.png'}")
+        return npz
+    finally:
+        if initialised and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}); write e.g. '{{\"name\": 1}}'") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from baquad import methods
+
+    p = argparse.ArgumentParser(
+        prog="python -m adapters.torch_sit.sample",
+        description="Generate N images with a solver at an NFE budget and write the ADM evaluator's .npz\n"
+                    "(arr_0: uint8 N x H x W x 3) plus a grid PNG. Runs as one process or under torchrun;\n"
+                    "an interrupted run continues when started again with the same command.",
+        epilog="example, 8 GPUs (docs/imagenet.md has the full Table 1 recipe):\n"
+               "  torchrun --nproc_per_node=8 -m adapters.torch_sit.sample \\\n"
+               "      --backbone repa-sit-xl2-256 --ckpt pretrained/last.pt --vae pretrained/sd-vae-ft-ema \\\n"
+               "      --solver ba-solver --sidenet runs/sit-xl2/sidenet.safetensors --nfe 7 \\\n"
+               "      --cfg-scale 2.8 --guidance-high 0.7 --out samples/ba-solver-nfe7\n"
+               "dry run without weights: --decoder upsample and a registered toy backbone",
+        formatter_class=HelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="run directory (settings, shards, samples.npz, grid.png)")
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", required=True,
+                   help=f"registered backbone (now: {', '.join(backbone_names())}; --import adds more)")
+    m.add_argument("--ckpt", default=None, help="backbone checkpoint, passed to the backbone as ckpt=")
+    m.add_argument("--backbone-kwargs", type=_json_object, default={},
+                   help="JSON object of further arguments for the backbone's factory, e.g. '{\"name\": 1}'")
+    m.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance scale, passed to the backbone (default: the backbone's)")
+    m.add_argument("--guidance-low", type=float, default=None, help="guidance only for t >= this (REPA time)")
+    m.add_argument("--guidance-high", type=float, default=None, help="guidance only for t <= this (REPA: 0.7)")
+    m.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may register more backbones); repeatable")
+    s = p.add_argument_group("solver")
+    s.add_argument("--solver", required=True, choices=sorted(methods()), help="integration method")
+    s.add_argument("--nfe", type=int, required=True, help="backbone calls per sample (the grid is planned to meet it)")
+    s.add_argument("--sidenet", default=None,
+                   help="BA-solver's SideNet (sidenet.safetensors from the train command); without it BA-solver "
+                        "uses its training-free perception")
+    s.add_argument("--rule", default=None, help="BA-solver quadrature rule (default gauss-lobatto-4)")
+    s.add_argument("--solver-option", dest="solver_options", type=_option, action="append", default=[],
+                   metavar="KEY=VALUE", help="solver option, e.g. final_step=heun (heun at even NFE), order=3")
+    s.add_argument("--schedule", default="uniform", help="time grid: uniform, sd3 (with --shift) or logsnr")
+    s.add_argument("--shift", type=float, default=1.0, help="SD3 time shift of the grid")
+    s.add_argument("--state-dtype", choices=("float32", "float64"), default="float32", help="solver state dtype")
+    d = p.add_argument_group("samples")
+    d.add_argument("--num-samples", type=int, default=50_000, help="number of images N")
+    d.add_argument("--batch-size", type=int, default=64,
+                   help="micro-batch size m (part of the settings: the samples depend on it, not on the process count)")
+    d.add_argument("--seed", type=int, default=0, help="global seed; sample i depends on (seed, i) only")
+    d.add_argument("--labels", choices=("uniform", "balanced"), default="uniform",
+                   help="uniform random classes (REPA) or every class equally often")
+    d.add_argument("--decoder", choices=("sd-vae", "upsample"), default="sd-vae",
+                   help="sd-vae (diffusers AutoencoderKL from --vae) or the stand-in upsample decoder for dry runs")
+    d.add_argument("--vae", default=None, help="local diffusers folder of stabilityai/sd-vae-ft-ema")
+    d.add_argument("--latent-scale", type=float, default=LATENT_SCALE, help="latents are divided by this before decoding")
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    r.add_argument("--keep-shards", action="store_true", help="keep shards/ after samples.npz is written")
+    r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    r.add_argument("--_kill-after-shards", dest="kill_after", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--import", dest="imports", action="append", default=[])
+    for module in pre.parse_known_args(argv)[0].imports:
+        importlib.import_module(module)  # before the parser lists the registered backbones
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = SampleConfig(
+        backbone=args.backbone, solver=args.solver, nfe=args.nfe, out=args.out, num_samples=args.num_samples,
+        batch_size=args.batch_size, seed=args.seed, labels=args.labels, ckpt=args.ckpt,
+        backbone_kwargs=args.backbone_kwargs, cfg_scale=args.cfg_scale, guidance_low=args.guidance_low,
+        guidance_high=args.guidance_high, sidenet=args.sidenet, rule=args.rule,
+        solver_options=dict(args.solver_options), schedule=args.schedule, shift=args.shift,
+        state_dtype=args.state_dtype, decoder=args.decoder, vae=args.vae, latent_scale=args.latent_scale,
+        keep_shards=args.keep_shards)
+    try:
+        sample(cfg, device=args.device, progress=not args.no_progress,
+               log=lambda msg: print(msg, flush=True), interrupt_after=args.kill_after, hard_kill=True)
+    except SettingsMismatch as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
