@@ -43,7 +43,6 @@ in the file: every failure is an error that names the file and says what is wron
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,20 +195,20 @@ def _field(meta: Mapping, key: str, kind: Any, where: str, what: str) -> Any:
     if key not in meta:
         raise InvalidFile(f"{where}: the metadata has no {key!r} field")
     value = meta[key]
-    wrong_bool = isinstance(value, bool) and kind in (int, (int, type(None)))
-    if wrong_bool or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is int) or not isinstance(value, kind):
         raise InvalidFile(f"{where}: the metadata field {key!r} must be {what}, got {value!r}")
     return value
 
 
-def _read(path: Path, expected_format: Optional[str] = None) -> tuple[dict, dict]:
-    """(metadata, tensors) of a baquad file, after the file, header, format and hash checks."""
+def _read(path: Path, formats: tuple[str, ...]) -> tuple[dict, dict]:
+    """(metadata, tensors) of a baquad file of one of ``formats``, after the file, header,
+    format and hash checks."""
     header = read_header(path)
     meta = header.meta
     fmt = meta.get("format")
-    if fmt not in (_FORMAT_CKPT, _FORMAT_SIDENET) or (expected_format is not None and fmt != expected_format):
-        want = expected_format or f"{_FORMAT_SIDENET!r} or {_FORMAT_CKPT!r}"
-        raise InvalidFile(f"{path}: not a baquad SideNet {'training checkpoint' if expected_format == _FORMAT_CKPT else 'file'} (format {fmt!r}; expected {want})")
+    if fmt not in formats:
+        what = "training checkpoint" if formats == (_FORMAT_CKPT,) else "file"
+        raise InvalidFile(f"{path}: not a baquad SideNet {what} (format {fmt!r}; expected {' or '.join(map(repr, formats))})")
     _field(meta, "sidenet_config", dict, path, "a dict (the SideNet's class and arguments)")
     _field(meta, "extra", dict, path, "a dict")
     return meta, read_tensors(header)
@@ -445,7 +444,7 @@ def load_checkpoint(path: "str | os.PathLike", sidenet_config: Optional[dict] = 
         OSError: the file cannot be read (naming it and the cause).
     """
     path = _resolve(path, (CHECKPOINT_NAME,))
-    meta, tensors = _read(path, _FORMAT_CKPT)
+    meta, tensors = _read(path, (_FORMAT_CKPT,))
     step = _step(meta, path)
     config = _field(meta, "config", dict, path, "a dict (the training config)")
     has_ema = _field(meta, "has_ema", bool, path, "true or false")
@@ -528,15 +527,9 @@ def load_sidenet(path: "str | os.PathLike", map_location: Any = "cpu", weights: 
     """
     _check_weight_choice(weights)
     path = _resolve(path, (SIDENET_NAME, CHECKPOINT_NAME))
-    header_format = _peek_format(path)
-    if header_format == _FORMAT_CKPT:
+    if read_header(path).meta.get("format") == _FORMAT_CKPT:
         net = load_checkpoint(path).build_sidenet(weights)
     else:
-        meta, tensors = _read(path, _FORMAT_SIDENET)
+        meta, tensors = _read(path, (_FORMAT_SIDENET, _FORMAT_CKPT))
         net = _load_exported(path, meta, tensors, weights)
     return net.to(map_location).eval()
-
-
-def _peek_format(path: Path) -> Any:
-    """The ``format`` field of a file's metadata (None when absent; errors name the file)."""
-    return read_header(path).meta.get("format")
