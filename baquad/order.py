@@ -592,7 +592,7 @@ def _weighted_sum(rule: ExactRule, fn: Callable) -> Any:
 def moment_defect(rule: Any, p: int) -> Any:
     """``1/(p+1) - sum_k w_k c_k^p``, exactly: the error of the rule on ``c^p`` over [0, 1]
     (0 for every ``p`` up to the degree of exactness). Cached per rule and ``p``."""
-    if int(p) != p or p < 0:
+    if isinstance(p, bool) or not isinstance(p, Integral) or p < 0:
         raise ValueError(f"p: must be a non-negative integer, got {p!r}")
     r = rule if isinstance(rule, ExactRule) else exact_rule(rule)
     return _moment_defect(r, int(p))

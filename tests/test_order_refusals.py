@@ -78,6 +78,12 @@ def test_rules_without_nodes_are_refused_by_name(name):
         exact_rule(name)
 
 
+@pytest.mark.parametrize("p", [-1, 1.5, "x", True, None])
+def test_bad_moment_index_is_refused(p):
+    with pytest.raises(ValueError, match="p: must be a non-negative integer"):
+        moment_defect("trapezoid", p)
+
+
 # ----------------------------------------------------------------------------- borrowed names
 
 
