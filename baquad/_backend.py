@@ -34,6 +34,36 @@ def is_floating(x: Array) -> bool:
     return np.issubdtype(x.dtype, np.floating)
 
 
+def dtype_kind(x: Array) -> str:
+    """The kind of x's dtype: ``"float"`` (real floating), ``"int"`` (signed or unsigned integer),
+    ``"bool"``, ``"complex"`` or ``"other"`` (object, string, ...)."""
+    if is_torch(x):
+        dt = x.dtype
+        if dt.is_floating_point:
+            return "float"
+        if dt.is_complex:
+            return "complex"
+        if dt == _torch().bool:
+            return "bool"
+        return "int" if str(dt).startswith(("torch.int", "torch.uint")) else "other"  # not quantized
+    dt = np.asarray(x).dtype
+    for kind, base in (("float", np.floating), ("int", np.integer), ("bool", np.bool_), ("complex", np.complexfloating)):
+        if np.issubdtype(dt, base):
+            return kind
+    return "other"
+
+
+def same_array_kind(out: Any, like: Array, dtype: Any) -> bool:
+    """True if ``out`` is an array of ``like``'s backend, shape and device, with dtype ``dtype``."""
+    return (
+        is_array(out)
+        and is_torch(out) == is_torch(like)
+        and tuple(out.shape) == tuple(like.shape)
+        and out.dtype == dtype
+        and (not is_torch(out) or out.device == like.device)
+    )
+
+
 def stack(xs: Sequence[Array]) -> Array:
     """Stack along a new leading axis."""
     if is_torch(xs[0]):

@@ -27,9 +27,13 @@ checkpoint can rebuild it with :func:`build_sidenet`.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
+from numbers import Integral, Real
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,6 +43,7 @@ __all__ = [
     "ConvSideNet",
     "SIDENETS",
     "build_sidenet",
+    "sidenet_class",
     "count_parameters",
     "sidenet_report",
     "sinusoidal_embedding",
@@ -152,6 +157,33 @@ def _check_base(base: str) -> str:
     return base
 
 
+def _whole(owner: str, name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int, or a ValueError naming ``owner``'s argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _flag(owner: str, name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{owner}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _positive(owner: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _classes(owner: str, value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{owner}: num_classes must be None (unconditional) or an integer >= 1, got {value!r}")
+    return int(value)
+
+
 class _SideNetBase(nn.Module):
     """Shared plumbing: config, input normalisation of (t, d, labels, guidance)."""
 
@@ -171,6 +203,19 @@ class _SideNetBase(nn.Module):
         """The training-free perception this SideNet corrects (``"anchor-only"``: v_hat = v + d g,
         Eq. 5 as in the paper; ``"polynomial"``: the anchor polynomial + d g)."""
         return self._config.get("base_perception", "anchor-only")
+
+    @classmethod
+    def min_tensor_count(cls, config: Mapping) -> int:
+        """A lower bound on the number of state-dict tensors of the SideNet ``config`` describes,
+        computed without building it: every repeated block holds at least one weight and one
+        bias. Loaders compare it with the tensors a file stores before building anything, so a
+        header that claims a huge depth is refused instead of built."""
+        raise NotImplementedError
+
+    @classmethod
+    def _argument(cls, config: Mapping, name: str) -> Any:
+        """``config[name]``, or the constructor's default when the config leaves it out."""
+        return config[name] if name in config else inspect.signature(cls.__init__).parameters[name].default
 
     def _prepare(self, x: torch.Tensor, t: Any, d: Any, labels: Any, guidance: Any):
         n = x.shape[0]
@@ -220,14 +265,16 @@ class MLPSideNet(_SideNetBase):
         base_perception: str = "anchor-only",
     ):
         super().__init__()
-        if dim < 1 or hidden < 1 or depth < 1 or embed_dim < 2:
-            raise ValueError(f"MLPSideNet: need dim, hidden, depth >= 1 and embed_dim >= 2, got "
-                             f"dim={dim}, hidden={hidden}, depth={depth}, embed_dim={embed_dim}")
-        self._config = dict(dim=int(dim), hidden=int(hidden), depth=int(depth), embed_dim=int(embed_dim),
-                            num_classes=None if num_classes is None else int(num_classes),
-                            guidance=bool(guidance), max_freq=float(max_freq),
-                            offset_log_sign=bool(offset_log_sign), path_features=bool(path_features),
+        me = "MLPSideNet"
+        dim, hidden, depth = _whole(me, "dim", dim, 1), _whole(me, "hidden", hidden, 1), _whole(me, "depth", depth, 1)
+        embed_dim = _whole(me, "embed_dim", embed_dim, 2)  # at least one cos/sin pair of t and d
+        self._config = dict(dim=dim, hidden=hidden, depth=depth, embed_dim=embed_dim,
+                            num_classes=_classes(me, num_classes), guidance=_flag(me, "guidance", guidance),
+                            max_freq=_positive(me, "max_freq", max_freq),
+                            offset_log_sign=_flag(me, "offset_log_sign", offset_log_sign),
+                            path_features=_flag(me, "path_features", path_features),
                             base_perception=_check_base(base_perception))
+        num_classes, max_freq = self._config["num_classes"], self._config["max_freq"]
         self.dim = dim
         self.path_features = bool(path_features)
         self.cond = _Conditioning(embed_dim, embed_dim, max_freq, offset_log_sign, num_classes, guidance)
@@ -237,6 +284,11 @@ class MLPSideNet(_SideNetBase):
         self.out = nn.Linear(hidden, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+
+    @classmethod
+    def min_tensor_count(cls, config: Mapping) -> int:
+        """``2 * depth``: each hidden layer has its conditioning projection (weight and bias)."""
+        return 2 * _whole("MLPSideNet", "depth", cls._argument(config, "depth"), 1)
 
     def forward(self, x: torch.Tensor, v: torch.Tensor, t: Any, d: Any,
                 labels: Any = None, guidance: Any = None) -> torch.Tensor:
@@ -347,13 +399,22 @@ class ConvSideNet(_SideNetBase):
         base_perception: str = "anchor-only",
     ):
         super().__init__()
-        self.path_features = bool(path_features)
-        self._config = dict(in_channels=int(in_channels), base_channels=int(base_channels),
-                            time_embed_dim=int(time_embed_dim), num_layers=int(num_layers),
-                            num_classes=None if num_classes is None else int(num_classes),
-                            num_heads=int(num_heads), guidance=bool(guidance), res_blocks=int(res_blocks),
-                            max_freq=float(max_freq), offset_log_sign=bool(offset_log_sign),
+        me = "ConvSideNet"
+        in_channels, base_channels = _whole(me, "in_channels", in_channels, 1), _whole(me, "base_channels", base_channels, 1)
+        time_embed_dim = _whole(me, "time_embed_dim", time_embed_dim, 2)  # one cos/sin pair at least
+        num_layers, res_blocks = _whole(me, "num_layers", num_layers, 1), _whole(me, "res_blocks", res_blocks, 0)
+        num_heads = _whole(me, "num_heads", num_heads, 1)
+        if base_channels % num_heads:
+            raise ValueError(f"ConvSideNet: base_channels {base_channels} must be divisible by num_heads {num_heads}")
+        self.path_features = _flag(me, "path_features", path_features)
+        self._config = dict(in_channels=in_channels, base_channels=base_channels,
+                            time_embed_dim=time_embed_dim, num_layers=num_layers,
+                            num_classes=_classes(me, num_classes),
+                            num_heads=num_heads, guidance=_flag(me, "guidance", guidance), res_blocks=res_blocks,
+                            max_freq=_positive(me, "max_freq", max_freq),
+                            offset_log_sign=_flag(me, "offset_log_sign", offset_log_sign),
                             path_features=self.path_features, base_perception=_check_base(base_perception))
+        num_classes, max_freq = self._config["num_classes"], self._config["max_freq"]
         self.cond = _Conditioning(time_embed_dim, time_embed_dim, max_freq, offset_log_sign, num_classes, guidance)
         self.conv_in = nn.Conv2d((4 if path_features else 2) * in_channels, base_channels, 3, padding=1)
         self.blocks = nn.ModuleList()
@@ -365,6 +426,13 @@ class ConvSideNet(_SideNetBase):
         self.conv_out = nn.Conv2d(base_channels, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    @classmethod
+    def min_tensor_count(cls, config: Mapping) -> int:
+        """``2 * num_layers * (res_blocks + 1)``: every ResBlock and attention block has weights
+        and biases."""
+        layers = _whole("ConvSideNet", "num_layers", cls._argument(config, "num_layers"), 1)
+        return 2 * layers * (_whole("ConvSideNet", "res_blocks", cls._argument(config, "res_blocks"), 0) + 1)
 
     def forward(self, x: torch.Tensor, v: torch.Tensor, t: Any, d: Any,
                 labels: Any = None, guidance: Any = None) -> torch.Tensor:
@@ -382,13 +450,40 @@ class ConvSideNet(_SideNetBase):
 SIDENETS: dict[str, type] = {"MLPSideNet": MLPSideNet, "ConvSideNet": ConvSideNet}
 
 
-def build_sidenet(config: dict) -> nn.Module:
-    """Rebuild a SideNet from its :meth:`config` dict (``{"class": name, **kwargs}``)."""
-    config = dict(config)
-    name = config.pop("class", None)
-    if name not in SIDENETS:
+def sidenet_class(config: Any) -> type:
+    """The SideNet class a config names, after checking the config's keys (no module is built).
+
+    Raises:
+        TypeError: ``config`` is not a mapping.
+        ValueError: unknown class, unknown keys, or a required argument missing (each named).
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"build_sidenet: config must be a dict {{'class': name, **arguments}}, got {type(config).__name__}")
+    name = config.get("class")
+    if not isinstance(name, str) or name not in SIDENETS:
         raise ValueError(f"build_sidenet: unknown SideNet class {name!r}; known: {', '.join(SIDENETS)}")
-    return SIDENETS[name](**config)
+    cls = SIDENETS[name]
+    params = inspect.signature(cls.__init__).parameters
+    valid = [p for p in params if p != "self"]
+    unknown = sorted(set(config) - set(valid) - {"class"})
+    if unknown:
+        raise ValueError(f"build_sidenet: {name} has no argument(s) {', '.join(unknown)}; its arguments are {', '.join(valid)}")
+    missing = [p for p in valid if params[p].default is inspect.Parameter.empty and p not in config]
+    if missing:
+        raise ValueError(f"build_sidenet: {name} needs the argument(s) {', '.join(missing)}")
+    return cls
+
+
+def build_sidenet(config: Mapping) -> nn.Module:
+    """Rebuild a SideNet from its :meth:`config` dict (``{"class": name, **kwargs}``).
+
+    Every value is checked by the constructor (a ValueError names the argument): integer sizes
+    >= 1 (``embed_dim``/``time_embed_dim`` >= 2, ``res_blocks`` >= 0), ``num_classes`` None or
+    >= 1, ``max_freq`` finite and > 0, flags True or False, ``num_heads`` dividing
+    ``base_channels``.
+    """
+    cls = sidenet_class(config)
+    return cls(**{k: v for k, v in config.items() if k != "class"})
 
 
 def count_parameters(module: Any) -> int:
