@@ -1,15 +1,15 @@
 """The bi-anchor (and single-anchor) interval integrator: paper Sec. 3.2.2, Algorithm 1.
 
 One bi-anchor interval from (t_i, x_i) with start anchor v_i = f(x_i, t_i), step h = t_{i+1} - t_i
-and a quadrature rule (c_k, w_k) on [0, 1] (algorithm.md section 4, paper Eqs. 6-7 and 24):
+and a quadrature rule (c_k, w_k) on [0, 1] (docs/algorithm.md#the-bi-anchor-step; paper Eqs. 6-10 and 24):
 
 1. forward probe, one batched perception call for every node c_k > 0:
        u_k = P(x_i, v_i, t_i, c_k h),   u_k = v_i at c_k = 0
-   predictor  x~ = x_i + h sum_k w_k u_k                                    (Eq. 6)
+   predictor  x~ = x_i + h sum_k w_k u_k                                 (Eqs. 6-8)
 2. terminal anchor, the interval's only backbone call:  v_{i+1} = f(x~, t_{i+1})
 3. backward refinement for B = {k : c_k >= 1/2} (a node exactly at the midpoint goes backward):
        u_k = P(x~, v_{i+1}, t_{i+1}, (c_k - 1) h)  for c_k < 1,   u_k = v_{i+1} at c_k = 1
-4. corrector  x_{i+1} = x_i + h sum_k w_k u_k  (forward u_k for c_k < 1/2, backward for B)
+4. corrector  x_{i+1} = x_i + h sum_k w_k u_k  (forward u_k for c_k < 1/2, backward for B; Eqs. 9-10)
 5. state reuse: v_{i+1} is the next interval's start anchor. It was evaluated at x~, not at
    x_{i+1}, and is not re-evaluated.
 
@@ -193,7 +193,7 @@ def ba_solver(
 ) -> Array:
     """BA-solver over a grid, in the sampler form shared with the baselines.
 
-    NFE schemes (docs: "Counting NFE"), for a grid of M intervals:
+    NFE schemes (docs/algorithm.md#counting-nfe), for a grid of M intervals:
     - ``anchors="bi", final="bi"`` (scheme A): every interval bi-anchor, NFE = M + 1.
     - ``anchors="bi", final="single"`` (scheme B, default): the last interval single-anchor,
       NFE = M.

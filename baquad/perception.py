@@ -1,6 +1,6 @@
 """Bidirectional temporal perception: predicted velocities at offsets from an anchor.
 
-The contract (algorithm.md section 2, paper Eq. 5). A perception maps an anchor (x, v, t) of a
+The contract (docs/algorithm.md#perception, paper Eq. 5). A perception maps an anchor (x, v, t) of a
 trajectory, where v = f(x, t) is a backbone velocity, and offsets d_1..d_m (either sign) to
 predictions of the velocity at time t + d along the exact trajectory through (x, t):
 

@@ -1,4 +1,4 @@
-"""Quadrature rules on [0, 1] (algorithm.md section 3; paper Eqs. 6-7, Appendix C).
+"""Quadrature rules on [0, 1] (docs/algorithm.md#quadrature-rules; paper Eqs. 6-7, Appendix C).
 
 A rule approximates ``int_0^1 f(c) dc ~= sum_k w_k f(c_k)``. Applied to one solver interval
 ``[t_i, t_i + h]`` it gives ``int v dt ~= h * sum_k w_k v(t_i + c_k h)``.

@@ -2,7 +2,7 @@
 
 Truths used here are independent of the code under test: closed-form ODE solutions,
 calls counted by wrapping the field, scipy quadrature, and exact algebraic identities
-between methods that baseline-solvers.md states (DPM-Solver++-1 = Euler, UniP-2 bh2 =
+between methods that docs/baselines.md states (DPM-Solver++-1 = Euler, UniP-2 bh2 =
 DPM-Solver++(2M) midpoint).  Solvers are called directly (with a counting wrapper) and,
 when ``baquad.solve`` exists, through it too.
 """
@@ -115,7 +115,7 @@ def test_nfe_formulas_values() -> None:
     assert nfe_per_steps("heun", 18, final_step="heun") == 36
     assert nfe_per_steps("midpoint", 5) == 10 and nfe_per_steps("rk4", 5) == 20
     assert nfe_per_steps("dpm++", 10, order=3) == 10 and nfe_per_steps("unipc", 10) == 10
-    # BA-solver (algorithm.md section 5): scheme B (default) N intervals = N NFE,
+    # BA-solver (docs/algorithm.md#counting-nfe): scheme B (default) N intervals = N NFE,
     # scheme A (final="bi") N - 1 intervals for N NFE, single anchors N = N.
     assert nfe_per_steps("ba-solver", 10) == 10
     assert nfe_per_steps("ba-solver", 9, final="bi") == 10
@@ -266,7 +266,7 @@ def test_torch_float32_stays_float32_and_differentiable(method: str, opts: dict)
 
 
 # --------------------------------------------------------------------------------------
-# Identities between methods (baseline-solvers.md sections 0 and 2)
+# Identities between methods (docs/baselines.md#euler and docs/baselines.md#unipc)
 # --------------------------------------------------------------------------------------
 def test_order_one_flow_solvers_equal_euler() -> None:
     ts = (1.0, 0.83, 0.6, 0.31, 0.12, 0.0)

@@ -1,4 +1,4 @@
-"""Chain training (adapters/torch_sit/chain.py; paper Sec. 3.2.3, algorithm.md section 6).
+"""Chain training (adapters/torch_sit/chain.py; paper Sec. 3.2.3, docs/algorithm.md#chain-training).
 
 Truths used: a chain written out here interval by interval from the algorithm's formulas
 (nodes and weights from baquad.rules), call counts of a wrapped backbone, autograd's own
@@ -138,7 +138,7 @@ def test_trainer_step_freezes_nothing_but_updates_sidenet_only():
 
 
 def manual_chain_loss(net, f, x, times, cfg):
-    """Algorithm 2 interval by interval, from the formulas of algorithm.md section 6."""
+    """Algorithm 2 interval by interval, from the formulas of docs/algorithm.md#chain-training."""
     rule = get_rule(cfg.rule)
     T = times.to(x.dtype)
     v = f(T[0], x)

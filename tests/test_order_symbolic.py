@@ -31,8 +31,8 @@ RULE_PARAMS = [
 ]
 
 
-def algorithm_md_degree(family: str, n: int) -> int:
-    # algorithm.md section 3: Gauss-Lobatto-n has degree 2n - 3, Gauss-Legendre-n 2n - 1.
+def documented_degree(family: str, n: int) -> int:
+    # docs/algorithm.md#quadrature-rules: Gauss-Lobatto-n has degree 2n - 3, Gauss-Legendre-n 2n - 1.
     return 2 * n - 3 if family == "gauss-lobatto" else 2 * n - 1
 
 
@@ -90,7 +90,7 @@ def test_quadrature_weighted_ratio_tends_to_the_continuous_half(rule):
 def test_degree_of_exactness_matches_the_family_formula(family, n):
     name = f"{family}-{n}"
     d = degree_of_exactness(name)
-    assert d == algorithm_md_degree(family, n)
+    assert d == documented_degree(family, n)
     assert d == get_rule(name).degree  # the cached float table agrees
     # the defining property, exactly: zero up to d, non-zero at d + 1
     assert all(moment_defect(name, p) == 0 for p in range(d + 1))

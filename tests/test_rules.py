@@ -1,7 +1,7 @@
 """Quadrature rules (baquad.rules): exactness, closed forms, agreement with scipy, the table.
 
 Independent truths used here: the exact integral of c^p over [0, 1] (the rational 1/(p+1)),
-closed-form Gauss-Lobatto nodes and weights written out by hand (algorithm.md section 3),
+closed-form Gauss-Lobatto nodes and weights written out by hand (docs/algorithm.md#quadrature-rules),
 scipy's Gauss-Legendre nodes and a Gauss-Lobatto construction from numpy's Legendre class.
 The degrees of exactness are the textbook formulas 2n - 3 (Lobatto) and 2n - 1 (Legendre).
 """
@@ -21,7 +21,7 @@ import baquad
 from baquad import rules as R
 from baquad.rules import QuadratureRule, get_rule, rule_names
 
-# The aliases named in algorithm.md section 3 (written here, not read from the code).
+# The aliases named in docs/algorithm.md#quadrature-rules (written here, not read from the code).
 ALIASES = {"trapezoid": ("gauss-lobatto", 2), "simpson": ("gauss-lobatto", 3)}
 
 

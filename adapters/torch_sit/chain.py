@@ -1,4 +1,4 @@
-"""Chain training of the SideNet (paper Sec. 3.2.3, Algorithm 2; algorithm.md section 6).
+"""Chain training of the SideNet (paper Sec. 3.2.3, Algorithm 2; docs/algorithm.md#chain-training).
 
 The backbone f is frozen and never differentiated; no data set is needed (chains start from
 noise). One chain of K intervals from a start (x_0, t_0), with v_0 = f(x_0, t_0):
@@ -84,8 +84,8 @@ class ChainConfig:
             ``exp_rate`` is the setting to measure;
             ``"uniform-grid"``: K equal steps |t_end - t_0| / K.
         exp_rate, h_min, h_max: the truncated exponential's rate and truncation bounds.
-        shared_partition: True: one partition (and one start time) for the whole batch, as the
-            prototype (algorithm.md section 11); False: drawn per sample (the backbone gets a
+        shared_partition: True: one partition (and one start time) for the whole batch, as an early
+            prototype did (docs/algorithm.md#interval-sizes); False: drawn per sample (the backbone gets a
             per-sample time tensor).
         start: ``"noise"``: x_0 ~ N(0, I) at t_0 = 1; ``"path"``: t_0 ~ U[``start_min``,
             ``start_max``] and x_0 = (1 - t_0) x_data + t_0 z on the linear path, which needs a

@@ -11,7 +11,7 @@ a zero SideNet output is exactly P0.
 stacked as ``(m, *x.shape)`` in x's dtype and device, with ONE SideNet forward per call: the m
 offsets are stacked along the batch dimension (x and v repeated m times, t repeated, d constant
 per block of B rows), which is what makes a whole quadrature rule cost one network call
-(paper Eq. 7, algorithm.md section 2).
+(paper Eq. 7, docs/algorithm.md#perception).
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """SideNets: small torch networks that learn bidirectional temporal perception.
 
-A SideNet predicts the first-order velocity deviation g of the paper's Eq. 5 (algorithm.md
-section 2): from an anchor (x, v, t) of a trajectory, v = f(x, t) a backbone velocity, and an
-offset d of either sign,
+A SideNet predicts the first-order velocity deviation g of the paper's Eq. 5
+(docs/algorithm.md#perception): from an anchor (x, v, t) of a trajectory, v = f(x, t) a backbone
+velocity, and an offset d of either sign,
 
     v_hat(t + d) = v + d * g(x, v, t, d),                                       (Eq. 5)
 
 so v_hat = v exactly at d = 0 and the combined model is lower-bounded by the backbone.
 
-Two architectures (paper Appendix E, Table 4; algorithm.md section 7):
+Two architectures (paper Appendix E, Table 4; docs/algorithm.md#the-sidenet-architecture):
 
 - :class:`MLPSideNet` for vector states ``(B, dim)`` (the analytic toy flows): input
   concat(x, v); t, d (and optionally a class label and a guidance scale) enter through sinusoidal
@@ -88,7 +88,7 @@ def _per_sample(s: Any, n: int, like: torch.Tensor) -> torch.Tensor:
 def _inputs(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, path_features: bool) -> torch.Tensor:
     """The SideNet's state input, concatenated on dim 1: (x, v), plus with ``path_features`` the
     linear path's data and noise predictions x0_hat = x - t v and eps_hat = x + (1 - t) v
-    (flow convention t = 1 noise; baseline-solvers.md header). The network could form these itself,
+    (flow convention t = 1 noise; docs/conventions.md#time-direction). The network could form these itself,
     but only through multiplications by t it has to learn; given directly they cut the chain loss
     and the sampling error on the mixture flows (README, ablations)."""
     parts = [x, v]

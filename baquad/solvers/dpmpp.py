@@ -8,8 +8,8 @@ One step ``t_i -> t_{i+1}`` (decreasing) has ``h = lambda_{i+1} - lambda_i > 0``
 
 Sources: diffusers ``DPMSolverMultistepScheduler`` (``use_flow_sigmas=True``,
 ``prediction_type="flow_prediction"``), SANA ``diffusion/model/dpm_solver.py`` and
-LuChengTHU ``dpm_solver_pytorch.py``; the rules as written out in
-``shared/reference/baseline-solvers.md`` section 1.
+LuChengTHU ``dpm_solver_pytorch.py``; the formulas as written out in
+docs/baselines.md#dpm-solver.
 
 The helpers here (grid check with the t = 1 clamp, ``lambda``, accurate ``phi_k``, the
 per-step order rule) are shared with :mod:`baquad.solvers.unipc`.

@@ -6,8 +6,8 @@ Convention and notation as in :mod:`baquad.solvers.dpmpp`: ``t = 1`` noise, ``t 
 
 Sources: diffusers ``UniPCMultistepScheduler`` (``use_flow_sigmas=True``,
 ``prediction_type="flow_prediction"``, ``predict_x0=True``), Wan2.1
-``FlowUniPCMultistepScheduler`` and wl-zhao/UniPC ``uni_pc.py``; the rules as written out in
-``shared/reference/baseline-solvers.md`` section 2.
+``FlowUniPCMultistepScheduler`` and wl-zhao/UniPC ``uni_pc.py``; the formulas as written out in
+docs/baselines.md#unipc.
 """
 
 from __future__ import annotations
