@@ -103,3 +103,37 @@ def test_token_sidenet_is_zero_then_permutation_equivariant():
     assert build_sidenet(net.config()).config() == net.config()
     with pytest.raises(ValueError, match=r"\(B, N, D\)"):
         net(torch.randn(2, 8), torch.randn(2, 8), 0.4, 0.1)
+
+
+def test_chain_with_conditioning_vectors_is_solve_per_sample():
+    """The chain's simulation with per-sample conditioning vectors (SideNet and backbone) equals
+    ``baquad.solve`` run sample by sample with that sample's vector."""
+    import baquad
+    from adapters.torch_sit.backbones import Backbone, get_backbone
+    from adapters.torch_sit.chain import ChainConfig, chain_losses, sample_batch, simulate_chain
+
+    ring = get_backbone("gmm-ring2d")
+
+    def fn(t, x, labels=None, cond=None):
+        return ring(t, x) * (1.0 + 0.2 * torch.tanh(cond[:, :1]))  # the backbone reads cond too
+
+    def sample_cond(n, g):
+        labels = torch.randint(0, 3, (n,), generator=g)
+        return labels, torch.randn(n, 3, generator=g)
+
+    bb = Backbone("cond-ring", fn, (2,), cond_dim=3, sample_cond=sample_cond)
+    torch.manual_seed(4)
+    net = make_active(MLPSideNet(2, hidden=16, depth=2, embed_dim=8, cond_dim=3))
+    cfg = ChainConfig(chain_length=3, batch_size=5, intervals="dirichlet")
+    batch = sample_batch(cfg, bb, 0)
+    assert batch.cond.shape == (5, 3) and batch.labels.shape == (5,)
+    ro = simulate_chain(net, bb, batch.x, batch.times, cfg, batch.labels, batch.cond)
+    for i in range(5):
+        c = batch.cond[i:i + 1]
+        field = lambda t, x: fn(torch.full((1,), t), x, cond=c)  # noqa: E731
+        res = baquad.solve(field, batch.x[i:i + 1], batch.times[:, i].tolist(), rule="gauss-legendre-3",
+                           perception=NeuralPerception(net, cond=c), anchors="single", save_states=True)
+        torch.testing.assert_close(torch.stack([X[i] for X in ro.X]), res.xs[:, 0], rtol=1e-5, atol=1e-6)
+    loss, _ = chain_losses(net, bb, batch.x, batch.t0, cfg, times=batch.times, cond=batch.cond)
+    other, _ = chain_losses(net, bb, batch.x, batch.t0, cfg, times=batch.times, cond=batch.cond.flip(0))
+    assert loss.item() != other.item()

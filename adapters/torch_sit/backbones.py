@@ -36,6 +36,12 @@ class Backbone:
         module: the torch module behind ``fn`` (moved by :meth:`to`), if any.
         sample_data: ``sample_data(n, generator) -> Tensor[n, *state_shape]`` (float32, CPU),
             exact data samples where the backbone has them.
+        cond_dim: the size of the conditioning vector a SideNet for this backbone reads (a text
+            backbone's pooled prompt embedding), or None.
+        sample_cond: ``sample_cond(n, generator) -> (labels, cond)``: per-sample integer
+            conditions for ``fn`` (``labels=``; a text backbone's prompt indices) and their
+            conditioning vectors ``(n, cond_dim)`` (float32, CPU; ``cond=``), for backbones
+            conditioned on more than a class label.
     """
 
     name: str
@@ -46,6 +52,8 @@ class Backbone:
     module: Optional[nn.Module] = None
     sample_data: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None
     extra: dict = field(default_factory=dict)
+    cond_dim: Optional[int] = None
+    sample_cond: Optional[Callable[[int, torch.Generator], tuple]] = None
 
     def __call__(self, t: torch.Tensor, x: torch.Tensor, **cond: Any) -> torch.Tensor:
         return self.fn(t, x, **cond)
@@ -140,3 +148,4 @@ def _analytic_flow(flow_name: str) -> Callable[..., Backbone]:
 
 register_backbone("gmm-ring2d", _analytic_flow("gmm-ring2d"))
 register_backbone("gmm-32d", _analytic_flow("gmm-32d"))
+
