@@ -7,7 +7,9 @@ count (None: analytic, no parameters), and optionally ``sample_data(n, generator
 at t = 0, for chains that start at a sampled time on the path x_t = (1 - t) x_data + t z).
 
 Registered now: the analytic Gaussian-mixture flows ``"gmm-ring2d"`` and ``"gmm-32d"``
-(:mod:`baquad.flows`). A neural backbone (a REPA-SiT, a digits model) registers a factory with
+(:mod:`baquad.flows`), and ``"diffusers"``, a diffusers SD3/Flux transformer with a file of prompt
+embeddings (:mod:`adapters.diffusers_flow.backbone`; options ``model``, ``prompt_embeddings``,
+``latent_size``, ``dtype``). A neural backbone (a REPA-SiT, a digits model) registers a factory with
 :func:`register_backbone` that returns ``Backbone.from_module(...)`` or a :class:`Backbone` whose
 ``fn`` applies the guidance and label conditioning, keyed on the same names.
 """
@@ -149,3 +151,13 @@ def _analytic_flow(flow_name: str) -> Callable[..., Backbone]:
 register_backbone("gmm-ring2d", _analytic_flow("gmm-ring2d"))
 register_backbone("gmm-32d", _analytic_flow("gmm-32d"))
 
+
+def _diffusers_transformer(**kwargs: Any) -> Backbone:
+    """A diffusers pipeline's transformer (SD3, Flux) with a prompt-embedding file; see
+    :func:`adapters.diffusers_flow.backbone.load_diffusers_backbone` (diffusers imported here)."""
+    from adapters.diffusers_flow.backbone import load_diffusers_backbone
+
+    return load_diffusers_backbone(**kwargs)
+
+
+register_backbone("diffusers", _diffusers_transformer)
