@@ -32,7 +32,7 @@ from adapters.torch_sit.chain import ChainConfig, sample_batch  # noqa: E402
 from adapters.torch_sit.checkpoint import load_sidenet  # noqa: E402
 from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402
 
-from diffusers_tiny import flux_pipeline, sd3_pipeline, sd3_transformer  # noqa: E402
+from adapters.diffusers_flow.tiny import flux_pipeline, sd3_pipeline, sd3_transformer  # noqa: E402
 
 
 def random_table(n: int = 6, width: int = 32, pooled: int = 64, seed: int = 0) -> PromptEmbeddings:
@@ -213,3 +213,25 @@ def test_trained_sidenet_lowers_the_5_step_error(tmp_path, capsys):
         print(f"\n5-step rms error vs RK4-200: trained SideNet {e_trained:.4g}, zero SideNet {e_zero:.4g} (Euler {e_euler:.4g})")
     assert abs(e_zero - e_euler) < 1e-6
     assert e_trained < 0.8 * e_zero
+
+
+def test_flux_training_to_sampling_round_trip(tmp_path):
+    """Train a few iterations on a tiny Flux transformer (token states, pooled conditioning), then
+    sample with the SideNet in an unchanged Flux pipeline."""
+    from adapters.torch_sit.sidenet import TokenSideNet
+
+    pipe = flux_pipeline(FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True))
+    pipe.transformer.save_pretrained(tmp_path / "transformer")
+    table = random_table(n=4, width=32, pooled=32)
+    save_prompt_embeddings(table, tmp_path / "emb.safetensors")
+    train_cli.main(["--backbone", "diffusers", "--model", str(tmp_path / "transformer"),
+                    "--prompt-embeddings", str(tmp_path / "emb.safetensors"), "--latent-size", "8",
+                    "--out", str(tmp_path / "run"), "--iters", "3", "--batch", "4", "--chain-length", "2",
+                    "--width", "16", "--time-embed-dim", "16", "--num-layers", "1", "--num-heads", "2", "--no-progress"])
+    net = load_sidenet(tmp_path / "run" / "sidenet.safetensors")
+    assert isinstance(net, TokenSideNet) and net.config()["cond_dim"] == 32 and net.config()["token_dim"] == 4
+    pipe.scheduler = BASolverScheduler.from_config(pipe.scheduler.config, sidenet=tmp_path / "run" / "sidenet.safetensors")
+    pipe.scheduler.bind(pipe)
+    out = pipe(prompt_embeds=table.prompt_embeds[:1], pooled_prompt_embeds=table.pooled_prompt_embeds[:1],
+               num_inference_steps=3, height=8, width=8, output_type="latent").images
+    assert out.shape == (1, 16, 4) and torch.isfinite(out).all()

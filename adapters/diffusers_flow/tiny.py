@@ -1,7 +1,10 @@
-"""Tiny random diffusers pipelines for offline tests (no hub access; milliseconds per call).
+"""Tiny random diffusers pipelines (SD3, Flux) for offline tests, the example and the GPU check.
 
-Every text encoder and tokenizer is None; the pipelines are called with precomputed
-``prompt_embeds`` / ``pooled_prompt_embeds`` (and the negative pair).
+Nothing is downloaded; a transformer call takes milliseconds on a CPU. Every text encoder and
+tokenizer is None, so the pipelines are called with precomputed ``prompt_embeds`` /
+``pooled_prompt_embeds`` (and the negative pair); :func:`sd3_prompt` and :func:`flux_prompt`
+make random ones of the right sizes. The VAE has one block (``vae_scale_factor`` 1), so an
+image of 16 x 16 pixels has 16 x 16 latents.
 """
 
 from __future__ import annotations
