@@ -354,3 +354,22 @@ def test_settings_that_are_not_an_ode_solve_are_refused():
     sched.set_timesteps(2)
     with pytest.raises(ValueError, match="integer index"):
         sched.step(torch.zeros(1, 2), 0, torch.zeros(1, 2))
+
+
+def test_lagged_correction_survives_a_dtype_cast_by_the_pipeline():
+    """A pipeline that casts the returned latents to a narrower dtype (float32 -> bfloat16) still
+    gets the correction: the comparison with what the step returned is up to the cast."""
+    net = conv_net(active=True)
+    runs = []
+    for cast in (False, True):
+        sched = BASolverScheduler(anchors="bi", sidenet=net)
+        sched.set_timesteps(3)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 4, 4, 4, generator=g)
+        vs = [torch.randn(x.shape, generator=g) for _ in range(3)]
+        for k, t in enumerate(sched.timesteps):
+            x = sched.step(vs[k], t, x).prev_sample
+            x = x.bfloat16() if cast else x
+        runs.append((x.float(), len(sched.gaps)))
+    assert runs[0][1] == runs[1][1] == 2  # both runs corrected intervals 1 and 2
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=5e-2)

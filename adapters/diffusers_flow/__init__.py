@@ -14,6 +14,9 @@ backbone binding that trains its SideNet.
 - :mod:`.embeddings`: the file of precomputed prompt embeddings the trainer draws from
   (``python -m adapters.diffusers_flow.embeddings --model PATH --prompts prompts.txt --out emb.safetensors``).
 - :mod:`.grid`: the grid a SideNet may carry.
+- :mod:`.tiny`: tiny random SD3/Flux pipelines (offline tests, the example, the GPU check).
+
+See ``docs/diffusers.md``.
 
 Importing this package imports neither diffusers nor torch: the names above load on first
 access (a module-level ``__getattr__``). ``SchedulerMixin`` is exposed too, because

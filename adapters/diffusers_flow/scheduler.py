@@ -372,7 +372,7 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
         anchor = Anchor(t0, x, v)
 
         pending = self._pending
-        if pending is not None and not (self._returned is not None and torch.equal(sample, self._returned)):
+        if pending is not None and not self._unchanged(sample):
             pending = None  # the latents were changed between steps: take them as they are
         if pending is not None:
             state, info = solver.correct(pending, anchor)
@@ -396,6 +396,14 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
             return (prev_sample,)
         return SchedulerOutput(prev_sample=prev_sample)
 
+    def _unchanged(self, sample: torch.Tensor) -> bool:
+        """Whether ``sample`` is the latents the last step returned (up to a dtype cast by the
+        pipeline)."""
+        r = self._returned
+        if r is None or sample.shape != r.shape or sample.device != r.device:
+            return False
+        return torch.equal(sample.to(r.dtype), r) or torch.equal(sample, r.to(sample.dtype))
+
     @staticmethod
     def _push(history: tuple, anchor: Anchor, solver: BiAnchorSolver) -> tuple:
         size = history_size(solver.perception)
@@ -417,7 +425,9 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
     @classmethod
     def from_config(cls, config: Any = None, return_unused_kwargs: bool = False, sidenet: Any = None, **kwargs: Any):
         """``ConfigMixin.from_config``, keeping ``sidenet=`` (a module or file path), which the
-        base class would drop: ``BASolverScheduler.from_config(pipe.scheduler.config, sidenet=path)``."""
+        base class would drop: ``BASolverScheduler.from_config(pipe.scheduler.config, sidenet=path)``.
+        A config that already declares a SideNet (a saved BASolverScheduler's) accepts only one
+        of that architecture and grid; use :meth:`set_sidenet` to replace it by another."""
         out = super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
         scheduler = out[0] if isinstance(out, tuple) else out
         if sidenet is not None:
