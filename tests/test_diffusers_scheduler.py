@@ -103,8 +103,6 @@ def test_zero_sidenet_reproduces_flow_match_euler(kind, config):
 
 
 def test_zero_sidenet_img2img_through_scale_noise_and_begin_index():
-    from diffusers import StableDiffusion3Img2ImgPipeline  # noqa: F401
-
     image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     call = dict(num_inference_steps=6, strength=0.5, guidance_scale=2.0, image=image)
     pipe = sd3_pipeline(FlowMatchEulerDiscreteScheduler(shift=3.0), img2img=True)
