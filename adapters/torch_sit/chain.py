@@ -257,23 +257,33 @@ def sample_times(cfg: ChainConfig, t0: torch.Tensor, generator: torch.Generator)
 
 @dataclass
 class Batch:
-    """One iteration's data (global batch): start states, start times, time grids, labels."""
+    """One iteration's data (global batch): start states, start times, time grids, labels and
+    conditioning vectors.
+
+    ``labels`` are per-sample integer conditions of the backbone (class labels, or the prompt
+    indices of a text-conditioned backbone); ``cond`` the per-sample conditioning vectors of the
+    SideNet (``cond_dim``; e.g. the pooled prompt embeddings), passed to the backbone as well.
+    """
 
     x: torch.Tensor  # (B, *state_shape) float32
     t0: torch.Tensor  # (B,) float64
     times: torch.Tensor  # (K + 1, B) float64
     labels: Optional[torch.Tensor]  # (B,) long or None
+    cond: Optional[torch.Tensor] = None  # (B, cond_dim) float32 or None
 
     def slice(self, start: int, stop: int) -> "Batch":
         return Batch(self.x[start:stop], self.t0[start:stop], self.times[:, start:stop],
-                     None if self.labels is None else self.labels[start:stop])
+                     None if self.labels is None else self.labels[start:stop],
+                     None if self.cond is None else self.cond[start:stop])
 
 
 def sample_batch(cfg: ChainConfig, backbone: Any, step: int) -> Batch:
     """The GLOBAL batch of iteration ``step``, drawn on the CPU from :func:`step_generator`.
 
     Every DDP rank draws the same global batch and takes its slice, so N processes see exactly
-    the data of one process. Draw order: noise, [start times, data], time grids, labels.
+    the data of one process. Draw order: noise, [start times, data], time grids, labels,
+    [conditions]. A backbone with ``sample_cond(n, generator) -> (labels, cond)`` (a
+    text-conditioned one: prompt indices and their pooled embeddings) supplies both.
     """
     g = step_generator(cfg.seed, step)
     b = cfg.batch_size
@@ -295,7 +305,11 @@ def sample_batch(cfg: ChainConfig, backbone: Any, step: int) -> Batch:
     times = sample_times(cfg, t0, g)
     nc = getattr(backbone, "num_classes", None)
     labels = torch.randint(0, nc, (b,), generator=g) if nc else None
-    return Batch(x, t0, times, labels)
+    cond = None
+    sample_cond = getattr(backbone, "sample_cond", None)
+    if sample_cond is not None:
+        labels, cond = sample_cond(b, g)
+    return Batch(x, t0, times, labels, cond)
 
 
 @dataclass
@@ -318,6 +332,7 @@ class Rollout:
     labels: Optional[torch.Tensor]
     guidance: Optional[float]
     backbone_calls: int
+    cond: Optional[torch.Tensor] = None
 
 
 def _cond(labels: Optional[torch.Tensor], guidance: Optional[float]) -> dict:
@@ -329,14 +344,15 @@ def _cond(labels: Optional[torch.Tensor], guidance: Optional[float]) -> dict:
     return cond
 
 
-def _sidenet_g(net: Callable, x, v, t, d, labels, guidance) -> torch.Tensor:
+def _sidenet_g(net: Callable, x, v, t, d, labels, guidance, cond=None) -> torch.Tensor:
     gs = None if guidance is None else torch.full_like(t, float(guidance))
-    return net(x, v, t, d, labels, gs)
+    return net(x, v, t, d, labels, gs) if cond is None else net(x, v, t, d, labels, gs, cond=cond)
 
 
 @torch.no_grad()
 def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, times: torch.Tensor,
-                   cfg: ChainConfig, labels: Optional[torch.Tensor] = None) -> Rollout:
+                   cfg: ChainConfig, labels: Optional[torch.Tensor] = None,
+                   cond: Optional[torch.Tensor] = None) -> Rollout:
     """Simulate the chain through the time grid ``times`` (K + 1, B) from x at times[0].
 
     Each interval is one step of the core integrator, :class:`baquad.bianchor.BiAnchorSolver`,
@@ -349,12 +365,16 @@ def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, time
     (K + 1 for a full chain), all under ``torch.no_grad()``, as are the SideNet probes. Empty
     intervals (h = 0, a "trunc-exp" chain that reached its end) leave their rows unchanged and
     are masked out of the loss; once every chain of the batch has ended, no more calls are made.
+    ``cond``: per-sample conditioning vectors ``(B, cond_dim)`` for the SideNet, also passed to
+    the backbone (``cond=``).
     """
-    solver = BiAnchorSolver(get_rule(cfg.rule), NeuralPerception(unwrap(sidenet), labels, cfg.guidance_scale))
-    cond = _cond(labels, cfg.guidance_scale)
+    solver = BiAnchorSolver(get_rule(cfg.rule), NeuralPerception(unwrap(sidenet), labels, cfg.guidance_scale, cond=cond))
+    kwargs = _cond(labels, cfg.guidance_scale)
+    if cond is not None:
+        kwargs["cond"] = cond
 
     def field(t: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
-        return backbone(t, xt, **cond)
+        return backbone(t, xt, **kwargs)
 
     T = times.to(device=x.device, dtype=x.dtype)
     H = T[1:] - T[:-1]
@@ -371,7 +391,7 @@ def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, time
         Xe.append(state.anchor.x)
         V.append(state.v)
     kk = len(X) - 1
-    return Rollout(X, Xe, V, T[: kk + 1], H[:kk], valid[:kk], labels, cfg.guidance_scale, calls)
+    return Rollout(X, Xe, V, T[: kk + 1], H[:kk], valid[:kk], labels, cfg.guidance_scale, calls, cond)
 
 
 def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
@@ -404,7 +424,8 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     t_in = torch.cat([t0.reshape(-1), t1.reshape(-1)])
     d_in = torch.cat([h.reshape(-1), -h.reshape(-1)])
     lab = None if ro.labels is None else ro.labels[samples].repeat(2 * K)
-    g = _sidenet_g(sidenet, x_in, v_in, t_in, d_in, lab, ro.guidance)
+    cnd = None if ro.cond is None else ro.cond[samples].repeat(2 * K, 1)
+    g = _sidenet_g(sidenet, x_in, v_in, t_in, d_in, lab, ro.guidance, cnd)
     g = g.reshape(2, K, b, *shape)
     hb = h.reshape(K, b, *([1] * len(shape)))
     res_f = v0 + hb * g[0] - v1
@@ -437,7 +458,8 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
 
 def chain_losses(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, t: Any, cfg: ChainConfig,
                  generator: Optional[torch.Generator] = None, *, labels: Optional[torch.Tensor] = None,
-                 times: Optional[torch.Tensor] = None, normalizer: Optional[float] = None) -> tuple[torch.Tensor, dict]:
+                 times: Optional[torch.Tensor] = None, normalizer: Optional[float] = None,
+                 cond: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
     """The chain loss of one batch: simulate (no gradient) then the forward/backward losses.
 
     Args:
@@ -448,6 +470,7 @@ def chain_losses(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, t: Any
         cfg: the recipe; the time grid is drawn from ``generator`` with :func:`sample_times`
             unless ``times`` ``(K + 1, B)`` is given (its row 0 must equal t).
         labels: class labels ``(B,)`` for a conditional backbone/SideNet.
+        cond: conditioning vectors ``(B, cond_dim)`` for the SideNet (and the backbone).
         normalizer: divide the summed losses by this instead of the number of valid pairs
             (the DDP trainer passes the global count / world size).
 
@@ -464,7 +487,7 @@ def chain_losses(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, t: Any
         times = sample_times(cfg, t0, generator)
     elif not torch.equal(times[0].to("cpu", torch.float64), t0.to(torch.float64)):
         raise ValueError("chain_losses: times[0] must equal the start time t")
-    ro = simulate_chain(sidenet, backbone, x, times, cfg, labels)
+    ro = simulate_chain(sidenet, backbone, x, times, cfg, labels, cond)
     loss, stats = rollout_loss(sidenet, ro, cfg, normalizer=normalizer)
     stats["backbone_calls"] = ro.backbone_calls
     return loss, stats
@@ -526,7 +549,8 @@ class ChainTrainer:
         dev = p0.device
         x = batch.x.to(dev, p0.dtype)
         labels = None if batch.labels is None else batch.labels.to(dev)
-        ro = simulate_chain(self.module, self.backbone, x, batch.times, cfg, labels)
+        cond = None if batch.cond is None else batch.cond.to(dev, p0.dtype)
+        ro = simulate_chain(self.module, self.backbone, x, batch.times, cfg, labels, cond)
         self.backbone_calls += ro.backbone_calls
         count = float(ro.valid.sum()) if global_count is None else float(global_count)
         normalizer = count / self.world_size

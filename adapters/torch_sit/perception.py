@@ -27,7 +27,7 @@ __all__ = ["NeuralPerception"]
 
 
 class NeuralPerception(Perception):
-    """Perception from a SideNet ``g = sidenet(x, v, t, d, labels, guidance)``.
+    """Perception from a SideNet ``g = sidenet(x, v, t, d, labels, guidance[, cond=])``.
 
     Args:
         sidenet: an :class:`~adapters.torch_sit.sidenet.MLPSideNet`, a
@@ -35,6 +35,9 @@ class NeuralPerception(Perception):
         labels: class labels of the batch (shape ``(B,)``) for a class-conditional SideNet; None
             uses its null label.
         guidance_scale: the classifier-free guidance scale, for a SideNet conditioned on it.
+        cond: per-sample conditioning vectors ``(B, cond_dim)`` (or one ``(cond_dim,)`` for the
+            whole batch) for a SideNet built with ``cond_dim``; None passes nothing, so SideNets
+            whose forward has no ``cond`` argument keep working.
         grad: build the autograd graph (False: the forward runs under ``torch.no_grad()``).
 
     The SideNet runs on its own device and dtype (inputs are moved there and g comes back to x's
@@ -48,10 +51,11 @@ class NeuralPerception(Perception):
     per_sample_times = True
 
     def __init__(self, sidenet: nn.Module, labels: Optional[torch.Tensor] = None,
-                 guidance_scale: Optional[float] = None, grad: bool = False):
+                 guidance_scale: Optional[float] = None, grad: bool = False, cond: Optional[torch.Tensor] = None):
         self.sidenet = sidenet
         self.labels = labels
         self.guidance_scale = guidance_scale
+        self.cond = cond
         self.grad = grad
         self.calls = 0
         name = getattr(sidenet, "base_perception", "anchor-only")
@@ -97,8 +101,15 @@ class NeuralPerception(Perception):
             lab = torch.as_tensor(self.labels, device=dev).long()
             labels = lab.reshape(()).expand(m * n) if lab.numel() == 1 else lab.repeat(m)
         guidance = None if self.guidance_scale is None else torch.full((m * n,), float(self.guidance_scale), dtype=dt, device=dev)
+        extra = {}
+        if self.cond is not None:
+            c = torch.as_tensor(self.cond).to(dev, dt)
+            c = c.reshape(1, -1).expand(n, -1) if c.ndim == 1 else c
+            if c.ndim != 2 or c.shape[0] != n:
+                raise ValueError(f"NeuralPerception: cond must have shape ({n}, cond_dim) or (cond_dim,), got {tuple(c.shape)}")
+            extra["cond"] = c.repeat(m, 1)
         with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
-            g = self.sidenet(xs, vs, ts, ds, labels, guidance)
+            g = self.sidenet(xs, vs, ts, ds, labels, guidance, **extra)
         self.calls += 1
         g = g.reshape(m, *x.shape).to(x.device, x.dtype)
         base = v.unsqueeze(0) if self.base is None else self.base(x, v, t, offsets, history)

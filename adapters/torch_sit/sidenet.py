@@ -18,10 +18,18 @@ Two architectures (paper Appendix E, Table 4; docs/algorithm.md#the-sidenet-arch
   global self-attention, and a zero-initialised output convolution. The paper's setting is base
   channels 128, time embedding 256, 4 layers (256 px) / 8 (512 px), about 6M parameters.
 
-Both zero-initialise their output layer, so an untrained SideNet returns g = 0 exactly and its
-perception is the anchor-only one (v_hat = v). Both take ``forward(x, v, t, d, labels=None,
-guidance=None)`` with t and d per-sample tensors of shape ``(B,)`` (or scalars) and return g with
-the shape of x. Each SideNet exposes ``config()`` (its class name and constructor arguments) so a
+- :class:`TokenSideNet` for token states ``(B, N, D)`` (the packed latents of a Flux pipeline:
+  each token a 2x2 patch of the latent, its channels folded into D): a per-token MLP on
+  concat(x, v) with AdaLN conditioning and global self-attention over the tokens; it needs no
+  image size.
+
+All zero-initialise their output layer, so an untrained SideNet returns g = 0 exactly and its
+perception is the anchor-only one (v_hat = v). All take ``forward(x, v, t, d, labels=None,
+guidance=None, cond=None)`` with t and d per-sample tensors of shape ``(B,)`` (or scalars) and
+return g with the shape of x. ``cond`` is a conditioning vector per sample ``(B, cond_dim)`` for
+a SideNet built with ``cond_dim`` (a text-conditioned backbone's pooled prompt embedding); it
+enters the conditioning embedding like the label and the guidance scale. SideNets saved before
+``cond_dim`` existed have no such key in their config and load unchanged. Each SideNet exposes ``config()`` (its class name and constructor arguments) so a
 checkpoint can rebuild it with :func:`build_sidenet`.
 """
 
@@ -41,6 +49,7 @@ from torch import nn
 __all__ = [
     "MLPSideNet",
     "ConvSideNet",
+    "TokenSideNet",
     "SIDENETS",
     "build_sidenet",
     "sidenet_class",
@@ -99,11 +108,14 @@ def _inputs(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, path_features: bo
 
 
 class _Conditioning(nn.Module):
-    """Embedding of (t, d[, class label][, guidance scale]) into one vector per sample.
+    """Embedding of (t, d[, class label][, guidance scale][, conditioning vector]) into one
+    vector per sample.
 
     Each scalar goes through sinusoidal features (plus sign/log-scale features for d when
     ``offset_log_sign``) and a two-layer SiLU MLP; the label through an embedding table with one
-    extra row (index ``num_classes``) for the unconditional "null" label; the parts are summed.
+    extra row (index ``num_classes``) for the unconditional "null" label; a conditioning vector
+    (``cond_dim``) through a LayerNorm without affine parameters (prompt embeddings come at any
+    scale) and a two-layer SiLU MLP; the parts are summed.
     """
 
     def __init__(
@@ -114,6 +126,7 @@ class _Conditioning(nn.Module):
         offset_log_sign: bool,
         num_classes: Optional[int],
         guidance: bool,
+        cond_dim: Optional[int] = None,
     ):
         super().__init__()
         self.freq_dim = freq_dim
@@ -128,9 +141,11 @@ class _Conditioning(nn.Module):
         self.d_mlp = mlp(freq_dim + (2 if offset_log_sign else 0))
         self.label_embed = nn.Embedding(num_classes + 1, out_dim) if num_classes else None
         self.g_mlp = mlp(freq_dim) if guidance else None
+        self.cond_dim = cond_dim
+        self.cond_mlp = nn.Sequential(nn.LayerNorm(cond_dim, elementwise_affine=False), mlp(cond_dim)) if cond_dim else None
 
     def forward(self, t: torch.Tensor, d: torch.Tensor, labels: Optional[torch.Tensor],
-                guidance: Optional[torch.Tensor]) -> torch.Tensor:
+                guidance: Optional[torch.Tensor], cond: Optional[torch.Tensor] = None) -> torch.Tensor:
         feat_d = sinusoidal_embedding(d, self.freq_dim, self.max_freq)
         if self.offset_log_sign:
             feat_d = torch.cat([feat_d, _offset_extras(d)], dim=1)
@@ -143,6 +158,14 @@ class _Conditioning(nn.Module):
             if guidance is None:
                 raise ValueError("this SideNet is conditioned on the guidance scale: pass guidance=...")
             c = c + self.g_mlp(sinusoidal_embedding(guidance, self.freq_dim, 10.0))
+        if self.cond_mlp is not None:
+            if cond is None:
+                raise ValueError(f"this SideNet is conditioned on a vector (cond_dim = {self.cond_dim}): pass cond= "
+                                 f"of shape (B, {self.cond_dim}), e.g. the pooled prompt embedding")
+            if tuple(cond.shape) != (t.shape[0], self.cond_dim):
+                raise ValueError(f"cond: expected shape ({t.shape[0]}, {self.cond_dim}) (one conditioning vector per "
+                                 f"sample), got {tuple(cond.shape)}")
+            c = c + self.cond_mlp(cond.to(device=t.device, dtype=t.dtype))
         return c
 
 
@@ -182,6 +205,16 @@ def _classes(owner: str, value: Any) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise ValueError(f"{owner}: num_classes must be None (unconditional) or an integer >= 1, got {value!r}")
     return int(value)
+
+
+def _with_cond_dim(config: dict, cond_dim: Optional[int]) -> dict:
+    """``config`` plus ``cond_dim`` when the SideNet has one. Unconditioned SideNets leave the key
+    out, so their configs equal those written before ``cond_dim`` existed."""
+    if cond_dim is None:
+        return config
+    if isinstance(cond_dim, bool) or int(cond_dim) != cond_dim or cond_dim < 1:
+        raise ValueError(f"cond_dim must be None (no conditioning vector) or an integer >= 1, got {cond_dim!r}")
+    return {**config, "cond_dim": int(cond_dim)}
 
 
 class _SideNetBase(nn.Module):
@@ -249,6 +282,7 @@ class MLPSideNet(_SideNetBase):
         path_features: also read x0_hat = x - t v and eps_hat = x + (1 - t) v (linear path only).
         base_perception: the training-free perception the SideNet corrects (:data:`BASES`; default
             ``"anchor-only"``, the paper's Eq. 5).
+        cond_dim: size of a per-sample conditioning vector (``forward(..., cond=)``), or None.
     """
 
     def __init__(
@@ -263,6 +297,7 @@ class MLPSideNet(_SideNetBase):
         offset_log_sign: bool = True,
         path_features: bool = False,
         base_perception: str = "anchor-only",
+        cond_dim: Optional[int] = None,
     ):
         super().__init__()
         me = "MLPSideNet"
@@ -274,10 +309,11 @@ class MLPSideNet(_SideNetBase):
                             offset_log_sign=_flag(me, "offset_log_sign", offset_log_sign),
                             path_features=_flag(me, "path_features", path_features),
                             base_perception=_check_base(base_perception))
+        self._config = _with_cond_dim(self._config, cond_dim)
         num_classes, max_freq = self._config["num_classes"], self._config["max_freq"]
         self.dim = dim
         self.path_features = bool(path_features)
-        self.cond = _Conditioning(embed_dim, embed_dim, max_freq, offset_log_sign, num_classes, guidance)
+        self.cond = _Conditioning(embed_dim, embed_dim, max_freq, offset_log_sign, num_classes, guidance, cond_dim)
         self.inp = nn.Linear((4 if path_features else 2) * dim, hidden)
         self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
         self.cond_proj = nn.ModuleList(nn.Linear(embed_dim, hidden) for _ in range(depth))
@@ -291,11 +327,12 @@ class MLPSideNet(_SideNetBase):
         return 2 * _whole("MLPSideNet", "depth", cls._argument(config, "depth"), 1)
 
     def forward(self, x: torch.Tensor, v: torch.Tensor, t: Any, d: Any,
-                labels: Any = None, guidance: Any = None) -> torch.Tensor:
-        """g(x, v, t, d) with the shape of x. t, d, guidance: scalars or ``(B,)``; labels ``(B,)``."""
+                labels: Any = None, guidance: Any = None, cond: Any = None) -> torch.Tensor:
+        """g(x, v, t, d) with the shape of x. t, d, guidance: scalars or ``(B,)``; labels ``(B,)``;
+        cond ``(B, cond_dim)``."""
         t, d, labels, guidance = self._prepare(x, t, d, labels, guidance)
         n = x.shape[0]
-        c = F.silu(self.cond(t, d, labels, guidance))
+        c = F.silu(self.cond(t, d, labels, guidance, cond))
         h = F.silu(self.inp(_inputs(x.reshape(n, -1), v.reshape(n, -1), t, self.path_features)) + self.cond_proj[0](c))
         for layer, proj in zip(self.layers, self.cond_proj[1:]):
             h = F.silu(layer(h) + proj(c))
@@ -381,6 +418,7 @@ class ConvSideNet(_SideNetBase):
         offset_log_sign: add sign(d) and log(|d| + 1e-4) to the offset features.
         path_features: also read x0_hat = x - t v and eps_hat = x + (1 - t) v (4C input channels).
         base_perception: the training-free perception the SideNet corrects (see :class:`MLPSideNet`).
+        cond_dim: size of a per-sample conditioning vector (``forward(..., cond=)``), or None.
     """
 
     def __init__(
@@ -397,6 +435,7 @@ class ConvSideNet(_SideNetBase):
         offset_log_sign: bool = True,
         path_features: bool = False,
         base_perception: str = "anchor-only",
+        cond_dim: Optional[int] = None,
     ):
         super().__init__()
         me = "ConvSideNet"
@@ -414,8 +453,9 @@ class ConvSideNet(_SideNetBase):
                             max_freq=_positive(me, "max_freq", max_freq),
                             offset_log_sign=_flag(me, "offset_log_sign", offset_log_sign),
                             path_features=self.path_features, base_perception=_check_base(base_perception))
+        self._config = _with_cond_dim(self._config, cond_dim)
         num_classes, max_freq = self._config["num_classes"], self._config["max_freq"]
-        self.cond = _Conditioning(time_embed_dim, time_embed_dim, max_freq, offset_log_sign, num_classes, guidance)
+        self.cond = _Conditioning(time_embed_dim, time_embed_dim, max_freq, offset_log_sign, num_classes, guidance, cond_dim)
         self.conv_in = nn.Conv2d((4 if path_features else 2) * in_channels, base_channels, 3, padding=1)
         self.blocks = nn.ModuleList()
         for _ in range(num_layers):
@@ -435,19 +475,117 @@ class ConvSideNet(_SideNetBase):
         return 2 * layers * (_whole("ConvSideNet", "res_blocks", cls._argument(config, "res_blocks"), 0) + 1)
 
     def forward(self, x: torch.Tensor, v: torch.Tensor, t: Any, d: Any,
-                labels: Any = None, guidance: Any = None) -> torch.Tensor:
-        """g(x, v, t, d) with the shape of x ``(B, C, H, W)``."""
+                labels: Any = None, guidance: Any = None, cond: Any = None) -> torch.Tensor:
+        """g(x, v, t, d) with the shape of x ``(B, C, H, W)``; cond ``(B, cond_dim)``."""
         if x.ndim != 4:
             raise ValueError(f"ConvSideNet: expected states of shape (B, C, H, W), got {tuple(x.shape)}")
         t, d, labels, guidance = self._prepare(x, t, d, labels, guidance)
-        c = F.silu(self.cond(t, d, labels, guidance))
+        c = F.silu(self.cond(t, d, labels, guidance, cond))
         h = self.conv_in(_inputs(x, v, t, self.path_features))
         for block in self.blocks:
             h = block(h, c) if isinstance(block, ResBlock) else block(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-SIDENETS: dict[str, type] = {"MLPSideNet": MLPSideNet, "ConvSideNet": ConvSideNet}
+class TokenBlock(nn.Module):
+    """h + MLP(AdaLN(h, c)), then h + Attention(LN(h)): one layer of :class:`TokenSideNet`."""
+
+    def __init__(self, width: int, cond_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.modulation = nn.Linear(cond_dim, 2 * width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.SiLU(), nn.Linear(2 * width, width))
+        self.norm2 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.modulation(c)[:, None, :].chunk(2, dim=-1)
+        h = h + self.mlp(self.norm1(h) * (1 + scale) + shift)
+        b, n, w = h.shape
+        q, k, v = self.qkv(self.norm2(h)).reshape(b, n, 3, self.num_heads, w // self.num_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v)
+        return h + self.proj(a.transpose(1, 2).reshape(b, n, w))
+
+
+class TokenSideNet(_SideNetBase):
+    """SideNet for token states ``(B, N, D)``, such as a Flux pipeline's packed latents.
+
+    Linear(concat(x, v)) per token -> ``num_layers`` x :class:`TokenBlock` (an MLP whose
+    LayerNorm takes its scale and shift from the conditioning embedding, AdaLN, then global
+    multi-head self-attention over the N tokens) -> LayerNorm, Linear to D, zero-initialised
+    (g = 0 until trained). The network carries no positional encoding: it is equivariant under a
+    permutation of the tokens and works for any N, so it needs no image size. The conditioning
+    embedding is that of the other SideNets (t, d, label, guidance scale, ``cond``).
+
+    Args:
+        token_dim: D (4 C for Flux's 2x2-packed latents of C channels).
+        width: token width inside the network.
+        time_embed_dim: conditioning dimension.
+        num_layers: number of blocks.
+        num_heads: attention heads (must divide ``width``).
+        num_classes, guidance, cond_dim, max_freq, offset_log_sign, path_features,
+            base_perception: as for :class:`ConvSideNet`.
+    """
+
+    def __init__(
+        self,
+        token_dim: int,
+        width: int = 128,
+        time_embed_dim: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_classes: Optional[int] = None,
+        guidance: bool = False,
+        cond_dim: Optional[int] = None,
+        max_freq: float = 1000.0,
+        offset_log_sign: bool = True,
+        path_features: bool = False,
+        base_perception: str = "anchor-only",
+    ):
+        super().__init__()
+        me = "TokenSideNet"
+        token_dim, width = _whole(me, "token_dim", token_dim, 1), _whole(me, "width", width, 1)
+        time_embed_dim = _whole(me, "time_embed_dim", time_embed_dim, 2)  # one cos/sin pair at least
+        num_layers, num_heads = _whole(me, "num_layers", num_layers, 1), _whole(me, "num_heads", num_heads, 1)
+        if width % num_heads:
+            raise ValueError(f"TokenSideNet: width {width} must be divisible by num_heads {num_heads}")
+        self.path_features = _flag(me, "path_features", path_features)
+        self._config = _with_cond_dim(dict(
+            token_dim=token_dim, width=width, time_embed_dim=time_embed_dim, num_layers=num_layers,
+            num_heads=num_heads, num_classes=_classes(me, num_classes), guidance=_flag(me, "guidance", guidance),
+            max_freq=_positive(me, "max_freq", max_freq), offset_log_sign=_flag(me, "offset_log_sign", offset_log_sign),
+            path_features=self.path_features, base_perception=_check_base(base_perception)), cond_dim)
+        num_classes, max_freq = self._config["num_classes"], self._config["max_freq"]
+        self.cond = _Conditioning(time_embed_dim, time_embed_dim, max_freq, offset_log_sign, num_classes, guidance, cond_dim)
+        self.inp = nn.Linear((4 if path_features else 2) * token_dim, width)
+        self.blocks = nn.ModuleList(TokenBlock(width, time_embed_dim, num_heads) for _ in range(num_layers))
+        self.norm_out = nn.LayerNorm(width)
+        self.out = nn.Linear(width, token_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @classmethod
+    def min_tensor_count(cls, config: Mapping) -> int:
+        """``2 * num_layers``: each block has at least its AdaLN projection (weight and bias)."""
+        return 2 * _whole("TokenSideNet", "num_layers", cls._argument(config, "num_layers"), 1)
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor, t: Any, d: Any,
+                labels: Any = None, guidance: Any = None, cond: Any = None) -> torch.Tensor:
+        """g(x, v, t, d) with the shape of x ``(B, N, D)``; cond ``(B, cond_dim)``."""
+        if x.ndim != 3:
+            raise ValueError(f"TokenSideNet: expected token states of shape (B, N, D), got {tuple(x.shape)}")
+        t, d, labels, guidance = self._prepare(x, t, d, labels, guidance)
+        c = F.silu(self.cond(t, d, labels, guidance, cond))
+        features = _inputs(x.transpose(1, 2), v.transpose(1, 2), t, self.path_features).transpose(1, 2)
+        h = self.inp(features)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.out(self.norm_out(h))
+
+
+SIDENETS: dict[str, type] = {"MLPSideNet": MLPSideNet, "ConvSideNet": ConvSideNet, "TokenSideNet": TokenSideNet}
 
 
 def sidenet_class(config: Any) -> type:

@@ -2,6 +2,8 @@
 
     python -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/ring2d --iters 2000
     torchrun --nproc_per_node=2 -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/ring2d
+    python -m adapters.torch_sit.train --backbone diffusers --model PATH --prompt-embeddings emb.safetensors \
+        --latent-size 64 --guidance-scale 7.0 --out runs/sd3     (a diffusers SD3/Flux transformer)
 
 Every :class:`~adapters.torch_sit.chain.ChainConfig` field is a flag (``--chain-length``,
 ``--intervals``, ``--batch``/``--batch-size``, ``--lr``, ``--ema-decay none``, ...), and the
@@ -74,17 +76,24 @@ class TrainResult:
 
 def default_sidenet_config(backbone: Any, arch: Optional[str] = None, **overrides: Any) -> dict:
     """The default SideNet config for a backbone: an MLP for vector states, a ConvSideNet for
-    ``(C, H, W)`` states, class-conditional when the backbone is; ``overrides`` replace defaults."""
+    ``(C, H, W)`` states, a TokenSideNet for token states ``(N, D)``, class-conditional when the
+    backbone is and reading a conditioning vector when it declares ``cond_dim``; ``overrides``
+    replace defaults."""
     shape = tuple(backbone.state_shape)
-    arch = arch or ("mlp" if len(shape) == 1 else "conv")
+    arch = arch or {1: "mlp", 2: "token"}.get(len(shape), "conv")
+    cond = {} if getattr(backbone, "cond_dim", None) is None else {"cond_dim": backbone.cond_dim}
     if arch == "mlp":
-        net = SIDENETS["MLPSideNet"](int(math.prod(shape)), num_classes=backbone.num_classes)
+        net = SIDENETS["MLPSideNet"](int(math.prod(shape)), num_classes=backbone.num_classes, **cond)
     elif arch == "conv":
         if len(shape) != 3:
             raise ValueError(f"--arch conv needs (C, H, W) states; backbone {backbone.name!r} has {shape}")
-        net = SIDENETS["ConvSideNet"](shape[0], num_classes=backbone.num_classes)
+        net = SIDENETS["ConvSideNet"](shape[0], num_classes=backbone.num_classes, **cond)
+    elif arch == "token":
+        if len(shape) != 2:
+            raise ValueError(f"--arch token needs (N, D) token states; backbone {backbone.name!r} has {shape}")
+        net = SIDENETS["TokenSideNet"](shape[1], num_classes=backbone.num_classes, **cond)
     else:
-        raise ValueError(f"arch: 'mlp' or 'conv', got {arch!r}")
+        raise ValueError(f"arch: 'mlp', 'conv' or 'token', got {arch!r}")
     cfg = net.config()
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
@@ -332,7 +341,7 @@ def train(
 
 _ARCH_FLAGS = {  # SideNet config key (flag --key-with-dashes) -> type
     "hidden": int, "depth": int, "embed_dim": int, "base_channels": int, "time_embed_dim": int,
-    "num_layers": int, "num_heads": int, "res_blocks": int, "max_freq": float,
+    "num_layers": int, "num_heads": int, "res_blocks": int, "max_freq": float, "width": int,
 }
 
 
@@ -355,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    d = p.add_argument_group("--backbone diffusers (a Stable Diffusion 3 / Flux transformer)")
+    d.add_argument("--model", default=None, help="local diffusers pipeline (or transformer) directory")
+    d.add_argument("--prompt-embeddings", default=None,
+                   help="file of python -m adapters.diffusers_flow.embeddings (the prompts chains are conditioned on)")
+    d.add_argument("--latent-size", type=int, default=None, help="latent height = width to train at (SD3 default: sample_size)")
+    d.add_argument("--model-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="dtype the transformer runs in")
 
     c = p.add_argument_group("recipe (ChainConfig; defaults: the checkpoint's when resuming, else the dataclass's)")
     hints = typing.get_type_hints(ChainConfig)
@@ -371,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"(default {f.default!r}{'; none to disable' if conv is _optional_float else ''})")
 
     a = p.add_argument_group("SideNet architecture (defaults: the checkpoint's when resuming)")
-    a.add_argument("--arch", choices=("mlp", "conv"), default=None, help="mlp for vector states, conv for (C, H, W)")
+    a.add_argument("--arch", choices=("mlp", "conv", "token"), default=None,
+                   help="mlp for vector states, conv for (C, H, W), token for (N, D) token states (Flux)")
     for key, typ in _ARCH_FLAGS.items():
         a.add_argument("--" + key.replace("_", "-"), dest="arch_" + key, type=typ, default=None)
     a.add_argument("--offset-log-sign", dest="arch_offset_log_sign", action=argparse.BooleanOptionalAction, default=None,
@@ -383,10 +400,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _backbone_from_args(args: argparse.Namespace) -> "str | Backbone":
+    """The backbone name, or the built backbone when it takes options (``--backbone diffusers``)."""
+    given = {k: getattr(args, k) for k in ("model", "prompt_embeddings", "latent_size") if getattr(args, k) is not None}
+    if args.backbone != "diffusers":
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise SystemExit(f"{flags}: only for --backbone diffusers")
+        return args.backbone
+    for k in ("model", "prompt_embeddings"):
+        if k not in given:
+            raise SystemExit(f"--backbone diffusers needs --{k.replace('_', '-')}")
+    return get_backbone("diffusers", dtype=args.model_dtype, **given)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    backbone = _backbone_from_args(args)
     chain_fields = {f.name for f in dataclasses.fields(ChainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in chain_fields}
     recipe_cfg, recipe_sidenet = recipe_for(args.backbone) if args.backbone in RECIPES else (ChainConfig(), None)
@@ -398,8 +430,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     arch = {k[5:]: v for k, v in vars(args).items() if k.startswith("arch_") and v is not None}
     sidenet_config = recipe_sidenet if ckpt is None else None
-    if arch or args.arch:
-        bb = get_backbone(args.backbone)
+    if arch or args.arch or not isinstance(backbone, str):
+        bb = get_backbone(args.backbone) if isinstance(backbone, str) else backbone
         if ckpt is not None:
             saved = load_checkpoint(ckpt).sidenet_config
             same_class = args.arch is None or default_sidenet_config(bb, args.arch)["class"] == saved["class"]
@@ -408,7 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             recipe_arch = RECIPES.get(args.backbone, {}).get("sidenet", {}) if (args.arch or "mlp") == "mlp" else {}
             sidenet_config = default_sidenet_config(bb, args.arch, **{**recipe_arch, **arch})
-    train(cfg, backbone=args.backbone, out=args.out, sidenet_config=sidenet_config, resume=args.resume,
+    train(cfg, backbone=backbone, out=args.out, sidenet_config=sidenet_config, resume=args.resume,
           ckpt_every=args.ckpt_every, keep_history=args.keep_history, device=args.device,
           progress=not args.no_progress)
     return 0
