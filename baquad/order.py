@@ -59,6 +59,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from ._backend import to_numpy
+from .rules import canonical_name
 
 __all__ = [
     "OrderFit",
@@ -408,12 +409,11 @@ class ExactRule:
 
 
 _FAMILIES = ("gauss-lobatto", "gauss-legendre")
-_RULE_ALIASES = {"trapezoid": "gauss-lobatto-2", "simpson": "gauss-lobatto-3"}
 
 
 def _family_name(name: str) -> Optional[tuple[str, int]]:
     """``(family, n)`` if ``name`` is a Gauss-Lobatto/Gauss-Legendre rule name, else None."""
-    key = _RULE_ALIASES.get(name.lower(), name.lower())
+    key = canonical_name(name)
     family, _, n = key.rpartition("-")
     if family not in _FAMILIES or not n.isdigit():
         return None

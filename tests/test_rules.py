@@ -227,3 +227,18 @@ def test_rules_are_reexported():
 def test_custom_rule_rejects_nan(nodes, weights):
     with pytest.raises(ValueError):
         QuadratureRule.custom(nodes, weights, 1)
+
+
+@pytest.mark.parametrize("short, full", [("GL4", "gauss-lobatto-4"), ("gl3", "gauss-lobatto-3"), ("gl-2", "gauss-lobatto-2"),
+                                         ("Lobatto5", "gauss-lobatto-5"), ("GLeg3", "gauss-legendre-3"),
+                                         ("legendre-2", "gauss-legendre-2"), ("Simpson", "gauss-lobatto-3")])
+def test_short_rule_names_resolve(short, full):
+    """The short names the README's tables use resolve to the same nodes and weights; unknown
+    short names are still refused."""
+    a, b = get_rule(short), get_rule(full)
+    assert a.nodes == b.nodes and a.weights == b.weights and a.degree == b.degree
+
+
+def test_short_rule_name_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="GL99"):
+        get_rule("GL99")
