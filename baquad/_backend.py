@@ -78,6 +78,12 @@ def broadcast_stack(x: Array, m: int) -> Array:
     return np.broadcast_to(x, (m, *x.shape))
 
 
+def is_per_sample(t: Any) -> bool:
+    """True for per-sample times: an array with at least one dimension (a 0-dim array or tensor is
+    one time for the whole batch, like a float)."""
+    return is_array(t) and t.ndim >= 1
+
+
 def per_row(s: Array, like: Array) -> Array:
     """A ``(B,)`` array of per-row scalars reshaped to ``(B, 1, ..., 1)`` to broadcast against
     ``like`` of shape ``(B, ...)``."""

@@ -169,7 +169,7 @@ class BiAnchorSolver:
         nodes, weights = self.rule.nodes, self.rule.weights
         x, v, t0 = state.x, state.anchor.v, state.t
         h = t1 - t0
-        per_sample = B.is_array(h)
+        per_sample = B.is_per_sample(h)
         if per_sample and not getattr(self.perception, "per_sample_times", False):
             raise TypeError(
                 f"step: per-sample times need a perception that accepts them; {self.perception!r} does not "
@@ -198,7 +198,7 @@ class BiAnchorSolver:
         """
         nodes, weights = self.rule.nodes, self.rule.weights
         x, h, t1 = pred.state.x, pred.h, pred.t1
-        per_sample = B.is_array(h)
+        per_sample = B.is_per_sample(h)
         hx = B.per_row(h, x) if per_sample else h
         offsets = _offsets(per_sample)
         u = list(pred.u)

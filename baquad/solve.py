@@ -134,13 +134,18 @@ class CountedField:
             or (B.is_torch(out) and out.device != x.device)
         ):
             raise ValueError(
-                f"vfield: call {self.calls} (t = {t:g}, {self.where}) returned {B.describe(out)}"
+                f"vfield: call {self.calls} (t = {_time(t)}, {self.where}) returned {B.describe(out)}"
                 f"{' on ' + str(out.device) if B.is_torch(out) else ''}; expected the state's type, shape "
                 f"and dtype, {B.describe(x.to(expected_dtype) if B.is_torch(x) else x.astype(expected_dtype))}"
                 f"{' on ' + str(x.device) if B.is_torch(x) else ''}. Return dx/dt with the shape of x "
                 "(pass field_dtype=... to run the field in another precision)."
             )
         return out if self.field_dtype is None else _cast(out, x.dtype)
+
+
+def _time(t: Any) -> str:
+    """A time for a message: a float, or a 0-dim array/tensor (times that carry gradients)."""
+    return f"{float(t):g}"
 
 
 def _cast(x: Array, dtype: Any) -> Array:
@@ -165,7 +170,7 @@ class CountedPerception(PerceptionWrapper):
             or tuple(out.shape) != expected
             or out.dtype != x.dtype
         ):
-            at = f"anchor t = {t:g}" if isinstance(t, float) else "per-sample anchor times"
+            at = "per-sample anchor times" if B.is_per_sample(t) else f"anchor t = {_time(t)}"
             raise ValueError(
                 f"perception: call {self.calls} ({self.inner!r}, {self.where}, {at}, "
                 f"{len(offsets)} offsets) returned {B.describe(out)}; expected shape {expected} and "
