@@ -23,6 +23,11 @@ def _torch():
     return sys.modules["torch"]
 
 
+def is_torch_dtype(d: Any) -> bool:
+    """True for a torch dtype (checked without importing torch)."""
+    return type(d).__module__.startswith("torch")
+
+
 def is_array(x: Array) -> bool:
     return isinstance(x, np.ndarray) or is_torch(x)
 

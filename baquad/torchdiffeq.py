@@ -313,9 +313,11 @@ class BASolver(FixedGridODESolver):
         def callback(i: int, _t: float, x: torch.Tensor, info: Any = None) -> None:
             nonlocal j, prev
             if self.check_finite and not bool(torch.isfinite(x).all()):
+                culprit = where.culprit()
                 raise FloatingPointError(
                     f"ba-solver: the state became NaN/inf in interval {i} of {last} "
                     f"(t = {true_grid[i - 1]:g} -> {true_grid[i]:g})"
+                    + (f": {culprit} turned finite inputs into NaN/inf" if culprit else "")
                 )
             while j < len(t_out) and s[i] >= t_out[j]:
                 if grad_times:  # tensor weights, so the output times get their gradient too
@@ -326,7 +328,7 @@ class BASolver(FixedGridODESolver):
             prev = x
             if info is not None:
                 gaps.append(info.gap)
-            where.interval = i
+            where.next_interval(i)
             if i < last and callback_step is not None:
                 callback_step(nodes[i], x, dts[i])
 

@@ -368,7 +368,7 @@ def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, time
     ``cond``: per-sample conditioning vectors ``(B, cond_dim)`` for the SideNet, also passed to
     the backbone (``cond=``).
     """
-    solver = BiAnchorSolver(get_rule(cfg.rule), NeuralPerception(unwrap(sidenet), labels, cfg.guidance_scale, cond=cond))
+    solver = BiAnchorSolver(get_rule(cfg.rule), NeuralPerception(unwrap(sidenet), labels, cfg.guidance_scale, cond=cond, strict=False))
     kwargs = _cond(labels, cfg.guidance_scale)
     if cond is not None:
         kwargs["cond"] = cond

@@ -35,6 +35,9 @@ class NeuralPerception(Perception):
         labels: class labels of the batch (shape ``(B,)``) for a class-conditional SideNet; None
             uses its null label.
         guidance_scale: the classifier-free guidance scale, for a SideNet conditioned on it.
+        strict: refuse labels or a guidance scale the SideNet does not take (a likely mistake); False
+            drops them silently, for callers that hold the backbone's conditioning and pass it on
+            whatever the SideNet takes (the chain trainer, the sampler).
         cond: per-sample conditioning vectors ``(B, cond_dim)`` (or one ``(cond_dim,)`` for the
             whole batch) for a SideNet built with ``cond_dim``; None passes nothing, so SideNets
             whose forward has no ``cond`` argument keep working.
@@ -51,7 +54,21 @@ class NeuralPerception(Perception):
     per_sample_times = True
 
     def __init__(self, sidenet: nn.Module, labels: Optional[torch.Tensor] = None,
-                 guidance_scale: Optional[float] = None, grad: bool = False, cond: Optional[torch.Tensor] = None):
+                 guidance_scale: Optional[float] = None, grad: bool = False, cond: Optional[torch.Tensor] = None,
+                 strict: bool = True):
+        if not isinstance(sidenet, nn.Module):
+            raise TypeError(f"NeuralPerception: sidenet must be a SideNet (a torch.nn.Module), got {type(sidenet).__name__}")
+        config = sidenet.config() if callable(getattr(sidenet, "config", None)) else {}
+        takes_labels = not config or config.get("num_classes") is not None
+        takes_guidance = not config or bool(config.get("guidance", False))
+        if strict and labels is not None and not takes_labels:
+            raise ValueError("NeuralPerception: labels were given but this SideNet is not class-conditional "
+                             "(num_classes None); drop labels=, or train a SideNet with num_classes")
+        if strict and guidance_scale is not None and not takes_guidance:
+            raise ValueError("NeuralPerception: guidance_scale was given but this SideNet is not conditioned on the "
+                             "guidance scale (guidance False); drop guidance_scale=, or train one with --sidenet-guidance")
+        labels = labels if takes_labels else None
+        guidance_scale = guidance_scale if takes_guidance else None
         self.sidenet = sidenet
         self.labels = labels
         self.guidance_scale = guidance_scale

@@ -304,7 +304,7 @@ class _Generator:
         if cfg.solver == "ba-solver":
             if self.sidenet is not None:
                 kwargs["perception"] = NeuralPerception(self.sidenet, labels=cond.get("labels"),
-                                                        guidance_scale=cfg.cfg_scale)
+                                                        guidance_scale=cfg.cfg_scale, strict=False)
             if cfg.rule is not None:
                 kwargs["rule"] = cfg.rule
         with torch.no_grad():
