@@ -161,6 +161,21 @@ def test_chain_loss_and_gradient_equal_the_written_out_formulas(loss_norm, state
         torch.testing.assert_close(p.grad, b, rtol=1e-11, atol=1e-13)
 
 
+def test_gradient_clipping_scales_the_written_out_gradient_to_the_bound():
+    # torch's clip_grad_norm_: g -> g * min(1, c / (|g| + 1e-6)), |g| the norm over all parameters
+    cfg = ChainConfig(chain_length=3, loss_norm="h", grad_clip=None)
+    net = ClosedFormSideNet()
+    want = torch.autograd.grad(expected_chain_loss(net, X0, TIMES, None, None, cfg), list(net.parameters()))
+    norm = float(torch.sqrt(sum((g * g).sum() for g in want)))
+    for clip, factor in ((0.25 * norm, 0.25 * norm / (norm + 1e-6)), (4.0 * norm, 1.0)):
+        net = ClosedFormSideNet()
+        trainer = ChainTrainer(net, RecordingBackbone(), ChainConfig(chain_length=3, loss_norm="h", grad_clip=clip))
+        stats = trainer.step(Batch(X0, TIMES[0], TIMES, None))
+        assert stats["grad_norm"] == pytest.approx(norm, rel=1e-10)
+        for p, g in zip(net.parameters(), want):
+            torch.testing.assert_close(p.grad, factor * g, rtol=1e-9, atol=1e-13)
+
+
 def test_loss_norms_differ_as_their_definitions_say():
     # one interval of size |h| = 0.25 per sample: "h" = "v" / |h| and "g" = "v" / h^2, exactly
     times = torch.tensor([[1.0, 1.0, 1.0], [0.75, 0.75, 0.75]], dtype=torch.float64)
