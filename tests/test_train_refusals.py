@@ -175,12 +175,30 @@ def log_steps(out: Path) -> list[int]:
 def test_nan_loss_stops_at_its_iteration_and_writes_no_nan(tmp_path):
     # 2 intervals per chain: 3 backbone calls per iteration; NaN from the first call of iteration 3
     field = CountingField(nan_from_call=7)
-    with pytest.raises(FloatingPointError, match="iteration 3"):
+    with pytest.raises(FloatingPointError, match="iteration 3: the chain loss is NaN"):
         run(tmp_path / "n", backbone=Backbone("nan-at-3", field, (2,)), ckpt_every=1)
     assert log_steps(tmp_path / "n") == [1, 2]
     assert not (tmp_path / "n" / "sidenet.safetensors").exists()
     ck = load_checkpoint(tmp_path / "n")
     assert ck.step == 2 and all(bool(torch.isfinite(t).all()) for t in ck.model.values())
+
+
+def test_nan_loss_leaves_the_weights_and_optimiser_untouched():
+    from adapters.torch_sit.chain import ChainTrainer, sample_batch
+
+    cfg = ChainConfig(batch_size=8, chain_length=2, ema_decay=0.9)
+    torch.manual_seed(0)
+    net = MLPSideNet(2, hidden=8, depth=1, embed_dim=4)
+    with torch.no_grad():
+        net.out.weight.normal_()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    bb = Backbone("nan", CountingField(nan_from_call=1), (2,))
+    trainer = ChainTrainer(net, bb, cfg)
+    with pytest.raises(FloatingPointError, match="iteration 1: the chain loss is NaN"):
+        trainer.step(sample_batch(cfg, bb, 0))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(torch.equal(before[k], trainer.ema[k]) for k in trainer.ema)
+    assert trainer.step_count == 0 and not trainer.optimizer.state
 
 
 def test_a_diverging_run_stops_and_writes_no_inf(tmp_path):
