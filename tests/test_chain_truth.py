@@ -182,7 +182,7 @@ def test_loss_norms_differ_as_their_definitions_say():
     losses = {}
     for norm in ("v", "h", "g"):
         cfg = ChainConfig(chain_length=1, loss_norm=norm)
-        losses[norm] = float(chain_losses(ClosedFormSideNet(), RecordingBackbone(), X0, 1.0, cfg, times=times)[0])
+        losses[norm] = chain_losses(ClosedFormSideNet(), RecordingBackbone(), X0, 1.0, cfg, times=times)[0].item()
     assert losses["h"] == pytest.approx(losses["v"] / 0.25, rel=1e-12)
     assert losses["g"] == pytest.approx(losses["v"] / 0.25**2, rel=1e-12)
 
