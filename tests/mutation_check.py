@@ -1,6 +1,6 @@
 """Mutation check: plant known, plausible bugs one at a time and see which tests catch them.
 
-    python tests/mutation_check.py                    # every mutant (about 10 minutes on 2 cores)
+    python tests/mutation_check.py                    # every mutant (4 to 15 minutes on 2 cores, by load)
     python tests/mutation_check.py --list             # the mutants and the tests each one runs
     python tests/mutation_check.py ema-update-skipped loss-norm-h-as-g   # some of them
     python tests/mutation_check.py --every-failure    # list every failing test, not only the first
