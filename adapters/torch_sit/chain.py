@@ -113,6 +113,12 @@ class ChainConfig:
         loss_chunks: split the loss forward/backward over the batch in this many chunks (memory).
         seed: seeds the SideNet initialisation and every iteration's data (noise, times, labels
             are drawn from a generator seeded by (seed, step), so resuming and DDP are exact).
+
+    Valid ranges (checked on construction and by :meth:`validate`; NaN and infinities are never
+    valid): integers chain_length, iters, batch_size, loss_chunks >= 1 and warmup_iters, seed
+    >= 0; exp_rate, h_min <= h_max, lr > 0; grad_clip > 0 or None; 0 <= start_min <= start_max
+    <= 1; forward_weight, backward_weight, weight_decay >= 0; guidance_scale >= 0 or None;
+    beta1, beta2 in [0, 1); min_lr_ratio in [0, 1]; ema_decay in [0, 1) or None.
     """
 
     chain_length: int = 8
@@ -149,51 +155,86 @@ class ChainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"ChainConfig.{name}: {why} (got {getattr(self, name)!r})")
+        """Raise ValueError naming the first invalid field and its valid range.
 
-        if self.chain_length < 1:
-            bad("chain_length", "must be >= 1")
+        Every numeric field is checked for its type and range (NaN and infinities are out of
+        every range), whatever the other settings, so a recipe is refused before any training
+        step rather than failing (or silently misbehaving) later.
+        """
+        for name in ("chain_length", "iters", "batch_size", "loss_chunks"):
+            self._check_int(name, 1)
+        for name in ("warmup_iters", "seed"):
+            self._check_int(name, 0)
+        for name in ("intervals", "start", "direction", "state_update", "loss_norm"):
+            if not isinstance(getattr(self, name), str):
+                self._bad(name, "must be a string")
+        for name in ("shared_partition", "cosine"):
+            if not isinstance(getattr(self, name), bool):
+                self._bad(name, "must be True or False")
+        self._check_real("exp_rate", 0.0, open_low=True)
+        self._check_real("h_min", 0.0, open_low=True)
+        self._check_real("h_max", 0.0, open_low=True)
+        if self.h_min > self.h_max:
+            self._bad("h_min", f"must be <= h_max = {self.h_max}")
+        self._check_real("start_min", 0.0, 1.0)
+        self._check_real("start_max", 0.0, 1.0)
+        if self.start_min > self.start_max:
+            self._bad("start_min", f"must be <= start_max = {self.start_max}")
+        self._check_real("forward_weight", 0.0)
+        self._check_real("backward_weight", 0.0)
+        if self.forward_weight + self.backward_weight == 0:
+            self._bad("forward_weight", "forward_weight and backward_weight must not both be 0")
+        self._check_real("guidance_scale", 0.0, optional=True)
+        self._check_real("lr", 0.0, open_low=True)
+        self._check_real("weight_decay", 0.0)
+        self._check_real("beta1", 0.0, 1.0, open_high=True)
+        self._check_real("beta2", 0.0, 1.0, open_high=True)
+        self._check_real("min_lr_ratio", 0.0, 1.0)
+        self._check_real("ema_decay", 0.0, 1.0, open_high=True, optional=True)
+        self._check_real("grad_clip", 0.0, open_low=True, optional=True)
+
         if self.intervals not in INTERVALS:
-            bad("intervals", f"must be one of {INTERVALS}")
-        if self.intervals == "trunc-exp":
-            if self.exp_rate <= 0:
-                bad("exp_rate", "must be > 0")
-            if not 0 < self.h_min <= self.h_max:
-                bad("h_min", f"need 0 < h_min <= h_max = {self.h_max}")
+            self._bad("intervals", f"must be one of {INTERVALS}")
         if self.start not in STARTS:
-            bad("start", f"must be one of {STARTS}")
-        if not 0.0 <= self.start_min <= self.start_max <= 1.0:
-            bad("start_min", f"need 0 <= start_min <= start_max <= 1 (start_max = {self.start_max})")
+            self._bad("start", f"must be one of {STARTS}")
         if self.direction not in DIRECTIONS:
-            bad("direction", f"must be one of {DIRECTIONS}")
+            self._bad("direction", f"must be one of {DIRECTIONS}")
         if self.start == "path" and (self.start_max if self.direction == "generate" else 1.0 - self.start_min) <= 0.0:
-            bad("start_max" if self.direction == "generate" else "start_min",
-                "the start-time range leaves no time to integrate toward the end of the chain")
+            self._bad("start_max" if self.direction == "generate" else "start_min",
+                      "the start-time range leaves no time to integrate toward the end of the chain")
         if self.direction == "invert" and self.start == "noise":
-            bad("direction", "inversion chains run toward t = 1 and cannot start from noise at t = 1; use start='path'")
+            self._bad("direction", "inversion chains run toward t = 1 and cannot start from noise at t = 1; use start='path'")
         get_rule(self.rule).check_unit_interval("rule")
         if self.state_update not in STATE_UPDATES:
-            bad("state_update", f"must be one of {STATE_UPDATES}")
+            self._bad("state_update", f"must be one of {STATE_UPDATES}")
         if self.loss_norm not in LOSS_NORMS:
-            bad("loss_norm", f"must be one of {LOSS_NORMS}")
-        if self.forward_weight < 0 or self.backward_weight < 0 or self.forward_weight + self.backward_weight == 0:
-            bad("forward_weight", "weights must be >= 0 and not both 0")
-        if self.iters < 0:
-            bad("iters", "must be >= 0")
-        if self.batch_size < 1:
-            bad("batch_size", "must be >= 1")
-        if self.lr <= 0:
-            bad("lr", "must be > 0")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            bad("ema_decay", "must be in [0, 1) or None")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            bad("grad_clip", "must be > 0 or None")
-        if self.loss_chunks < 1:
-            bad("loss_chunks", "must be >= 1")
-        if self.warmup_iters < 0:
-            bad("warmup_iters", "must be >= 0")
+            self._bad("loss_norm", f"must be one of {LOSS_NORMS}")
+
+    def _bad(self, name: str, why: str) -> None:
+        raise ValueError(f"ChainConfig.{name}: {why} (got {getattr(self, name)!r})")
+
+    def _check_int(self, name: str, low: int) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            self._bad(name, f"must be an integer >= {low}")
+        if value < low:
+            self._bad(name, f"must be >= {low}")
+
+    def _check_real(self, name: str, low: float, high: float = math.inf, *, open_low: bool = False,
+                    open_high: bool = False, optional: bool = False) -> None:
+        """A finite real number in the interval from ``low`` to ``high`` (open where asked), or
+        None when ``optional``."""
+        value = getattr(self, name)
+        if value is None and optional:
+            return
+        left, right = "(" if open_low else "[", ")" if open_high or high == math.inf else "]"
+        span = f"{left}{low:g}, {high:g}{right}"
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            self._bad(name, f"must be a real number in {span}" + (" or None" if optional else ""))
+        if not math.isfinite(value):
+            self._bad(name, f"must be finite, in {span}")
+        if value < low or (open_low and value == low) or value > high or (open_high and value == high):
+            self._bad(name, f"must be in {span}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -493,6 +534,11 @@ def chain_losses(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, t: Any
     return loss, stats
 
 
+def _all_finite(tensors: list) -> bool:
+    """True when every entry of every tensor is finite (one host sync)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+
 def valid_pairs(times: torch.Tensor, dtype: torch.dtype = torch.float32) -> int:
     """Number of non-empty (interval, sample) pairs of a time grid ``(K + 1, B)`` once cast to
     the state dtype (as :func:`simulate_chain` sees it): the loss normaliser of a global batch."""
@@ -541,6 +587,24 @@ class ChainTrainer:
         self.step_count = 0
         self.backbone_calls = 0
 
+    def _check_finite_before_update(self, sums: dict) -> None:
+        """Refuse to update the weights from a non-finite loss or gradient (FloatingPointError
+        naming the iteration). The gradient is the all-reduced one under DDP, so every process
+        stops at the same iteration."""
+        it = self.step_count + 1
+        if not (math.isfinite(sums["sum_forward"]) and math.isfinite(sums["sum_backward"])):
+            raise FloatingPointError(
+                f"iteration {it}: the chain loss is NaN/inf (forward sum {sums['sum_forward']}, backward sum "
+                f"{sums['sum_backward']}); the weights were not updated. Check the backbone's outputs and the "
+                "recipe (lr, grad_clip, loss_norm)."
+            )
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if grads and not _all_finite(grads):
+            raise FloatingPointError(
+                f"iteration {it}: the gradient is NaN/inf (this process's loss is finite: another process's may "
+                "not be, or the SideNet overflowed); the weights were not updated."
+            )
+
     def step(self, batch: Batch, global_count: Optional[float] = None, all_reduce: Optional[Callable] = None) -> dict:
         """One optimiser step on ``batch`` (this process's slice). ``global_count`` is the number
         of valid (sample, interval) pairs of the GLOBAL batch (default: this slice's)."""
@@ -569,10 +633,17 @@ class ChainTrainer:
                 loss.backward()
             for key in sums:
                 sums[key] += st[key]
+        self._check_finite_before_update(sums)
         grad_norm = float("nan")
         if cfg.grad_clip is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip))
         self.optimizer.step()
+        if not _all_finite(list(self.module.parameters())):
+            raise FloatingPointError(
+                f"iteration {self.step_count + 1}: the SideNet weights became NaN/inf in the optimiser step "
+                f"(learning rate {self.optimizer.param_groups[0]['lr']:g}); nothing is saved from this step. "
+                "Lower lr or set grad_clip."
+            )
         if self.ema is not None:
             with torch.no_grad():
                 for k, p in self.module.named_parameters():

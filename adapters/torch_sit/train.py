@@ -25,8 +25,17 @@ Output directory:
 
 Resuming: ``--resume``, or automatically when the output directory holds a checkpoint (the run
 says so). The SideNet architecture and the recipe default to the checkpoint's; an explicitly
-different architecture is refused, naming the differing keys. ``--no-resume`` starts afresh and
-overwrites.
+different architecture is refused, naming the differing keys, and so is ``--iters`` below the
+checkpoint's step (resuming never rolls back). ``--no-resume`` starts afresh: the previous run's
+files in the output directory (checkpoint, history, exported SideNet, summary, log) are removed
+first, so the two runs never mix. Temporary files left by a killed checkpoint write
+(``.<name>.<random>.tmp``, this module's names only) are removed on every start.
+
+What training refuses: every recipe field out of its range (NaN and infinities included) and
+the other arguments, before anything is written; a checkpoint holding NaN/inf values; a NaN/inf
+loss, gradient or weight during training, which stops the run at that iteration with a
+FloatingPointError naming it (the weights are not updated from it, and nothing non-finite is
+ever written: the last checkpoint stays the last good one).
 """
 
 from __future__ import annotations
@@ -34,9 +43,11 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
+import re
 import sys
 import time
 import typing
@@ -49,7 +60,7 @@ import torch.distributed as dist
 
 from .backbones import Backbone, CountingBackbone, backbone_names, get_backbone
 from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
+from .checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
 from .sidenet import SIDENETS, build_sidenet, count_parameters, sidenet_report
 
 __all__ = ["train", "TrainResult", "TrainingInterrupted", "default_sidenet_config", "recipe_for", "RECIPES", "main",
@@ -161,6 +172,80 @@ def _read_log(path: Path, upto: int) -> list[dict]:
         return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
 
 
+#: The names this module and :func:`~adapters.torch_sit.checkpoint.atomic_write` write in an
+#: output directory: the files of a run, and the temporary files of an atomic write
+#: (``.<name>.<8 random characters>.tmp``, left behind only by a killed process).
+RUN_FILES = ("checkpoint.safetensors", "checkpoint.json", "sidenet.safetensors", "sidenet.json", "summary.json",
+             "log.csv")
+_TEMP_NAME = re.compile(r"^\.(?:%s)\.[a-z0-9_]{8}\.tmp$" % "|".join(re.escape(n) for n in RUN_FILES))
+_HISTORY_NAME = re.compile(r"^checkpoint-\d{8}\.safetensors$")
+_HISTORY_TEMP_NAME = re.compile(r"^\.checkpoint-\d{8}\.safetensors\.[a-z0-9_]{8}\.tmp$")
+
+
+def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any, interrupt_after: Any) -> Path:
+    """The checks of :func:`train`'s arguments, before anything is loaded or written."""
+    if not isinstance(cfg, ChainConfig):
+        raise TypeError(f"cfg: expected a ChainConfig, got {type(cfg).__name__}")
+    cfg.validate()  # the fields may have been changed after construction
+    if out is None or not str(out).strip():
+        raise ValueError(f"out: the output directory is empty ({out!r}); give a directory, e.g. runs/<name>")
+    if resume not in (None, True, False):
+        raise ValueError(f"resume: True, False or None (automatic), got {resume!r}")
+    if isinstance(ckpt_every, bool) or not isinstance(ckpt_every, int) or ckpt_every < 0:
+        raise ValueError(f"ckpt_every: an integer >= 0 (0: checkpoint at the end only), got {ckpt_every!r}")
+    if interrupt_after is not None and (not isinstance(interrupt_after, int) or interrupt_after < 1):
+        raise ValueError(f"interrupt_after: an integer >= 1 or None, got {interrupt_after!r}")
+    return Path(out)
+
+
+def _check_finite_checkpoint(ck: Any) -> None:
+    """Refuse to resume from a checkpoint holding NaN/inf weights, EMA weights or optimiser state."""
+    parts = {"model": ck.model, "ema": ck.ema or {},
+             "optim": {f"{i}.{k}": v for i, st in (ck.optimizer or {}).get("state", {}).items()
+                       for k, v in st.items() if isinstance(v, torch.Tensor)}}
+    for part, tensors in parts.items():
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(
+                    f"checkpoint {ck.path}: {part}.{name} holds NaN/inf values; it cannot be resumed. Start afresh "
+                    "(--no-resume, resume=False) or restore an older checkpoint (history/ with --keep-history)."
+                )
+
+
+def _remove_temp_files(out: Path) -> list[Path]:
+    """Remove the temporary files a killed atomic write left in ``out`` and ``out/history``
+    (only this project's own temporary names). Returns the removed paths."""
+    found = [p for p in out.glob(".*.tmp") if _TEMP_NAME.match(p.name)]
+    found += [p for p in (out / "history").glob(".*.tmp") if _HISTORY_TEMP_NAME.match(p.name)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def _remove_previous_run(out: Path) -> list[Path]:
+    """A fresh start in ``out``: remove the files of the run that was there (checkpoint, history,
+    exported SideNet, summary, log), so that none of them is mistaken for the new run's."""
+    found = [out / n for n in RUN_FILES if (out / n).is_file()]
+    found += [p for p in (out / "history").glob("checkpoint-*.safetensors") if _HISTORY_NAME.match(p.name)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def _refuse_non_finite(state: dict, what: str) -> None:
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise FloatingPointError(f"{what}: NaN/inf in {', '.join(bad)}; nothing written")
+
+
+def _log_text(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, LOG_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
 def train(
     cfg: ChainConfig,
     *,
@@ -180,20 +265,27 @@ def train(
     Args:
         cfg: the recipe (``cfg.iters`` optimiser steps in total, counting resumed ones).
         backbone: a registered name (``"gmm-ring2d"``, ``"gmm-32d"``) or a :class:`Backbone`.
-        out: output directory.
+        out: output directory (not empty).
         sidenet_config: the architecture (``sidenet.config()`` form). None: the checkpoint's when
             resuming, else :func:`default_sidenet_config`. Given and different from a
             checkpoint's: refused (:class:`~adapters.torch_sit.checkpoint.ArchitectureMismatch`).
         resume: True: resume (a checkpoint must exist); False: start afresh; None: resume when
-            ``out`` holds a checkpoint.
+            ``out`` holds a checkpoint. A fresh start removes the previous run's files from ``out``
+            (checkpoint, history, exported SideNet, summary, log).
         ckpt_every: checkpoint every this many iterations (0: only at the end).
         keep_history: keep every checkpoint under ``out/history``.
         device: torch device (default: ``cuda:<LOCAL_RANK>`` when available, else CPU).
         progress: tqdm progress bar on rank 0.
         interrupt_after: raise :class:`TrainingInterrupted` after this iteration (tests).
         log: where rank 0's messages go.
+
+    Raises:
+        ValueError: an invalid argument or recipe field (named), before anything is written; a
+            checkpoint with NaN/inf values; ``cfg.iters`` below the checkpoint's step.
+        FloatingPointError: a NaN/inf loss, gradient or weight, naming the iteration; the run
+            stops there, and no non-finite weights are ever written.
     """
-    out = Path(out)
+    out = _check_arguments(cfg, out, resume, ckpt_every, interrupt_after)
     rank, world, dev, initialised = _dist_setup(device)
     say = log if rank == 0 else (lambda *a, **k: None)
     try:
@@ -206,6 +298,12 @@ def train(
         ck = None
         if ckpt_path is not None and resume is not False:
             ck = load_checkpoint(ckpt_path, sidenet_config=sidenet_config)
+            _check_finite_checkpoint(ck)
+            if cfg.iters < ck.step:
+                raise ValueError(
+                    f"iters: {cfg.iters} is below the step of the checkpoint {ckpt_path} ({ck.step}); resuming cannot "
+                    f"go back. Pass iters >= {ck.step}, or start afresh (--no-resume) or in another directory."
+                )
             say(f"resuming from {ckpt_path} at step {ck.step} (of {cfg.iters})")
             diffs = {k: (ck.config.get(k), v) for k, v in cfg.to_dict().items() if ck.config.get(k) != v}
             if diffs:
@@ -214,6 +312,9 @@ def train(
             sidenet_config = ck.sidenet_config
         elif sidenet_config is None:
             sidenet_config = default_sidenet_config(bb)
+        if sidenet_config.get("guidance") and cfg.guidance_scale is None:
+            raise ValueError("ChainConfig.guidance_scale: the SideNet is conditioned on the guidance scale "
+                             "(architecture guidance=True) but the recipe has none; set guidance_scale (--guidance-scale)")
 
         torch.manual_seed(cfg.seed)
         module = build_sidenet(sidenet_config).to(dev)
@@ -246,6 +347,7 @@ def train(
 
         def save(step: int) -> None:
             if rank == 0:
+                _refuse_non_finite(module.state_dict(), f"checkpoint at step {step}")
                 save_checkpoint(out, sidenet=module, step=step, sidenet_config=sidenet_config,
                                 config=cfg.to_dict(), optimizer=trainer.optimizer, ema=trainer.ema,
                                 extra={"backbone": bb.name, "world_size": world}, history=keep_history)
@@ -253,14 +355,18 @@ def train(
                 dist.barrier()
 
         log_path = out / "log.csv"
-        rows: list[dict] = []
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            rows = _read_log(log_path, start) if ck is not None else []
-            with open(log_path, "w", newline="") as fh:
-                w = csv.DictWriter(fh, LOG_FIELDS)
-                w.writeheader()
-                w.writerows(rows)
+            for p in _remove_temp_files(out):
+                say(f"removed {p}, a temporary file left by an interrupted write")
+            if ck is None:
+                removed = _remove_previous_run(out)
+                if removed:
+                    say(f"starting afresh in {out}: removed the previous run's files "
+                        + ", ".join(str(p.relative_to(out)) for p in removed))
+            atomic_write(log_path, _log_text(_read_log(log_path, start) if ck is not None else []))
+        if world > 1:
+            dist.barrier()
         say(sidenet_report(module, bb))
         say(f"training {cfg.iters - start} iterations on {world} process(es), device {dev}, global batch {cfg.batch_size}")
 
@@ -319,10 +425,11 @@ def train(
         }
         if rank == 0:
             weights = trainer.ema if trainer.ema is not None else None
+            _refuse_non_finite(weights if weights is not None else module.state_dict(), "the exported SideNet")
             save_sidenet(module, out / "sidenet.safetensors", state=weights,
                          extra={"weights": "ema" if weights is not None else "model", "backbone": bb.name,
                                 "steps": cfg.iters})
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
             say(f"done: {summary['iterations']} iterations in {wall:.1f} s; backbone calls "
                 f"{counted.calls} per process ({summary['backbone_calls_all_processes']} over {world} process(es)); "
                 f"final loss {summary['final_loss']}")
@@ -349,20 +456,37 @@ def _optional_float(s: str) -> Optional[float]:
     return None if s.lower() in ("none", "off", "null") else float(s)
 
 
+def _directory(s: str) -> Path:
+    if not s.strip():
+        raise argparse.ArgumentTypeError("empty path; give an output directory, e.g. runs/<name>")
+    return Path(s)
+
+
+def _int_at_least(low: int):
+    def parse(s: str) -> int:
+        value = int(s)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m adapters.torch_sit.train",
                                 description="Chain-train a BA-solver SideNet on a frozen backbone.")
     p.add_argument("--backbone", required=True, help=f"registered backbone: {', '.join(backbone_names())}")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", required=True, type=_directory, help="output directory")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
                    help="resume from OUT/checkpoint.safetensors (default: automatically when it exists)")
     g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start afresh even if OUT holds a checkpoint (it is overwritten)")
-    p.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N iterations (0: at the end only)")
+    p.add_argument("--ckpt-every", type=_int_at_least(0), default=0, help="checkpoint every N iterations (0: at the end only)")
     p.add_argument("--keep-history", action="store_true", help="keep every checkpoint in OUT/history")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads per process")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     d = p.add_argument_group("--backbone diffusers (a Stable Diffusion 3 / Flux transformer)")
     d.add_argument("--model", default=None, help="local diffusers pipeline (or transformer) directory")
@@ -415,7 +539,12 @@ def _backbone_from_args(args: argparse.Namespace) -> "str | Backbone":
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line. Recipe precedence: the backbone's recipe (``RECIPES``), then the
+    checkpoint's when resuming, then the flags given. Invalid flag values (a recipe field out of
+    its range, an empty ``--out``, a negative ``--ckpt-every``) are reported by the parser
+    (exit status 2) before anything is loaded or written."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     backbone = _backbone_from_args(args)
@@ -426,7 +555,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ckpt = find_checkpoint(args.out) if args.resume is not False else None
     if ckpt is not None:
         base.update(load_checkpoint(ckpt).config)
-    cfg = ChainConfig.from_dict({**base, **overrides})
+    try:
+        cfg = ChainConfig.from_dict({**base, **overrides})
+    except ValueError as err:
+        parser.error(str(err))
 
     arch = {k[5:]: v for k, v in vars(args).items() if k.startswith("arch_") and v is not None}
     sidenet_config = recipe_sidenet if ckpt is None else None
