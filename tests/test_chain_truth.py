@@ -161,6 +161,69 @@ def test_chain_loss_and_gradient_equal_the_written_out_formulas(loss_norm, state
         torch.testing.assert_close(p.grad, b, rtol=1e-11, atol=1e-13)
 
 
+def lagrange_prediction(anchors, s):
+    """The anchor polynomial written out: anchors (t_j, v_j) oldest first; Lagrange through the
+    last 3 (quadratic) when s lies within their time span, the last 2 (linear) beyond it."""
+    ts = [a[0] for a in anchors]
+    used = anchors[-3:] if min(ts) <= s <= max(ts) else anchors[-2:]
+    out = 0.0
+    for j, (tj, vj) in enumerate(used):
+        w = 1.0
+        for m, (tm, _) in enumerate(used):
+            if m != j:
+                w = w * (s - tm) / (tj - tm)
+        out = out + w * vj
+    return out
+
+
+def expected_residual_loss(net, x0, times, cfg) -> torch.Tensor:
+    """The chain loss of a SideNet that is a residual on the anchor polynomial, written out: every
+    prediction is P0(t + d) + d g (P0 from the anchors of the sample's own chain so far)."""
+    per_pair = []
+    for i in range(x0.shape[0]):
+        f = lambda t, x: velocity(t, x, None, None)  # noqa: E731
+
+        def g(x, v, t, d):
+            return net(x[None], v[None], t.reshape(1), d.reshape(1))[0]
+
+        x, t = x0[i], times[0, i]
+        v = f(t, x)
+        anchors = [(t, v)]
+        for k in range(times.shape[0] - 1):
+            t1 = times[k + 1, i]
+            h = t1 - t
+            if h == 0:
+                continue
+            with torch.no_grad():
+                u = [lagrange_prediction(anchors, t + c * h) + c * h * g(x, v, t, c * h) for c in GL3_NODES]
+                x_pred = x + h * sum(w * uj for w, uj in zip(GL3_WEIGHTS, u))
+                v1 = f(t1, x_pred)
+            after = anchors + [(t1, v1)]
+            res_f = lagrange_prediction(anchors, t1) + h * g(x, v, t, h) - v1
+            res_b = lagrange_prediction(after, t) - h * g(x_pred, v1, t1, -h) - v
+            scale_n = {"v": 1.0, "h": abs(h), "g": h * h}[cfg.loss_norm]
+            per_pair.append((res_f.pow(2).mean() + res_b.pow(2).mean()) / scale_n)
+            x, v, t, anchors = x_pred, v1, t1, after
+    return torch.stack(per_pair).sum() / len(per_pair)
+
+
+@pytest.mark.parametrize("loss_norm", ["v", "h"])
+def test_residual_sidenet_chain_loss_equals_the_written_out_formula(loss_norm):
+    """A SideNet that corrects the anchor polynomial (``base_perception="polynomial"``): the
+    simulation and both loss terms use the polynomial's predictions from the chain's own anchors."""
+    cfg = ChainConfig(chain_length=3, loss_norm=loss_norm, grad_clip=None, batch_size=3)
+    net = ClosedFormSideNet()
+    net.base_perception = "polynomial"
+    loss, stats = chain_losses(net, RecordingBackbone(), X0, 1.0, cfg, times=TIMES)
+    want = expected_residual_loss(net, X0, TIMES, cfg)
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-14)
+    for a, b in zip(torch.autograd.grad(loss, list(net.parameters())), torch.autograd.grad(want, list(net.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+    # and it differs from the anchor-only SideNet's loss (the base matters)
+    net.base_perception = "anchor-only"
+    assert abs(float(chain_losses(net, RecordingBackbone(), X0, 1.0, cfg, times=TIMES)[0]) - float(want)) > 1e-3
+
+
 def test_gradient_clipping_scales_the_written_out_gradient_to_the_bound():
     # torch's clip_grad_norm_: g -> g * min(1, c / (|g| + 1e-6)), |g| the norm over all parameters
     cfg = ChainConfig(chain_length=3, loss_norm="h", grad_clip=None)

@@ -374,6 +374,12 @@ class Rollout:
     guidance: Optional[float]
     backbone_calls: int
     cond: Optional[torch.Tensor] = None
+    #: for a SideNet that is a residual on a training-free perception P0 (``base_perception``),
+    #: P0's predictions at the loss offsets: base_f[k] = P0(x_k, v_k, t_k; h_k) with the history
+    #: of anchor k, base_b[k] = P0(x~_{k+1}, v_{k+1}, t_{k+1}; -h_k) with that of anchor k + 1;
+    #: None for the paper's anchor-only base (P0 = v).
+    base_f: Optional[list] = None
+    base_b: Optional[list] = None
 
 
 def _cond(labels: Optional[torch.Tensor], guidance: Optional[float]) -> dict:
@@ -409,7 +415,9 @@ def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, time
     ``cond``: per-sample conditioning vectors ``(B, cond_dim)`` for the SideNet, also passed to
     the backbone (``cond=``).
     """
-    solver = BiAnchorSolver(get_rule(cfg.rule), NeuralPerception(unwrap(sidenet), labels, cfg.guidance_scale, cond=cond, strict=False))
+    perception = NeuralPerception(unwrap(sidenet), labels, cfg.guidance_scale, cond=cond, strict=False)
+    solver = BiAnchorSolver(get_rule(cfg.rule), perception)
+    base = perception.base  # None: anchor-only (v_hat = v + d g)
     kwargs = _cond(labels, cfg.guidance_scale)
     if cond is not None:
         kwargs["cond"] = cond
@@ -423,16 +431,21 @@ def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, time
     state = solver.init(field, T[0], x)
     calls = 1
     X, Xe, V = [x], [x], [state.v]
+    base_f, base_b = ([], []) if base is not None else (None, None)
     for k in range(H.shape[0]):
         if not bool(valid[k:].any()):
             break
+        if base is not None:  # P0 at the forward loss offset, from anchor k with its history
+            base_f.append(base(state.x, state.v, state.t, H[k][None], state.history)[0])
         state, _ = solver.step(field, state, T[k + 1], bi=cfg.state_update == "corrector", evaluate_end=True)
         calls += 1
         X.append(state.x)
         Xe.append(state.anchor.x)
         V.append(state.v)
+        if base is not None:  # P0 at the backward loss offset, from anchor k + 1 with its history
+            base_b.append(base(state.anchor.x, state.v, state.t, -H[k][None], state.history)[0])
     kk = len(X) - 1
-    return Rollout(X, Xe, V, T[: kk + 1], H[:kk], valid[:kk], labels, cfg.guidance_scale, calls, cond)
+    return Rollout(X, Xe, V, T[: kk + 1], H[:kk], valid[:kk], labels, cfg.guidance_scale, calls, cond, base_f, base_b)
 
 
 def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
@@ -442,6 +455,8 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     For the samples ``samples`` of the batch and every simulated interval k, with d_k = h_k:
         L_f = mean_dims (v_k + h_k g(x_k, v_k, t_k, h_k) - v_{k+1})^2
         L_b = mean_dims (v_{k+1} - h_k g(x~_{k+1}, v_{k+1}, t_{k+1}, -h_k) - v_k)^2
+    (a residual SideNet replaces the v_k of L_f and the v_{k+1} of L_b by its base perception's
+    predictions, ``ro.base_f`` and ``ro.base_b``)
     (divided by h_k^2 for ``loss_norm="g"``, by |h_k| for ``"h"``). Returns
     ``sum over valid pairs (w_f L_f + w_b L_b) / normalizer`` (default: the number of valid pairs
     among ``samples``) and stats with the sums and counts (``sum_forward``, ``sum_backward``,
@@ -469,8 +484,10 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     g = _sidenet_g(sidenet, x_in, v_in, t_in, d_in, lab, ro.guidance, cnd)
     g = g.reshape(2, K, b, *shape)
     hb = h.reshape(K, b, *([1] * len(shape)))
-    res_f = v0 + hb * g[0] - v1
-    res_b = v1 - hb * g[1] - v0
+    pf = v0 if ro.base_f is None else torch.stack(ro.base_f)[:, samples]
+    pb = v1 if ro.base_b is None else torch.stack(ro.base_b)[:, samples]
+    res_f = pf + hb * g[0] - v1
+    res_b = pb - hb * g[1] - v0
     if cfg.loss_norm in ("g", "h"):
         hs = torch.where(valid, h.abs(), torch.ones_like(h)).reshape(hb.shape)
         hs = hs if cfg.loss_norm == "g" else hs.sqrt()
