@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import dataclasses
 import io
 import json
@@ -61,7 +62,7 @@ import torch.distributed as dist
 from .backbones import Backbone, CountingBackbone, backbone_names, get_backbone
 from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
 from .checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
-from .sidenet import SIDENETS, build_sidenet, count_parameters, sidenet_report
+from .sidenet import BASES, SIDENETS, build_sidenet, count_parameters, sidenet_report
 
 __all__ = ["train", "TrainResult", "TrainingInterrupted", "default_sidenet_config", "recipe_for", "RECIPES", "main",
            "build_parser"]
@@ -106,9 +107,10 @@ def default_sidenet_config(backbone: Any, arch: Optional[str] = None, **override
     else:
         raise ValueError(f"arch: 'mlp', 'conv' or 'token', got {arch!r}")
     cfg = net.config()
-    unknown = sorted(set(overrides) - set(cfg))
+    valid = [p for p in inspect.signature(type(net).__init__).parameters if p != "self"]
+    unknown = sorted(set(overrides) - set(valid))
     if unknown:
-        raise ValueError(f"SideNet {cfg['class']}: unknown architecture settings {unknown}; valid: {sorted(set(cfg) - {'class'})}")
+        raise ValueError(f"SideNet {cfg['class']}: unknown architecture settings {unknown}; valid: {sorted(valid)}")
     cfg.update(overrides)
     return build_sidenet(cfg).config()  # normalised (types as the constructor stores them)
 
@@ -521,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also feed x0_hat = x - t v and eps_hat = x + (1 - t) v (linear-path flows)")
     a.add_argument("--sidenet-guidance", dest="arch_guidance", action=argparse.BooleanOptionalAction, default=None,
                    help="condition the SideNet on the guidance scale")
+    a.add_argument("--base-perception", dest="arch_base_perception", choices=BASES, default=None,
+                   help="the training-free perception the SideNet corrects: anchor-only (the paper's v + d g) or "
+                        "polynomial (the anchor polynomial + d g; a zero SideNet is then exactly the polynomial)")
     return p
 
 
