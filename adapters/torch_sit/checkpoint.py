@@ -51,6 +51,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from baquad.schedules import check_grid_spec
+
 from .safefile import (
     FORMAT_VERSION,
     InvalidFile,
@@ -76,6 +78,7 @@ __all__ = [
     "check_architecture",
     "save_sidenet",
     "load_sidenet",
+    "set_sidenet_grid",
     "WEIGHT_CHOICES",
 ]
 
@@ -509,7 +512,32 @@ def _load_exported(path: Path, meta: dict, tensors: dict, weights: str) -> nn.Mo
     _require_finite(tensors, str(path), "the SideNet is unusable")
     net = build_sidenet(meta["sidenet_config"])
     net.load_state_dict(tensors)
+    # the grid it was tuned for, if one was saved with it (read by NeuralPerception.grid)
+    net.sampling_grid = check_grid_spec(meta["extra"].get("grid"), where=f"{path}: saved grid")
     return net
+
+
+def set_sidenet_grid(path: "str | os.PathLike", grid: Any) -> Path:
+    """Record the grid an exported SideNet should sample on (a grid spec, see
+    :func:`baquad.schedules.check_grid_spec`; None removes it), rewriting the file atomically with
+    its weights and everything else unchanged. ``baquad.schedules.default_grid`` and the sweep's
+    default rows then use it.
+
+    Raises:
+        ValueError: a bad grid spec (nothing is written); InvalidFile etc. as :func:`load_sidenet`.
+    """
+    path = _resolve(path, (SIDENET_NAME,))
+    grid = check_grid_spec(grid, where="grid")
+    meta, tensors = _read(path, (_FORMAT_SIDENET,))
+    _load_exported(path, meta, tensors, "auto")  # every check of a load, before writing anything
+    extra = {k: v for k, v in meta["extra"].items() if k != "grid"}
+    if grid is not None:
+        extra["grid"] = grid
+    meta = {**{k: v for k, v in meta.items() if k != "version"}, "extra": extra}
+    data = serialise(tensors, meta)
+    atomic_write(path, data)
+    atomic_write(path.with_suffix(".json"), (json.dumps({**meta, "version": FORMAT_VERSION}, indent=2) + "\n").encode())
+    return path
 
 
 def load_sidenet(path: "str | os.PathLike", map_location: Any = "cpu", weights: str = "auto") -> nn.Module:

@@ -79,6 +79,12 @@ class NeuralPerception(Perception):
         self.base = None if name == "anchor-only" else get_perception(name)
 
     @property
+    def grid(self) -> Any:
+        """The grid spec saved with the SideNet (``set_sidenet_grid``), or None: what
+        ``baquad.schedules.default_grid`` samples this perception on."""
+        return getattr(self.sidenet, "sampling_grid", None)
+
+    @property
     def history_size(self) -> int:
         return 1 if self.base is None else history_size(self.base)
 
