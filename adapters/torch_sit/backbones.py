@@ -150,6 +150,7 @@ def _analytic_flow(flow_name: str) -> Callable[..., Backbone]:
 
 register_backbone("gmm-ring2d", _analytic_flow("gmm-ring2d"))
 register_backbone("gmm-32d", _analytic_flow("gmm-32d"))
+register_backbone("gmm-64d", _analytic_flow("gmm-64d"))
 
 
 def _diffusers_transformer(**kwargs: Any) -> Backbone:

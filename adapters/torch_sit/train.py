@@ -126,6 +126,9 @@ RECIPES: dict[str, dict] = {
     "gmm-32d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
                                batch_size=256, ema_decay=0.99),
                     sidenet=dict(path_features=True)),
+    "gmm-64d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
+                               batch_size=256, ema_decay=0.99),
+                    sidenet=dict(path_features=True)),
 }
 
 
