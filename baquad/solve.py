@@ -203,7 +203,7 @@ class CountedField:
 
 def _time(t: Any) -> str:
     """A time for a message: a float, or a 0-dim array/tensor (times that carry gradients)."""
-    return f"{float(t):g}"
+    return f"{float(t.detach() if hasattr(t, 'detach') else t):g}"
 
 
 def _cast(x: Array, dtype: Any) -> Array:

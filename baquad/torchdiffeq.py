@@ -263,7 +263,7 @@ class BASolver(FixedGridODESolver):
             )
         if len(s) == 1:  # a single time: nothing to integrate (as torchdiffeq's fixed-grid solvers)
             return self.y0.unsqueeze(0)
-        if len(s) == 2 and not self._planned_grid:
+        if len(s) == 2 and not self._planned_grid and not _inspect_func(self.func)[2]:
             _warn_once(
                 "ba-solver: the grid is t itself and has a single interval, so the whole solve is ONE "
                 "BA-solver step (NFE 1). Fixed-grid methods integrate on t: pass a finer t, or "
