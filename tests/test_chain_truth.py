@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from adapters.torch_sit.backbones import Backbone
-from adapters.torch_sit.chain import Batch, ChainConfig, ChainTrainer, chain_losses
+from adapters.torch_sit.chain import Batch, ChainConfig, ChainTrainer, chain_losses, sample_batch
 from adapters.torch_sit.checkpoint import load_sidenet
 from adapters.torch_sit.sidenet import MLPSideNet
 from adapters.torch_sit.train import TrainingInterrupted, train
@@ -49,7 +49,8 @@ class RecordingBackbone:
     def __call__(self, t, x, labels=None, guidance_scale=None):
         self.calls.append((None if labels is None else labels.clone(), guidance_scale, torch.is_grad_enabled()))
         t = t.reshape(-1).expand(x.shape[0])
-        rows = [velocity(t[i], x[i], None if labels is None else int(labels[i]), guidance_scale)
+        scale = (lambda i: float(guidance_scale[i])) if torch.is_tensor(guidance_scale) else (lambda i: guidance_scale)
+        rows = [velocity(t[i], x[i], None if labels is None else int(labels[i]), scale(i))
                 for i in range(x.shape[0])]
         return torch.stack(rows)
 
@@ -222,6 +223,25 @@ def test_residual_sidenet_chain_loss_equals_the_written_out_formula(loss_norm):
     # and it differs from the anchor-only SideNet's loss (the base matters)
     net.base_perception = "anchor-only"
     assert abs(float(chain_losses(net, RecordingBackbone(), X0, 1.0, cfg, times=TIMES)[0]) - float(want)) > 1e-3
+
+
+def test_per_chain_guidance_scales_over_a_range():
+    """``guidance_max``: every chain draws its own scale in [guidance_scale, guidance_max]; the
+    backbone and the SideNet get it per sample, and the loss is the per-sample written-out loss
+    with each chain's own scale."""
+    cfg = ChainConfig(chain_length=3, guidance_scale=1.5, guidance_max=3.0, grad_clip=None, batch_size=3)
+    net = ClosedFormSideNet(guidance=True)
+    backbone = Backbone("test", RecordingBackbone(), (2,))
+    batch = sample_batch(cfg, backbone, step=4)
+    scales = batch.guidance
+    assert scales.shape == (3,) and bool(((scales >= 1.5) & (scales <= 3.0)).all()) and len(set(scales.tolist())) == 3
+    loss, stats = chain_losses(net, RecordingBackbone(), X0, 1.0, cfg, times=TIMES, guidance=scales)
+    pairs = [int((TIMES[1:, i] != TIMES[:-1, i]).sum()) for i in range(3)]
+    want = sum(p * expected_chain_loss(net, X0[i:i + 1], TIMES[:, i:i + 1], None, float(scales[i]), cfg)
+               for i, p in enumerate(pairs)) / sum(pairs)
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-14)
+    for a, b in zip(torch.autograd.grad(loss, list(net.parameters())), torch.autograd.grad(want, list(net.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
 
 
 def test_gradient_clipping_scales_the_written_out_gradient_to_the_bound():

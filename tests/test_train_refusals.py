@@ -31,6 +31,7 @@ RANGES = {
     "iters": (True, 1, INF, False, True, False),
     "batch_size": (True, 1, INF, False, True, False),
     "loss_chunks": (True, 1, INF, False, True, False),
+    "micro_batch": (True, 1, INF, False, True, True),
     "warmup_iters": (True, 0, INF, False, True, False),
     "seed": (True, 0, INF, False, True, False),
     "exp_rate": (False, 0.0, INF, True, True, False),
@@ -41,6 +42,7 @@ RANGES = {
     "forward_weight": (False, 0.0, INF, False, True, False),
     "backward_weight": (False, 0.0, INF, False, True, False),
     "guidance_scale": (False, 0.0, INF, False, True, True),
+    "guidance_max": (False, 0.0, INF, False, True, True),
     "lr": (False, 0.0, INF, True, True, False),
     "weight_decay": (False, 0.0, INF, False, True, False),
     "beta1": (False, 0.0, 1.0, False, True, False),
@@ -53,7 +55,7 @@ RANGES = {
 
 def test_every_numeric_field_has_a_stated_range():
     numeric = {f for f, v in ChainConfig().to_dict().items() if not isinstance(v, (str, bool))}
-    numeric |= {"guidance_scale", "ema_decay", "grad_clip"}  # None by default
+    numeric |= {"guidance_scale", "guidance_max", "ema_decay", "grad_clip", "micro_batch"}  # None by default
     assert numeric == set(RANGES)
 
 
@@ -99,7 +101,8 @@ def test_out_of_range_fields_are_refused_naming_the_field(case):
 @settings(max_examples=200, deadline=None)
 def test_in_range_fields_are_accepted(case):
     name, value = case
-    assert getattr(ChainConfig(**{name: value}), name) == value
+    extra = {"guidance_scale": 0.0} if name == "guidance_max" else {}  # a range needs its lower end
+    assert getattr(ChainConfig(**{name: value}, **extra), name) == value
 
 
 class CountingField:

@@ -104,6 +104,10 @@ class ChainConfig:
             i.e. regression of g on (v_{k+1} - v_k) / h.
         guidance_scale: classifier-free guidance scale passed to the backbone (``guidance_scale=``)
             and to a guidance-conditioned SideNet; None: no guidance.
+        guidance_max: with ``guidance_scale``, every chain draws its own scale uniformly from
+            [guidance_scale, guidance_max] (a per-sample tensor reaches the backbone and the SideNet),
+            so that one guidance-conditioned SideNet serves every scale of the range (the paper's
+            sampling settings change the scale with the NFE); None: the one scale.
     Optimisation
         iters: optimiser steps. batch_size: the GLOBAL batch (split over DDP ranks).
         lr, weight_decay, beta1, beta2: AdamW. cosine: cosine decay of the learning rate to
@@ -111,12 +115,17 @@ class ChainConfig:
         ema_decay: exponential moving average of the SideNet weights (None: off).
         grad_clip: clip the global gradient norm (None: off).
         loss_chunks: split the loss forward/backward over the batch in this many chunks (memory).
+        micro_batch: gradient accumulation: each process simulates and back-propagates its slice of
+            the global batch in pieces of at most this many chains, summing the gradients before
+            the one optimiser step (None: the whole slice at once). The global batch, the loss and
+            the step are the same up to float round-off; only peak memory changes (the paper's
+            global batch of 4096 on GPUs that cannot hold a slice at once).
         seed: seeds the SideNet initialisation and every iteration's data (noise, times, labels
             are drawn from a generator seeded by (seed, step), so resuming and DDP are exact).
 
     Valid ranges (checked on construction and by :meth:`validate`; NaN and infinities are never
-    valid): integers chain_length, iters, batch_size, loss_chunks >= 1 and warmup_iters, seed
-    >= 0; exp_rate, h_min <= h_max, lr > 0; grad_clip > 0 or None; 0 <= start_min <= start_max
+    valid): integers chain_length, iters, batch_size, loss_chunks >= 1, micro_batch >= 1 or None,
+    and warmup_iters, seed >= 0; exp_rate, h_min <= h_max, lr > 0; grad_clip > 0 or None; 0 <= start_min <= start_max
     <= 1; forward_weight, backward_weight, weight_decay >= 0; guidance_scale >= 0 or None;
     beta1, beta2 in [0, 1); min_lr_ratio in [0, 1]; ema_decay in [0, 1) or None.
     """
@@ -137,6 +146,7 @@ class ChainConfig:
     backward_weight: float = 1.0
     loss_norm: str = "v"
     guidance_scale: Optional[float] = None
+    guidance_max: Optional[float] = None
     iters: int = 1000
     batch_size: int = 512
     lr: float = 1e-3
@@ -149,6 +159,7 @@ class ChainConfig:
     ema_decay: Optional[float] = None
     grad_clip: Optional[float] = 1.0
     loss_chunks: int = 1
+    micro_batch: Optional[int] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -165,6 +176,8 @@ class ChainConfig:
             self._check_int(name, 1)
         for name in ("warmup_iters", "seed"):
             self._check_int(name, 0)
+        if self.micro_batch is not None:
+            self._check_int("micro_batch", 1)
         for name in ("intervals", "start", "direction", "state_update", "loss_norm"):
             if not isinstance(getattr(self, name), str):
                 self._bad(name, "must be a string")
@@ -185,6 +198,9 @@ class ChainConfig:
         if self.forward_weight + self.backward_weight == 0:
             self._bad("forward_weight", "forward_weight and backward_weight must not both be 0")
         self._check_real("guidance_scale", 0.0, optional=True)
+        self._check_real("guidance_max", 0.0, optional=True)
+        if self.guidance_max is not None and (self.guidance_scale is None or self.guidance_max < self.guidance_scale):
+            self._bad("guidance_max", f"needs guidance_scale set and guidance_max >= guidance_scale = {self.guidance_scale}")
         self._check_real("lr", 0.0, open_low=True)
         self._check_real("weight_decay", 0.0)
         self._check_real("beta1", 0.0, 1.0, open_high=True)
@@ -311,11 +327,12 @@ class Batch:
     times: torch.Tensor  # (K + 1, B) float64
     labels: Optional[torch.Tensor]  # (B,) long or None
     cond: Optional[torch.Tensor] = None  # (B, cond_dim) float32 or None
+    guidance: Optional[torch.Tensor] = None  # (B,) float64 per-chain guidance scales (guidance_max) or None
 
     def slice(self, start: int, stop: int) -> "Batch":
-        return Batch(self.x[start:stop], self.t0[start:stop], self.times[:, start:stop],
-                     None if self.labels is None else self.labels[start:stop],
-                     None if self.cond is None else self.cond[start:stop])
+        part = lambda a: None if a is None else a[start:stop]  # noqa: E731
+        return Batch(self.x[start:stop], self.t0[start:stop], self.times[:, start:stop], part(self.labels),
+                     part(self.cond), part(self.guidance))
 
 
 def sample_batch(cfg: ChainConfig, backbone: Any, step: int) -> Batch:
@@ -350,7 +367,11 @@ def sample_batch(cfg: ChainConfig, backbone: Any, step: int) -> Batch:
     sample_cond = getattr(backbone, "sample_cond", None)
     if sample_cond is not None:
         labels, cond = sample_cond(b, g)
-    return Batch(x, t0, times, labels, cond)
+    guidance = None
+    if cfg.guidance_max is not None:  # drawn last, so configs without it keep their batches
+        lo, hi = cfg.guidance_scale, cfg.guidance_max
+        guidance = lo + (hi - lo) * torch.rand(b, generator=g, dtype=torch.float64)
+    return Batch(x, t0, times, labels, cond, guidance)
 
 
 @dataclass
@@ -371,7 +392,7 @@ class Rollout:
     H: torch.Tensor
     valid: torch.Tensor
     labels: Optional[torch.Tensor]
-    guidance: Optional[float]
+    guidance: Any  # None, one float, or a (B,) tensor of per-chain scales
     backbone_calls: int
     cond: Optional[torch.Tensor] = None
     #: for a SideNet that is a residual on a training-free perception P0 (``base_perception``),
@@ -392,14 +413,18 @@ def _cond(labels: Optional[torch.Tensor], guidance: Optional[float]) -> dict:
 
 
 def _sidenet_g(net: Callable, x, v, t, d, labels, guidance, cond=None) -> torch.Tensor:
-    gs = None if guidance is None else torch.full_like(t, float(guidance))
+    """g for rows (x, v, t, d); ``guidance`` None, one float, or one scale per row."""
+    if guidance is None or torch.is_tensor(guidance):
+        gs = None if guidance is None else guidance.to(t)
+    else:
+        gs = torch.full_like(t, float(guidance))
     return net(x, v, t, d, labels, gs) if cond is None else net(x, v, t, d, labels, gs, cond=cond)
 
 
 @torch.no_grad()
 def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, times: torch.Tensor,
                    cfg: ChainConfig, labels: Optional[torch.Tensor] = None,
-                   cond: Optional[torch.Tensor] = None) -> Rollout:
+                   cond: Optional[torch.Tensor] = None, guidance: Optional[torch.Tensor] = None) -> Rollout:
     """Simulate the chain through the time grid ``times`` (K + 1, B) from x at times[0].
 
     Each interval is one step of the core integrator, :class:`baquad.bianchor.BiAnchorSolver`,
@@ -413,12 +438,14 @@ def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, time
     intervals (h = 0, a "trunc-exp" chain that reached its end) leave their rows unchanged and
     are masked out of the loss; once every chain of the batch has ended, no more calls are made.
     ``cond``: per-sample conditioning vectors ``(B, cond_dim)`` for the SideNet, also passed to
-    the backbone (``cond=``).
+    the backbone (``cond=``). ``guidance``: per-chain guidance scales ``(B,)`` (``guidance_max``)
+    instead of ``cfg.guidance_scale``.
     """
-    perception = NeuralPerception(unwrap(sidenet), labels, cfg.guidance_scale, cond=cond, strict=False)
+    gs = cfg.guidance_scale if guidance is None else guidance.to(x.device, x.dtype)
+    perception = NeuralPerception(unwrap(sidenet), labels, gs, cond=cond, strict=False)
     solver = BiAnchorSolver(get_rule(cfg.rule), perception)
     base = perception.base  # None: anchor-only (v_hat = v + d g)
-    kwargs = _cond(labels, cfg.guidance_scale)
+    kwargs = _cond(labels, gs)
     if cond is not None:
         kwargs["cond"] = cond
 
@@ -445,7 +472,7 @@ def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, time
         if base is not None:  # P0 at the backward loss offset, from anchor k + 1 with its history
             base_b.append(base(state.anchor.x, state.v, state.t, -H[k][None], state.history)[0])
     kk = len(X) - 1
-    return Rollout(X, Xe, V, T[: kk + 1], H[:kk], valid[:kk], labels, cfg.guidance_scale, calls, cond, base_f, base_b)
+    return Rollout(X, Xe, V, T[: kk + 1], H[:kk], valid[:kk], labels, gs, calls, cond, base_f, base_b)
 
 
 def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
@@ -481,7 +508,8 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     d_in = torch.cat([h.reshape(-1), -h.reshape(-1)])
     lab = None if ro.labels is None else ro.labels[samples].repeat(2 * K)
     cnd = None if ro.cond is None else ro.cond[samples].repeat(2 * K, 1)
-    g = _sidenet_g(sidenet, x_in, v_in, t_in, d_in, lab, ro.guidance, cnd)
+    gsc = ro.guidance[samples].repeat(2 * K) if torch.is_tensor(ro.guidance) else ro.guidance
+    g = _sidenet_g(sidenet, x_in, v_in, t_in, d_in, lab, gsc, cnd)
     g = g.reshape(2, K, b, *shape)
     hb = h.reshape(K, b, *([1] * len(shape)))
     pf = v0 if ro.base_f is None else torch.stack(ro.base_f)[:, samples]
@@ -517,7 +545,7 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
 def chain_losses(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, t: Any, cfg: ChainConfig,
                  generator: Optional[torch.Generator] = None, *, labels: Optional[torch.Tensor] = None,
                  times: Optional[torch.Tensor] = None, normalizer: Optional[float] = None,
-                 cond: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
+                 cond: Optional[torch.Tensor] = None, guidance: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
     """The chain loss of one batch: simulate (no gradient) then the forward/backward losses.
 
     Args:
@@ -529,6 +557,7 @@ def chain_losses(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, t: Any
             unless ``times`` ``(K + 1, B)`` is given (its row 0 must equal t).
         labels: class labels ``(B,)`` for a conditional backbone/SideNet.
         cond: conditioning vectors ``(B, cond_dim)`` for the SideNet (and the backbone).
+        guidance: per-chain guidance scales ``(B,)`` instead of ``cfg.guidance_scale``.
         normalizer: divide the summed losses by this instead of the number of valid pairs
             (the DDP trainer passes the global count / world size).
 
@@ -545,7 +574,7 @@ def chain_losses(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, t: Any
         times = sample_times(cfg, t0, generator)
     elif not torch.equal(times[0].to("cpu", torch.float64), t0.to(torch.float64)):
         raise ValueError("chain_losses: times[0] must equal the start time t")
-    ro = simulate_chain(sidenet, backbone, x, times, cfg, labels, cond)
+    ro = simulate_chain(sidenet, backbone, x, times, cfg, labels, cond, guidance)
     loss, stats = rollout_loss(sidenet, ro, cfg, normalizer=normalizer)
     stats["backbone_calls"] = ro.backbone_calls
     return loss, stats
@@ -624,32 +653,44 @@ class ChainTrainer:
 
     def step(self, batch: Batch, global_count: Optional[float] = None, all_reduce: Optional[Callable] = None) -> dict:
         """One optimiser step on ``batch`` (this process's slice). ``global_count`` is the number
-        of valid (sample, interval) pairs of the GLOBAL batch (default: this slice's)."""
+        of valid (sample, interval) pairs of the GLOBAL batch (default: this slice's). With
+        ``cfg.micro_batch`` the slice is simulated and back-propagated in pieces whose gradients
+        add up before the step (gradient accumulation; DDP synchronises on the last piece only)."""
         cfg = self.cfg
         p0 = next(self.module.parameters())
         dev = p0.device
         x = batch.x.to(dev, p0.dtype)
         labels = None if batch.labels is None else batch.labels.to(dev)
         cond = None if batch.cond is None else batch.cond.to(dev, p0.dtype)
-        ro = simulate_chain(self.module, self.backbone, x, batch.times, cfg, labels, cond)
-        self.backbone_calls += ro.backbone_calls
-        count = float(ro.valid.sum()) if global_count is None else float(global_count)
+        count = float(valid_pairs(batch.times, p0.dtype)) if global_count is None else float(global_count)
         normalizer = count / self.world_size
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, self.step_count)
         self.optimizer.zero_grad(set_to_none=True)
         b = x.shape[0]
-        n_chunks = min(cfg.loss_chunks, b)
-        bounds = [round(i * b / n_chunks) for i in range(n_chunks + 1)]
+        size = cfg.micro_batch or b
+        pieces = [(lo, min(lo + size, b)) for lo in range(0, b, size)]
         sums = {"sum_forward": 0.0, "sum_backward": 0.0, "count": 0.0}
-        for i in range(n_chunks):
-            last = i == n_chunks - 1
-            ctx = self.net.no_sync() if (not last and hasattr(self.net, "no_sync")) else contextlib.nullcontext()
-            with ctx:
-                loss, st = rollout_loss(self.net, ro, cfg, slice(bounds[i], bounds[i + 1]), normalizer=normalizer)
-                loss.backward()
-            for key in sums:
-                sums[key] += st[key]
+        intervals, calls = 0, 0
+        for j, (lo, hi) in enumerate(pieces):
+            part = slice(lo, hi)
+            ro = simulate_chain(self.module, self.backbone, x[part], batch.times[:, part], cfg,
+                                None if labels is None else labels[part], None if cond is None else cond[part],
+                                None if batch.guidance is None else batch.guidance[part])
+            calls += ro.backbone_calls
+            intervals = max(intervals, ro.H.shape[0])
+            n = hi - lo
+            n_chunks = min(cfg.loss_chunks, n)
+            bounds = [round(i * n / n_chunks) for i in range(n_chunks + 1)]
+            for i in range(n_chunks):
+                last = j == len(pieces) - 1 and i == n_chunks - 1
+                ctx = self.net.no_sync() if (not last and hasattr(self.net, "no_sync")) else contextlib.nullcontext()
+                with ctx:
+                    loss, st = rollout_loss(self.net, ro, cfg, slice(bounds[i], bounds[i + 1]), normalizer=normalizer)
+                    loss.backward()
+                for key in sums:
+                    sums[key] += st[key]
+        self.backbone_calls += calls
         self._check_finite_before_update(sums)
         grad_norm = float("nan")
         if cfg.grad_clip is not None:
@@ -678,6 +719,6 @@ class ChainTrainer:
             "loss_backward": sb / c,
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": grad_norm,
-            "intervals": ro.H.shape[0],
-            "backbone_calls": ro.backbone_calls,
+            "intervals": intervals,
+            "backbone_calls": calls,
         }

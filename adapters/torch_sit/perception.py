@@ -34,7 +34,8 @@ class NeuralPerception(Perception):
             :class:`~adapters.torch_sit.sidenet.ConvSideNet` or any module with that forward.
         labels: class labels of the batch (shape ``(B,)``) for a class-conditional SideNet; None
             uses its null label.
-        guidance_scale: the classifier-free guidance scale, for a SideNet conditioned on it.
+        guidance_scale: the classifier-free guidance scale, for a SideNet conditioned on it (one
+            number, or a ``(B,)`` tensor of per-sample scales).
         strict: refuse labels or a guidance scale the SideNet does not take (a likely mistake); False
             drops them silently, for callers that hold the backbone's conditioning and pass it on
             whatever the SideNet takes (the chain trainer, the sampler).
@@ -123,7 +124,15 @@ class NeuralPerception(Perception):
         if self.labels is not None:
             lab = torch.as_tensor(self.labels, device=dev).long()
             labels = lab.reshape(()).expand(m * n) if lab.numel() == 1 else lab.repeat(m)
-        guidance = None if self.guidance_scale is None else torch.full((m * n,), float(self.guidance_scale), dtype=dt, device=dev)
+        guidance = None
+        if self.guidance_scale is not None:
+            gs = torch.as_tensor(self.guidance_scale, dtype=dt, device=dev).reshape(-1)
+            if gs.numel() == 1:
+                guidance = torch.full((m * n,), float(gs), dtype=dt, device=dev)
+            elif gs.numel() == n:  # one scale per sample (chains drawn over a guidance range)
+                guidance = gs.repeat(m)
+            else:
+                raise ValueError(f"NeuralPerception: guidance_scale must be one number or one per sample ({n}), got {gs.numel()}")
         extra = {}
         if self.cond is not None:
             c = torch.as_tensor(self.cond).to(dev, dt)
