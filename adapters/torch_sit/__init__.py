@@ -23,6 +23,7 @@ from .sidenet import ConvSideNet, MLPSideNet, TokenSideNet, build_sidenet, count
 from .sit import SiT, SiTConfig, build_sit, sit_config
 from .sit_backbone import GuidedSiT, SiTBackbone, repa_sit_backbone  # also registers the repa-sit backbones
 from .sit_checkpoint import load_repa_checkpoint
+from . import digits  # registers the "digits-sit" backbone (scikit-learn is imported only for the data)
 from .paper_sidenet import paper_sidenet, paper_sidenet_config
 
 __all__ = [

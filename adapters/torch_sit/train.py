@@ -62,6 +62,7 @@ import torch.distributed as dist
 from .backbones import Backbone, CountingBackbone, backbone_names, get_backbone
 from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
 from .checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
+from .digits import DIGITS_GUIDANCE_SCALE
 from .sidenet import BASES, SIDENETS, build_sidenet, count_parameters, sidenet_report
 
 __all__ = ["train", "TrainResult", "TrainingInterrupted", "default_sidenet_config", "recipe_for", "RECIPES", "main",
@@ -129,6 +130,13 @@ RECIPES: dict[str, dict] = {
     "gmm-64d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
                                batch_size=256, ema_decay=0.99),
                     sidenet=dict(path_features=True)),
+    # The digits SiT (adapters.torch_sit.digits, docs/digits.md): an MLP SideNet on the 64 pixels (an 8 x 8
+    # ConvSideNet costs more per sample than the SiT itself), conditioned on the class and the guidance
+    # scale, chains guided at the demo's scale.
+    "digits-sit": dict(arch="mlp",
+                       chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h",
+                                  iters=2000, batch_size=128, ema_decay=0.99, guidance_scale=DIGITS_GUIDANCE_SCALE),
+                       sidenet=dict(hidden=64, depth=2, embed_dim=32, guidance=True, path_features=True)),
 }
 
 
@@ -145,7 +153,7 @@ def recipe_for(backbone: str, *, iters: Optional[int] = None, batch_size: Option
         chain["batch_size"] = batch_size
     if quick:
         chain.update(iters=min(chain.get("iters", 20), 20), batch_size=min(chain.get("batch_size", 64), 64))
-    return ChainConfig(**chain), default_sidenet_config(get_backbone(backbone), **recipe["sidenet"])
+    return ChainConfig(**chain), default_sidenet_config(get_backbone(backbone), recipe.get("arch"), **recipe["sidenet"])
 
 
 def _dist_setup(device: Optional[str]) -> tuple[int, int, torch.device, bool]:
@@ -578,8 +586,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # resuming: only the settings given explicitly change (and are refused if different)
             sidenet_config = {**saved, **arch} if same_class else default_sidenet_config(bb, args.arch, **arch)
         else:
-            recipe_arch = RECIPES.get(args.backbone, {}).get("sidenet", {}) if (args.arch or "mlp") == "mlp" else {}
-            sidenet_config = default_sidenet_config(bb, args.arch, **{**recipe_arch, **arch})
+            recipe = RECIPES.get(args.backbone, {})
+            chosen = args.arch or recipe.get("arch")  # a recipe may name its architecture ("arch")
+            recipe_arch = recipe.get("sidenet", {}) if (chosen or "mlp") == recipe.get("arch", "mlp") else {}
+            sidenet_config = default_sidenet_config(bb, chosen, **{**recipe_arch, **arch})
     train(cfg, backbone=backbone, out=args.out, sidenet_config=sidenet_config, resume=args.resume,
           ckpt_every=args.ckpt_every, keep_history=args.keep_history, device=args.device,
           progress=not args.no_progress)
