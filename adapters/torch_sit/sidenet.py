@@ -654,4 +654,10 @@ def sidenet_report(sidenet: nn.Module, backbone: Any = None) -> str:
         nb = getattr(backbone, "num_parameters", None)
     if not nb:
         return f"{line}; backbone {name}: analytic (no parameters)"
-    return f"{line}; backbone {name}: {nb:,} parameters; ratio {100.0 * n / nb:.3g}% of the backbone"
+    return f"{line}; backbone {name}: {nb:,} parameters; the SideNet is {size_ratio(n / nb)}"
+
+
+def size_ratio(ratio: float) -> str:
+    """A SideNet-to-backbone size ratio in words: ``"0.87% of the backbone"`` below one,
+    ``"152 times the backbone"`` above."""
+    return f"{100.0 * ratio:.2g}% of the backbone" if ratio < 1.0 else f"{ratio:,.3g} times the backbone"

@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import dataclasses
+import importlib
+import inspect
 import io
 import json
 import math
@@ -52,6 +53,7 @@ import re
 import sys
 import time
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -63,7 +65,7 @@ from .backbones import Backbone, CountingBackbone, backbone_names, get_backbone
 from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
 from .checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
 from .digits import DIGITS_GUIDANCE_SCALE
-from .sidenet import BASES, SIDENETS, build_sidenet, count_parameters, sidenet_report
+from .sidenet import BASES, SIDENETS, build_sidenet, count_parameters, sidenet_report, size_ratio
 
 __all__ = ["train", "TrainResult", "TrainingInterrupted", "default_sidenet_config", "recipe_for", "RECIPES", "main",
            "build_parser"]
@@ -112,8 +114,45 @@ def default_sidenet_config(backbone: Any, arch: Optional[str] = None, **override
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(f"SideNet {cfg['class']}: unknown architecture settings {unknown}; valid: {sorted(valid)}")
+    cfg.update(_sized_for(cfg, backbone, overrides))
     cfg.update(overrides)
-    return build_sidenet(cfg).config()  # normalised (types as the constructor stores them)
+    with torch.device("meta"):
+        net = build_sidenet(cfg)
+    ratio = count_parameters(net) / backbone.num_parameters if getattr(backbone, "num_parameters", None) else 0.0
+    if ratio > SIDENET_WARN_RATIO:
+        warnings.warn(f"the SideNet ({count_parameters(net):,} parameters) is {size_ratio(ratio)} {backbone.name!r}: "
+                      f"above {SIDENET_WARN_RATIO:.0%} its cost is no longer small next to the "
+                      "backbone's (the paper's is about 1%); choose a smaller one (--hidden, --base-channels, --width)",
+                      stacklevel=2)
+    return net.config()  # normalised (types as the constructor stores them)
+
+
+#: the SideNet size the default aims at: 2% of a neural backbone's parameters (the paper's is
+#: 0.9-1.7%), and the ratio above which the default warns
+SIDENET_TARGET_RATIO = 0.02
+SIDENET_WARN_RATIO = 0.10
+#: the width settings tried, largest first, when sizing a default SideNet to its backbone
+_WIDTHS = {
+    "MLPSideNet": ("hidden", "embed_dim", ((256, 64), (128, 64), (64, 32), (32, 16), (16, 8))),
+    "ConvSideNet": ("base_channels", "time_embed_dim", ((128, 256), (64, 128), (32, 64), (16, 32), (8, 16))),
+    "TokenSideNet": ("width", "time_embed_dim", ((128, 128), (64, 64), (32, 32), (16, 16))),
+}
+
+
+def _sized_for(cfg: dict, backbone: Any, overrides: dict) -> dict:
+    """For a neural backbone, the largest (width, conditioning width) of :data:`_WIDTHS` whose
+    SideNet has at most :data:`SIDENET_TARGET_RATIO` of the backbone's parameters (the smallest
+    if none does); nothing for an analytic backbone or when a width is given."""
+    key, embed, sizes = _WIDTHS[cfg["class"]]
+    nb = getattr(backbone, "num_parameters", None)
+    if not nb or key in overrides or embed in overrides:
+        return {}
+    for width, dim in sizes:
+        with torch.device("meta"):
+            n = count_parameters(build_sidenet({**cfg, **overrides, key: width, embed: dim}))
+        if n <= SIDENET_TARGET_RATIO * nb:
+            break
+    return {key: width, embed: dim}
 
 
 #: The measured default recipe for the analytic mixture flows (README, "SideNet recipe
@@ -130,6 +169,21 @@ RECIPES: dict[str, dict] = {
     "gmm-64d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
                                batch_size=256, ema_decay=0.99),
                     sidenet=dict(path_features=True)),
+    # REPA's SiT-XL/2 (docs/imagenet.md): the paper's settings (Table 4: chain length 8,
+    # Gauss-Legendre-3 simulation, global batch 4096, 250 iterations at 256 px and 500 at 512 px,
+    # the Table 4 ConvSideNet, here conditioned on the guidance scale and trained over the guidance
+    # range of the sampling settings, 2.0-3.1 at 256 px and 1.95-3.5 at 512 px, guided on t <= 0.7),
+    # with the interval sizes and loss normalisation measured on the mixtures (the paper's
+    # "Truncated Exp. 50" is not defined further: --exp-rate 50 is the literal reading). The global
+    # batch is accumulated from micro-batches of 128 chains per GPU (peak memory at 256 chains was
+    # 89 GiB on an H200, over an H100's 80).
+    **{f"repa-sit-xl2-{res}": dict(
+        arch="conv",
+        chain=dict(chain_length=8, rule="gauss-legendre-3", intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35,
+                   loss_norm="h", iters=250 if res == 256 else 500, batch_size=4096, micro_batch=128, loss_chunks=8,
+                   lr=1e-3, warmup_iters=10, ema_decay=None, guidance_scale=gmin, guidance_max=gmax),
+        sidenet=dict(base_channels=128, time_embed_dim=256, num_heads=4, res_blocks=3, num_layers=4 if res == 256 else 8,
+                     guidance=True)) for res, gmin, gmax in ((256, 2.0, 3.1), (512, 1.95, 3.5))},
     # The digits SiT (adapters.torch_sit.digits, docs/digits.md): an MLP SideNet on the 64 pixels (an 8 x 8
     # ConvSideNet costs more per sample than the SiT itself), conditioned on the class and the guidance
     # scale, chains guided at the demo's scale.
@@ -140,12 +194,22 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def recipe_for(backbone: str, *, iters: Optional[int] = None, batch_size: Optional[int] = None,
+#: the measured recipe (the mixtures') for a backbone that has none of its own: trunc-exp interval
+#: sizes, squared error over |h|, path features, EMA; the SideNet sized to the backbone
+GENERIC_RECIPE = dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
+                                 batch_size=256, ema_decay=0.99),
+                      sidenet=dict(path_features=True))
+
+
+def recipe_for(backbone: "str | Backbone", *, iters: Optional[int] = None, batch_size: Optional[int] = None,
                quick: bool = False) -> tuple[ChainConfig, dict]:
-    """The default (ChainConfig, SideNet config) for a registered backbone (``RECIPES``; the plain
-    ``ChainConfig()`` and :func:`default_sidenet_config` for others). ``quick``: a few iterations,
-    for smoke tests."""
-    recipe = RECIPES.get(backbone, dict(chain={}, sidenet={}))
+    """The default (ChainConfig, SideNet config) for a backbone: its own entry in ``RECIPES``
+    (looked up by name), else :data:`GENERIC_RECIPE`, the recipe measured on the mixtures, with
+    the default SideNet for its state shape sized to it (:func:`default_sidenet_config`).
+    ``backbone`` is a registered name or a :class:`Backbone` (a user's own model). ``quick``: a
+    few iterations, for smoke tests."""
+    bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    recipe = RECIPES.get(bb.name, GENERIC_RECIPE)
     chain = dict(recipe["chain"])
     if iters is not None:
         chain["iters"] = iters
@@ -153,7 +217,8 @@ def recipe_for(backbone: str, *, iters: Optional[int] = None, batch_size: Option
         chain["batch_size"] = batch_size
     if quick:
         chain.update(iters=min(chain.get("iters", 20), 20), batch_size=min(chain.get("batch_size", 64), 64))
-    return ChainConfig(**chain), default_sidenet_config(get_backbone(backbone), recipe.get("arch"), **recipe["sidenet"])
+        chain.pop("micro_batch", None)
+    return ChainConfig(**chain), default_sidenet_config(bb, recipe.get("arch"), **recipe["sidenet"])
 
 
 def _dist_setup(device: Optional[str]) -> tuple[int, int, torch.device, bool]:
@@ -469,6 +534,10 @@ def _optional_float(s: str) -> Optional[float]:
     return None if s.lower() in ("none", "off", "null") else float(s)
 
 
+def _optional_int(s: str) -> Optional[int]:
+    return None if s.lower() in ("none", "off", "null") else int(s)
+
+
 def _directory(s: str) -> Path:
     if not s.strip():
         raise argparse.ArgumentTypeError("empty path; give an output directory, e.g. runs/<name>")
@@ -487,16 +556,33 @@ def _int_at_least(low: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m adapters.torch_sit.train",
-                                description="Chain-train a BA-solver SideNet on a frozen backbone.")
-    p.add_argument("--backbone", required=True, help=f"registered backbone: {', '.join(backbone_names())}")
+    p = argparse.ArgumentParser(
+        prog="python -m adapters.torch_sit.train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Chain-train a BA-solver SideNet on a frozen backbone (no data set: chains start from noise).",
+        epilog="""examples:
+  python -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/gmm-ring2d          # a few minutes on a CPU
+  python -m adapters.torch_sit.train --backbone digits-sit --out runs/digits              # the demo's SideNet
+  torchrun --nproc_per_node=8 -m adapters.torch_sit.train --backbone repa-sit-xl2-256 \\
+      --ckpt pretrained/last.pt --out runs/sit-xl2-256                                    # the paper's (docs/imagenet.md)
+  python -m adapters.torch_sit.train --backbone mymodels:make_backbone --out runs/mine     # your own model (docs/own-model.md)
+
+Every recipe field below defaults to the backbone's recipe (RECIPES in this module; the mixtures'
+measured recipe for a backbone without one), then to the checkpoint's when resuming; flags given
+win. A run resumes from OUT automatically and checkpoints every --ckpt-every iterations.""")
+    p.add_argument("--backbone", required=True,
+                   help=f"registered backbone ({', '.join(backbone_names())}) or module:factory returning a Backbone")
+    p.add_argument("--ckpt", default=None, help="the backbone's weights (e.g. REPA's last.pt for repa-sit-xl2-256)")
+    p.add_argument("--guidance-low", type=float, default=None, help="guidance interval of a guided backbone: low end (REPA: 0)")
+    p.add_argument("--guidance-high", type=float, default=None, help="guidance interval: high end (REPA's evaluation: 0.7)")
+    p.add_argument("--backbone-kwargs", default=None, help="other options of the backbone's factory, as a JSON object")
     p.add_argument("--out", required=True, type=_directory, help="output directory")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
                    help="resume from OUT/checkpoint.safetensors (default: automatically when it exists)")
     g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start afresh even if OUT holds a checkpoint (it is overwritten)")
-    p.add_argument("--ckpt-every", type=_int_at_least(0), default=0, help="checkpoint every N iterations (0: at the end only)")
+    p.add_argument("--ckpt-every", type=_int_at_least(0), default=None,
+                   help="checkpoint every N iterations (default: every iters/10, at most 100; 0: at the end only)")
     p.add_argument("--keep-history", action="store_true", help="keep every checkpoint in OUT/history")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads per process")
@@ -519,9 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=f"(default {f.default})")
         else:
-            conv = _optional_float if typing.get_origin(hint) is typing.Union else hint
+            optional = typing.get_origin(hint) is typing.Union
+            conv = (_optional_int if int in typing.get_args(hint) else _optional_float) if optional else hint
             c.add_argument(*names, dest=f.name, type=conv, default=argparse.SUPPRESS,
-                           help=f"(default {f.default!r}{'; none to disable' if conv is _optional_float else ''})")
+                           help=f"(default {f.default!r}{'; none to disable' if optional else ''})")
 
     a = p.add_argument_group("SideNet architecture (defaults: the checkpoint's when resuming)")
     a.add_argument("--arch", choices=("mlp", "conv", "token"), default=None,
@@ -540,18 +627,63 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _backbone_from_args(args: argparse.Namespace) -> "str | Backbone":
-    """The backbone name, or the built backbone when it takes options (``--backbone diffusers``)."""
+def _backbone_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backbone:
+    """The backbone the flags describe, built: a registered name with its options (``--ckpt``,
+    ``--guidance-low/--guidance-high``, ``--backbone-kwargs``; the diffusers flags for
+    ``--backbone diffusers``), or a user's ``module:factory`` called with the options."""
+    kwargs: dict = {}
+    if args.backbone_kwargs:
+        try:
+            kwargs = json.loads(args.backbone_kwargs)
+        except json.JSONDecodeError as err:
+            parser.error(f"--backbone-kwargs: not JSON ({err}); e.g. '{{\"seed\": 1}}'")
+        if not isinstance(kwargs, dict):
+            parser.error(f"--backbone-kwargs: expected a JSON object, got {args.backbone_kwargs!r}")
+    for key in ("ckpt", "guidance_low", "guidance_high"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
     given = {k: getattr(args, k) for k in ("model", "prompt_embeddings", "latent_size") if getattr(args, k) is not None}
-    if args.backbone != "diffusers":
-        if given:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise SystemExit(f"{flags}: only for --backbone diffusers")
-        return args.backbone
-    for k in ("model", "prompt_embeddings"):
-        if k not in given:
-            raise SystemExit(f"--backbone diffusers needs --{k.replace('_', '-')}")
-    return get_backbone("diffusers", dtype=args.model_dtype, **given)
+    if args.backbone == "diffusers":
+        for k in ("model", "prompt_embeddings"):
+            if k not in given:
+                parser.error(f"--backbone diffusers needs --{k.replace('_', '-')}")
+        return get_backbone("diffusers", dtype=args.model_dtype, **given, **kwargs)
+    if given:
+        parser.error(", ".join("--" + k.replace("_", "-") for k in given) + ": only for --backbone diffusers")
+    if ":" in args.backbone:
+        return backbone_from_factory(args.backbone, parser, **kwargs)
+    if args.backbone not in backbone_names():
+        parser.error(f"--backbone: unknown backbone {args.backbone!r}; registered: {', '.join(backbone_names())}; "
+                     "or pass your own as module:factory (a function returning a Backbone, see docs/own-model.md)")
+    try:
+        return get_backbone(args.backbone, **kwargs)
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        parser.error(f"--backbone {args.backbone}: {err}")
+
+
+def backbone_from_factory(spec: str, parser: Optional[argparse.ArgumentParser] = None, **kwargs: Any) -> Backbone:
+    """``module:factory`` (e.g. ``mypkg.models:make_backbone``): import the module (from the
+    working directory too) and call ``factory(**kwargs)``, which must return a :class:`Backbone`
+    (``Backbone.from_module(model, name, state_shape, ...)`` wraps a torch velocity model)."""
+    def fail(msg: str):
+        if parser is not None:
+            parser.error(msg)
+        raise ValueError(msg)
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        fail(f"--backbone {spec!r}: expected module:factory")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        fail(f"--backbone {spec!r}: cannot import {attr!r} from {module_name!r} ({err})")
+    bb = factory(**kwargs)
+    if not isinstance(bb, Backbone):
+        fail(f"--backbone {spec!r}: the factory returned {type(bb).__name__}, not a Backbone; wrap your model with "
+             "Backbone.from_module(model, name, state_shape, num_classes=...)")
+    return bb
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -563,10 +695,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    backbone = _backbone_from_args(args)
+    backbone = _backbone_from_args(args, parser)
     chain_fields = {f.name for f in dataclasses.fields(ChainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in chain_fields}
-    recipe_cfg, recipe_sidenet = recipe_for(args.backbone) if args.backbone in RECIPES else (ChainConfig(), None)
+    recipe_cfg, recipe_sidenet = recipe_for(backbone)
     base = recipe_cfg.to_dict()
     ckpt = find_checkpoint(args.out) if args.resume is not False else None
     if ckpt is not None:
@@ -578,20 +710,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     arch = {k[5:]: v for k, v in vars(args).items() if k.startswith("arch_") and v is not None}
     sidenet_config = recipe_sidenet if ckpt is None else None
-    if arch or args.arch or not isinstance(backbone, str):
-        bb = get_backbone(args.backbone) if isinstance(backbone, str) else backbone
+    if arch or args.arch:
+        recipe = RECIPES.get(backbone.name, GENERIC_RECIPE)
         if ckpt is not None:
             saved = load_checkpoint(ckpt).sidenet_config
-            same_class = args.arch is None or default_sidenet_config(bb, args.arch)["class"] == saved["class"]
+            same_class = args.arch is None or default_sidenet_config(backbone, args.arch)["class"] == saved["class"]
             # resuming: only the settings given explicitly change (and are refused if different)
-            sidenet_config = {**saved, **arch} if same_class else default_sidenet_config(bb, args.arch, **arch)
+            sidenet_config = {**saved, **arch} if same_class else default_sidenet_config(backbone, args.arch, **arch)
         else:
-            recipe = RECIPES.get(args.backbone, {})
             chosen = args.arch or recipe.get("arch")  # a recipe may name its architecture ("arch")
             recipe_arch = recipe.get("sidenet", {}) if (chosen or "mlp") == recipe.get("arch", "mlp") else {}
-            sidenet_config = default_sidenet_config(bb, chosen, **{**recipe_arch, **arch})
+            sidenet_config = default_sidenet_config(backbone, chosen, **{**recipe_arch, **arch})
+    ckpt_every = args.ckpt_every if args.ckpt_every is not None else max(1, min(100, cfg.iters // 10))
     train(cfg, backbone=backbone, out=args.out, sidenet_config=sidenet_config, resume=args.resume,
-          ckpt_every=args.ckpt_every, keep_history=args.keep_history, device=args.device,
+          ckpt_every=ckpt_every, keep_history=args.keep_history, device=args.device,
           progress=not args.no_progress)
     return 0
 
