@@ -120,3 +120,10 @@ def test_two_process_gloo_matches_single_process_on_a_tiny_sit(tmp_path):
     # three AdamW steps of lr 3e-3; a wrong slice or normaliser moves the weights by ~lr
     for k, v in single.sidenet.state_dict().items():
         torch.testing.assert_close(ck.model[k], v, rtol=1e-3, atol=1e-4)
+    # the logged (all-reduced, globally normalised) losses: Adam would hide a wrong gradient scale
+    with open(tmp_path / "ddp" / "log.csv") as fa, open(tmp_path / "one" / "log.csv") as fb:
+        la = [float(r["loss"]) for r in csv.DictReader(fa)]
+        lb = [float(r["loss"]) for r in csv.DictReader(fb)]
+    assert len(la) == len(lb) == 3
+    for a, b in zip(la, lb):
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(b))
