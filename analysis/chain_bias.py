@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
+from ._common import load_flow_sidenet, setup_problem
 
 
 def main(argv=None) -> int:
@@ -36,16 +36,13 @@ def main(argv=None) -> int:
 
     import torch
 
-    from adapters.torch_sit.checkpoint import load_sidenet
-    from baquad.flows import get_flow
     from baquad.reference import reference_solve
     from baquad.rules import get_rule
 
-    torch.set_num_threads(2)
-    flow = get_flow(args.flow)
-    net = load_sidenet(args.sidenet).double().eval()
+    problem = setup_problem(args.flow, args.n, seed=5, times=(), scored=False)  # threads, flow, noises
+    flow, noise = problem.flow, problem.noise
+    net = load_flow_sidenet(args.sidenet, flow).double().eval()
     rule = get_rule("gauss-legendre-3")
-    noise = np.random.default_rng(5).standard_normal((args.n, flow.dim))
     print(f"$ python -m analysis.chain_bias {' '.join(sys.argv[1:] if argv is None else argv)}")
     print("| t0 | h | abs(x' - x(t0+h)) | target bias | SideNet vs truth | SideNet vs target | anchor-only |")
     print("|---|---|---|---|---|---|---|")

@@ -40,9 +40,9 @@ import numpy as np
 
 from baquad.flows import FLOW_NAMES, get_flow
 from baquad.perception import Anchor, AnchorOnly, AnchorPolynomial, Oracle, Perception, PerceptionWrapper, history_size
-from baquad.reference import reference_solve
 
-from ._common import FIGURES, command, markdown_table, output_paths, pyplot, save_figure, shown
+from ._common import (FIGURES, command, load_flow_sidenet, markdown_table, output_paths, pyplot, save_figure,
+                      setup_problem, shown)
 
 BUILTIN = {
     "anchor-only": AnchorOnly,
@@ -62,26 +62,17 @@ class _TorchBridge(PerceptionWrapper):
         return out.detach().double().cpu().numpy()
 
 
-def load_sidenet_perception(path: str) -> Perception:
-    """A numpy-facing perception from a trained SideNet file, or SystemExit saying what failed."""
-    try:
-        from adapters.torch_sit.checkpoint import load_sidenet
-        from adapters.torch_sit.perception import NeuralPerception
-    except ImportError as err:
-        raise SystemExit(
-            f"--sidenet: cannot import adapters.torch_sit ({err}). The SideNet needs torch and the "
-            "adapters/torch_sit package of this repository; install the torch extra, or drop --sidenet."
-        ) from None
-    if not Path(path).exists():
-        raise SystemExit(f"--sidenet: {path} does not exist")
-    net = load_sidenet(path)
-    return _TorchBridge(NeuralPerception(net))
+def load_sidenet_perception(path: str, flow: Any) -> Perception:
+    """A numpy-facing perception from a SideNet trained for ``flow``'s states, or SystemExit saying
+    what failed (:func:`analysis._common.load_flow_sidenet`)."""
+    from adapters.torch_sit.perception import NeuralPerception
+
+    return _TorchBridge(NeuralPerception(load_flow_sidenet(path, flow)))
 
 
 def trajectories(flow: Any, n_samples: int, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact states ``(T, B, d)`` at ``times`` from seeded noise at ``times[0]``, and velocities."""
-    x1 = np.random.default_rng(0).standard_normal((n_samples, flow.dim))
-    xs = reference_solve(flow, x1, times, rtol=1e-10, atol=1e-10)
+    xs = setup_problem(flow, n_samples, seed=0, times=times, scored=False, threads=None).ref
     vs = np.stack([flow(float(t), x) for t, x in zip(times, xs)])
     return xs, vs
 
@@ -151,7 +142,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             parser.error(f"--perceptions: unknown {name!r}; valid: anchor-only, polynomial, oracle")
     if args.sidenet:
-        perceptions.append((f"sidenet ({Path(args.sidenet).name})", load_sidenet_perception(args.sidenet)))
+        perceptions.append((f"sidenet ({Path(args.sidenet).name})", load_sidenet_perception(args.sidenet, flow)))
     if not perceptions:
         parser.error("no perception to evaluate")
 

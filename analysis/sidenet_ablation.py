@@ -18,9 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from ._common import Scorer, command, markdown_table, output_paths, shown
+from ._common import command, load_flow_sidenet, markdown_table, output_paths, setup_problem, shown
 
 #: recipe fields shown in the table (the others are equal across the runs or printed in the commands)
 SHOWN = ("intervals", "exp_rate", "h_max", "loss_norm", "start", "state_update", "iters", "batch_size")
@@ -39,17 +37,13 @@ def main(argv=None) -> int:
     import torch
 
     import baquad
-    from adapters.torch_sit.checkpoint import load_sidenet
     from adapters.torch_sit.perception import NeuralPerception
     from adapters.torch_sit.sidenet import count_parameters
-    from baquad.flows import get_flow
-    from baquad.reference import reference_solve
     from baquad.schedules import uniform
 
-    torch.set_num_threads(2)
-    flow = get_flow(args.flow)
-    x0 = torch.from_numpy(np.random.default_rng(args.seed).standard_normal((args.n, flow.dim)))
-    score = Scorer(flow, reference_solve(flow, x0.numpy(), [1.0, 0.0], rtol=1e-10, atol=1e-10)[-1])
+    problem = setup_problem(args.flow, args.n, args.seed)  # threads, flow, noises, DOP853 references, scorer
+    flow, score = problem.flow, problem.score
+    x0 = torch.from_numpy(problem.noise)
     euler100 = score(baquad.solve(flow, x0, uniform(100), method="euler").x)
     top = max(args.nfe)
 
@@ -60,7 +54,7 @@ def main(argv=None) -> int:
         path = Path(path)
         summary = json.loads(path.with_name("summary.json").read_text())
         cfg, arch = summary["config"], summary["sidenet_config"]
-        sidenet = load_sidenet(path)
+        sidenet = load_flow_sidenet(path, flow, "sidenets")
         perception = NeuralPerception(sidenet)
         scores = [score(baquad.solve(flow, x0, uniform(n), perception=perception).x) for n in args.nfe]
         scores.append(score(baquad.solve(flow, x0, uniform(top - 1), perception=perception, final="bi").x))
