@@ -77,10 +77,15 @@ from dataclasses import dataclass, field as dc_field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
 
-import torch
-from torchdiffeq._impl import misc as _td_misc
-from torchdiffeq._impl.odeint import SOLVERS as _SOLVERS
-from torchdiffeq._impl.solvers import FixedGridODESolver  # absolute: the third-party package
+from ._optional import missing
+
+try:
+    import torch
+    from torchdiffeq._impl import misc as _td_misc
+    from torchdiffeq._impl.odeint import SOLVERS as _SOLVERS
+    from torchdiffeq._impl.solvers import FixedGridODESolver  # absolute: the third-party package
+except ImportError as err:  # torch or torchdiffeq missing: name the extra that installs them
+    raise missing(err, "baquad.torchdiffeq") from err
 
 from .bianchor import ba_solver, resolve_ba_options
 from .grids import check_grid
