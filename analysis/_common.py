@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -132,9 +133,20 @@ class Scorer:
 # writes anything (argparse then prints the flag, the value and the reason, and exits with 2)
 
 
-def _number(kind: type, low: float, low_open: bool, high: Optional[float] = None) -> Any:
-    import argparse
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that also refuses an empty value: Python's argparse turns
+    ``--flag=--`` into ``[]`` without calling the flag's ``type=`` check, so a number flag would
+    reach the script as an empty list."""
 
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 (argparse's)
+        parsed = super().parse_args(args, namespace)
+        for action in self._actions:
+            if action.option_strings and action.type is not None and getattr(parsed, action.dest, None) == []:
+                self.error(f"argument {'/'.join(action.option_strings)}: expected a value, got none")
+        return parsed
+
+
+def _number(kind: type, low: float, low_open: bool, high: Optional[float] = None) -> Any:
     def parse(text: str):
         try:
             value = kind(text)
@@ -159,8 +171,6 @@ sample_count = _number(int, 2, False)
 
 def generation_step(text: str) -> float:
     """argparse ``type=`` of an interval size h of generation (t: 1 -> 0): finite, in [-1, 0)."""
-    import argparse
-
     try:
         value = float(text)
     except ValueError:
@@ -173,8 +183,6 @@ def generation_step(text: str) -> float:
 
 def even_int_at_least_2(text: str) -> int:
     """argparse ``type=``: an even integer >= 2 (e.g. offsets per interval with a midpoint)."""
-    import argparse
-
     value = positive_int(text)
     if value < 2 or value % 2:
         raise argparse.ArgumentTypeError(f"must be an even integer >= 2, got {text!r}")
@@ -183,8 +191,6 @@ def even_int_at_least_2(text: str) -> int:
 
 def flow_name(name: str) -> str:
     """argparse ``type=`` for any registered analytic flow."""
-    import argparse
-
     from baquad.flows import FLOW_NAMES
 
     if name not in FLOW_NAMES:
@@ -194,8 +200,6 @@ def flow_name(name: str) -> str:
 
 def flow_with_density(name: str) -> str:
     """argparse ``type=`` for flows the trajectory/NLL scores need (Gaussian mixtures)."""
-    import argparse
-
     from baquad.flows import FLOW_NAMES, get_flow
 
     flow = get_flow(flow_name(name))

@@ -51,8 +51,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ._common import (Score, command, flow_with_density, load_flow_sidenet, markdown_table, output_paths, paired,
-                      positive_float, positive_int, pyplot, resolve_out, save_figure, setup_problem, shown)
+from ._common import (ArgumentParser, Score, command, flow_with_density, load_flow_sidenet, markdown_table,
+                      non_negative_int, output_paths, paired, positive_float, positive_int, pyplot, resolve_out,
+                      sample_count, save_figure, set_threads, setup_problem, shown)
 
 DEFAULT_NFES = (3, 4, 5, 7, 10, 15)
 EULER_NFES = (20, 50, 100, 200)
@@ -92,14 +93,14 @@ def schedule_name(text: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--flow", default="gmm-ring2d", type=flow_with_density, help="Gaussian-mixture flow (gmm-ring2d, gmm-32d, gmm-64d)")
     p.add_argument("--sidenet", default=None, help="a trained SideNet (.safetensors); default: train one")
     p.add_argument("--train-out", default=None, help="where to train the SideNet (default runs/<flow>; runs/quick/<flow> with --quick)")
     p.add_argument("--iters", type=positive_int, default=None, help="SideNet training iterations (default per flow)")
     p.add_argument("--batch", type=positive_int, default=None, help="SideNet training batch size")
-    p.add_argument("--n", type=positive_int, default=1024, help="number of noise samples scored")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the scored noises")
+    p.add_argument("--n", type=sample_count, default=1024, help="number of noise samples scored (>= 2)")
+    p.add_argument("--seed", type=non_negative_int, default=1234, help="seed of the scored noises")
     p.add_argument("--nfe", type=positive_int, nargs="+", default=list(DEFAULT_NFES))
     p.add_argument("--schedule", type=schedule_name, default="uniform", help="grid of the main tables (uniform, sd3, logsnr, edm)")
     p.add_argument("--shift", type=positive_float, default=1.0, help="SD3 shift of that grid (1 = none)")
@@ -185,15 +186,18 @@ def main(argv=None) -> int:
     import torch
 
     import baquad
+    from baquad.flows import get_flow
     from baquad.perception import AnchorOnly, Oracle, Perception
     from baquad.schedules import default_grid, grid_from_spec, nfe_grid, steps_for_nfe
     from adapters.torch_sit.perception import NeuralPerception
     from adapters.torch_sit.sidenet import count_parameters
 
-    problem = setup_problem(args.flow, args.n, args.seed)  # threads, flow, noises, DOP853 references, scorer
-    flow, score, ref_seconds = problem.flow, problem.score, problem.ref_seconds
-    sidenet, summary, sidenet_path = train_or_load(args, flow)
+    set_threads(2)
+    flow = get_flow(args.flow)
+    sidenet, summary, sidenet_path = train_or_load(args, flow)  # a given SideNet is checked before any solve
     sidenet.eval()
+    problem = setup_problem(flow, args.n, args.seed, threads=None)  # noises, DOP853 references, scorer
+    score, ref_seconds = problem.score, problem.ref_seconds
 
     x0 = torch.from_numpy(problem.noise)  # float64 state: the solver error, not float32 round-off, is measured
     ref_nll = -float(np.mean(flow.log_prob(problem.ref[-1])))
