@@ -13,7 +13,6 @@ validates, wraps, dispatches and collects; it knows no method by name.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Optional, Sequence
