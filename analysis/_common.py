@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -132,9 +133,20 @@ class Scorer:
 # writes anything (argparse then prints the flag, the value and the reason, and exits with 2)
 
 
-def _number(kind: type, low: float, low_open: bool, high: Optional[float] = None) -> Any:
-    import argparse
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that also refuses an empty value: Python's argparse turns
+    ``--flag=--`` into ``[]`` without calling the flag's ``type=`` check, so a number flag would
+    reach the script as an empty list."""
 
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 (argparse's)
+        parsed = super().parse_args(args, namespace)
+        for action in self._actions:
+            if action.option_strings and action.type is not None and getattr(parsed, action.dest, None) == []:
+                self.error(f"argument {'/'.join(action.option_strings)}: expected a value, got none")
+        return parsed
+
+
+def _number(kind: type, low: float, low_open: bool, high: Optional[float] = None) -> Any:
     def parse(text: str):
         try:
             value = kind(text)
@@ -153,17 +165,44 @@ positive_int = _number(int, 0, True)
 non_negative_int = _number(int, 0, False)
 positive_float = _number(float, 0.0, True)
 unit_time = _number(float, 0.0, False, 1.0)
+#: a number of scored samples: at least 2, for the standard errors and the paired comparisons
+sample_count = _number(int, 2, False)
+
+
+def generation_step(text: str) -> float:
+    """argparse ``type=`` of an interval size h of generation (t: 1 -> 0): finite, in [-1, 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not (np.isfinite(value) and -1.0 <= value < 0.0):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number in [-1, 0) (generation runs t: 1 -> 0, so steps are negative), got {text!r}")
+    return value
+
+
+def even_int_at_least_2(text: str) -> int:
+    """argparse ``type=``: an even integer >= 2 (e.g. offsets per interval with a midpoint)."""
+    value = positive_int(text)
+    if value < 2 or value % 2:
+        raise argparse.ArgumentTypeError(f"must be an even integer >= 2, got {text!r}")
+    return value
+
+
+def flow_name(name: str) -> str:
+    """argparse ``type=`` for any registered analytic flow."""
+    from baquad.flows import FLOW_NAMES
+
+    if name not in FLOW_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown flow {name!r}; valid: {', '.join(FLOW_NAMES)}")
+    return name
 
 
 def flow_with_density(name: str) -> str:
     """argparse ``type=`` for flows the trajectory/NLL scores need (Gaussian mixtures)."""
-    import argparse
-
     from baquad.flows import FLOW_NAMES, get_flow
 
-    if name not in FLOW_NAMES:
-        raise argparse.ArgumentTypeError(f"unknown flow {name!r}; valid: {', '.join(FLOW_NAMES)}")
-    flow = get_flow(name)
+    flow = get_flow(flow_name(name))
     if "density" not in flow.truth or not hasattr(flow, "posterior"):
         raise argparse.ArgumentTypeError(
             f"{name!r} has no exact density and mode posterior (needed for the NLL and mode-switch scores); "
@@ -181,3 +220,91 @@ def resolve_out(args: Any, quick_dir: str = "runs/quick") -> Path:
         raise SystemExit(f"--quick: a smoke run never writes into the committed figures ({FIGURES}); pass another --out")
     args.out = str(out)
     return out
+
+
+def existing_file(flag: str, path: "str | os.PathLike") -> Path:
+    """``path`` as a Path, or SystemExit naming ``flag`` when there is no file there."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"{flag}: {path} does not exist")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# the shared setup of a benchmark: flow, seeded noises, reference solutions, scorer, threads
+
+
+def set_threads(threads: int) -> None:
+    """Pin torch's intra-op threads to ``threads`` (at most the machine's cores); nothing without
+    torch."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is optional for the numpy-only scripts
+        return
+    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+
+
+class Problem(NamedTuple):
+    """A benchmark problem (see :func:`setup_problem`)."""
+
+    flow: Any
+    noise: np.ndarray  #: ``(n, dim)`` float64 standard-normal states at ``times[0]``
+    times: tuple  #: the reference times (empty: no reference solved)
+    ref: Optional[np.ndarray]  #: ``(len(times), n, dim)`` reference states, or None
+    score: Optional[Scorer]  #: scores states at t = 0 against ``ref[-1]``, or None
+    ref_seconds: float  #: wall time of the reference solve
+
+
+def setup_problem(flow: Any, n: int, seed: int, *, times: Sequence[float] = (1.0, 0.0), rtol: float = 1e-10,
+                  scored: bool = True, threads: Optional[int] = 2) -> Problem:
+    """The setup the benchmark scripts share: the flow ``flow`` (a registered name, or a flow
+    object), ``n`` noises drawn
+    from ``numpy.random.default_rng(seed)`` (standard normal, shape ``(n, dim)``), their reference
+    solutions at ``times`` (DOP853, ``rtol = atol = rtol``; ``times=()`` solves none), a
+    :class:`Scorer` against the last reference states when ``scored`` (Gaussian-mixture flows),
+    and torch pinned to ``threads`` threads (None leaves torch alone and unimported)."""
+    import time
+
+    from baquad.flows import get_flow
+    from baquad.reference import reference_solve
+
+    if threads is not None:
+        set_threads(threads)
+    model = get_flow(flow) if isinstance(flow, str) else flow
+    noise = np.random.default_rng(seed).standard_normal((n, model.dim))
+    ref, seconds = None, 0.0
+    if len(times):
+        start = time.perf_counter()
+        ref = reference_solve(model, noise, list(times), rtol=rtol, atol=rtol)
+        seconds = time.perf_counter() - start
+    score = Scorer(model, ref[-1]) if scored and ref is not None else None
+    return Problem(model, noise, tuple(times), ref, score, seconds)
+
+
+def load_flow_sidenet(path: "str | os.PathLike", flow: Any, flag: str = "--sidenet") -> Any:
+    """A trained SideNet for the states of ``flow`` (``(B, flow.dim)``), loaded with
+    ``adapters.torch_sit.checkpoint.load_sidenet``; SystemExit naming ``flag`` when the adapter
+    cannot be imported, the file is missing or unreadable, or the SideNet is for states of another
+    shape."""
+    try:
+        from adapters.torch_sit.checkpoint import load_sidenet
+    except ImportError as err:
+        raise SystemExit(
+            f"{flag}: cannot import adapters.torch_sit ({err}). The SideNet needs torch and the "
+            "adapters/torch_sit package of this repository; install the torch extra, or drop the SideNet."
+        ) from None
+    path = existing_file(flag, path)
+    try:
+        net = load_sidenet(path)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"{flag}: cannot load {path}: {err}") from None
+    config = net.config()
+    dim = config.get("dim")
+    if dim != flow.dim:
+        states = f"{dim}-dimensional states" if dim is not None else f"image-shaped states ({config['class']})"
+        raise SystemExit(
+            f"{flag}: {path} is a SideNet for {states}; {flow.name} has {flow.dim}-dimensional states. "
+            f"Pass a SideNet trained on {flow.name} (e.g. python -m adapters.torch_sit.train --backbone gmm-ring2d "
+            "for gmm-ring2d)."
+        )
+    return net

@@ -14,7 +14,9 @@ prints, as means over samples of Euclidean norms:
 - ``anchor-only``: |v - f(x(t0+h))|, the error with g = 0.
 
 If the target bias is much smaller than the SideNet's error against its target, better targets
-would not help: the SideNet does not fit the targets it has.
+would not help: the SideNet does not fit the targets it has. Every flag is checked before anything
+is loaded (``--t0`` in [0, 1], ``--h`` in [-1, 0)), and a SideNet for states of another
+dimension than the flow's is refused.
 """
 
 from __future__ import annotations
@@ -22,30 +24,37 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
+from ._common import (ArgumentParser, existing_file, flow_name, generation_step, load_flow_sidenet, positive_int,
+                      setup_problem, unit_time)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, every one checked before anything is computed or loaded."""
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--flow", default="gmm-ring2d", type=flow_name, help="the flow the SideNet was trained on")
+    p.add_argument("--sidenet", required=True, help="a trained SideNet for that flow")
+    p.add_argument("--n", type=positive_int, default=512, help="states per t0 (default 512)")
+    p.add_argument("--t0", type=unit_time, nargs="+", default=[1.0, 0.7, 0.5, 0.3, 0.15],
+                   help="interval starts, in [0, 1] (1 = noise)")
+    p.add_argument("--h", type=generation_step, nargs="+", default=[-0.05, -0.1, -0.2, -0.3],
+                   help="interval sizes, in [-1, 0) (generation runs t: 1 -> 0)")
+    args = p.parse_args(argv)
+    existing_file("--sidenet", args.sidenet)
+    return args
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--flow", default="gmm-ring2d")
-    p.add_argument("--sidenet", required=True)
-    p.add_argument("--n", type=int, default=512)
-    p.add_argument("--t0", type=float, nargs="+", default=[1.0, 0.7, 0.5, 0.3, 0.15])
-    p.add_argument("--h", type=float, nargs="+", default=[-0.05, -0.1, -0.2, -0.3])
-    args = p.parse_args(argv)
+    args = parse_args(argv)
 
     import torch
 
-    from adapters.torch_sit.checkpoint import load_sidenet
-    from baquad.flows import get_flow
     from baquad.reference import reference_solve
     from baquad.rules import get_rule
 
-    torch.set_num_threads(2)
-    flow = get_flow(args.flow)
-    net = load_sidenet(args.sidenet).double().eval()
+    problem = setup_problem(args.flow, args.n, seed=5, times=(), scored=False)  # threads, flow, noises
+    flow, noise = problem.flow, problem.noise
+    net = load_flow_sidenet(args.sidenet, flow).double().eval()
     rule = get_rule("gauss-legendre-3")
-    noise = np.random.default_rng(5).standard_normal((args.n, flow.dim))
     print(f"$ python -m analysis.chain_bias {' '.join(sys.argv[1:] if argv is None else argv)}")
     print("| t0 | h | abs(x' - x(t0+h)) | target bias | SideNet vs truth | SideNet vs target | anchor-only |")
     print("|---|---|---|---|---|---|---|")

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -52,8 +51,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ._common import (Score, Scorer, command, flow_with_density, markdown_table, output_paths, paired, positive_float,
-                      positive_int, pyplot, resolve_out, save_figure, shown)
+from ._common import (ArgumentParser, Score, command, flow_with_density, load_flow_sidenet, markdown_table,
+                      non_negative_int, output_paths, paired, positive_float, positive_int, pyplot, resolve_out,
+                      sample_count, save_figure, set_threads, setup_problem, shown)
 
 DEFAULT_NFES = (3, 4, 5, 7, 10, 15)
 EULER_NFES = (20, 50, 100, 200)
@@ -93,14 +93,14 @@ def schedule_name(text: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--flow", default="gmm-ring2d", type=flow_with_density, help="Gaussian-mixture flow (gmm-ring2d, gmm-32d, gmm-64d)")
     p.add_argument("--sidenet", default=None, help="a trained SideNet (.safetensors); default: train one")
     p.add_argument("--train-out", default=None, help="where to train the SideNet (default runs/<flow>; runs/quick/<flow> with --quick)")
     p.add_argument("--iters", type=positive_int, default=None, help="SideNet training iterations (default per flow)")
     p.add_argument("--batch", type=positive_int, default=None, help="SideNet training batch size")
-    p.add_argument("--n", type=positive_int, default=1024, help="number of noise samples scored")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the scored noises")
+    p.add_argument("--n", type=sample_count, default=1024, help="number of noise samples scored (>= 2)")
+    p.add_argument("--seed", type=non_negative_int, default=1234, help="seed of the scored noises")
     p.add_argument("--nfe", type=positive_int, nargs="+", default=list(DEFAULT_NFES))
     p.add_argument("--schedule", type=schedule_name, default="uniform", help="grid of the main tables (uniform, sd3, logsnr, edm)")
     p.add_argument("--shift", type=positive_float, default=1.0, help="SD3 shift of that grid (1 = none)")
@@ -111,6 +111,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny run for smoke tests (never writes into analysis/figures or runs/<flow>)")
     args = p.parse_args(argv)
     resolve_out(args)
+    if args.quick:
+        args.n, args.nfe = min(args.n, 64), [n for n in args.nfe if n <= 5] or [4]
+        args.grids = [g for g in args.grids if g in ("uniform", "sd3-0.5")]
     if args.quick and args.sidenet is None and args.train_out is None:
         args.train_out = f"runs/quick/{args.flow}"
     if args.sidenet is not None and not Path(args.sidenet).exists():
@@ -121,15 +124,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------
 
 
-def train_or_load(args, flow_name: str):
-    """The SideNet (module) and its training summary (dict, possibly empty)."""
-    from adapters.torch_sit.checkpoint import load_sidenet
-
+def train_or_load(args, flow: Any):
+    """The SideNet (module) for ``flow``, its training summary (dict, possibly empty) and its path."""
+    flow_name = flow.name
     if args.sidenet:
         path = Path(args.sidenet)
         summary_path = path.with_name("summary.json")
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        return load_sidenet(path), summary, path
+        return load_flow_sidenet(path, flow), summary, path
     from adapters.torch_sit.train import recipe_for, train
 
     cfg, sidenet_config = recipe_for(flow_name, iters=args.iters, batch_size=args.batch, quick=args.quick)
@@ -140,7 +142,7 @@ def train_or_load(args, flow_name: str):
     # score the weights the run wrote (EMA when kept), the same ones ``--sidenet`` loads later;
     # ``result.sidenet`` holds the raw final weights instead
     path = out / "sidenet.safetensors"
-    return load_sidenet(path), result.summary, path
+    return load_flow_sidenet(path, flow), result.summary, path
 
 
 class Timed:
@@ -186,32 +188,20 @@ def main(argv=None) -> int:
     import baquad
     from baquad.flows import get_flow
     from baquad.perception import AnchorOnly, Oracle, Perception
-    from baquad.reference import reference_solve
     from baquad.schedules import default_grid, grid_from_spec, nfe_grid, steps_for_nfe
     from adapters.torch_sit.perception import NeuralPerception
     from adapters.torch_sit.sidenet import count_parameters
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    set_threads(2)
     flow = get_flow(args.flow)
-    if args.quick:
-        args.n, args.nfe = min(args.n, 64), [n for n in args.nfe if n <= 5] or [4]
-        args.grids = [g for g in args.grids if g in ("uniform", "sd3-0.5")]
-    sidenet, summary, sidenet_path = train_or_load(args, args.flow)
+    sidenet, summary, sidenet_path = train_or_load(args, flow)  # a given SideNet is checked before any solve
     sidenet.eval()
-    dim = sidenet.config().get("dim")
-    if dim is not None and dim != flow.dim:
-        raise SystemExit(f"--sidenet: {sidenet_path} is a SideNet for {dim}-dimensional states; {args.flow} has {flow.dim}")
+    problem = setup_problem(flow, args.n, args.seed, threads=None)  # noises, DOP853 references, scorer
+    score, ref_seconds = problem.score, problem.ref_seconds
 
-    rng = np.random.default_rng(args.seed)
-    x0_np = rng.standard_normal((args.n, flow.dim))
-    x0 = torch.from_numpy(x0_np)  # float64 state: the solver error, not float32 round-off, is measured
-    t0 = time.perf_counter()
-    ref = reference_solve(flow, x0_np, [1.0, 0.0], rtol=1e-10, atol=1e-10)[-1]
-    ref_seconds = time.perf_counter() - t0
-    ref_nll = -float(np.mean(flow.log_prob(ref)))
+    x0 = torch.from_numpy(problem.noise)  # float64 state: the solver error, not float32 round-off, is measured
+    ref_nll = -float(np.mean(flow.log_prob(problem.ref[-1])))
     data_nll = -float(np.mean(flow.log_prob(flow.sample_data(4096, np.random.default_rng(args.seed + 1)))))
-
-    score = Scorer(flow, ref)
 
     neural = NeuralPerception(sidenet)
     oracle = Oracle(flow, rtol=1e-9, atol=1e-9)

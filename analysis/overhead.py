@@ -27,6 +27,8 @@ import numpy as np
 
 import baquad
 
+from ._common import ArgumentParser, positive_int
+
 SHAPES = ((64, 2), (16, 4, 32, 32))
 
 
@@ -75,13 +77,18 @@ def _cases(x0: Any, ts: list[float], torch_mod: Optional[Any]) -> list[tuple[str
     return cases
 
 
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The flags, checked before anything is measured."""
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=positive_int, default=20, help="intervals per solve (default 20)")
+    parser.add_argument("--repeats", type=positive_int, default=15, help="timed solves per case (default 15)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads (default 1)")
+    return parser.parse_args(argv)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Measure and print the markdown table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20, help="intervals per solve (default 20)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed solves per case (default 15)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
 
     try:
         import torch

@@ -24,9 +24,12 @@ trajectory (the solver's is at the predictor x~), so this isolates the perceptio
 Writes ``<out>/prediction_drift_<flow>.png`` (left: error against |offset| / |h|, forward and
 backward; right: error along the interval, single- vs bi-anchor) and ``.md`` (errors at h/4,
 h/2, 3h/4, h and the interval means, whose bi/single ratio the paper's linear-drift bound puts at
-1/2), and prints the table and the paths. ``--sidenet PATH`` adds a trained SideNet, loaded with
-``adapters.torch_sit`` (``load_sidenet``, ``NeuralPerception``); it must have been trained on the
-same flow. Default run: gmm-ring2d, 5 intervals, 256 samples, under 10 s on 2 cores.
+1/2), and prints the table and the paths. ``--out`` defaults to ``analysis/figures``, and to
+``runs/quick`` for a ``--quick`` smoke run, which never writes into the committed figures.
+``--sidenet PATH`` adds a trained SideNet, loaded with ``adapters.torch_sit`` (``load_sidenet``,
+``NeuralPerception``); it must have been trained on the same flow (a SideNet for states of
+another dimension is refused). Every flag is checked before anything is computed or written.
+Default run: gmm-ring2d, 5 intervals, 256 samples, under 10 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from baquad.flows import FLOW_NAMES, get_flow
+from baquad.flows import get_flow
 from baquad.perception import Anchor, AnchorOnly, AnchorPolynomial, Oracle, Perception, PerceptionWrapper, history_size
-from baquad.reference import reference_solve
 
-from ._common import FIGURES, command, markdown_table, output_paths, pyplot, save_figure, shown
+from ._common import (ArgumentParser, command, even_int_at_least_2, existing_file, flow_name, load_flow_sidenet,
+                      markdown_table, output_paths, positive_int, pyplot, resolve_out, save_figure, setup_problem, shown)
 
 BUILTIN = {
     "anchor-only": AnchorOnly,
@@ -62,26 +65,17 @@ class _TorchBridge(PerceptionWrapper):
         return out.detach().double().cpu().numpy()
 
 
-def load_sidenet_perception(path: str) -> Perception:
-    """A numpy-facing perception from a trained SideNet file, or SystemExit saying what failed."""
-    try:
-        from adapters.torch_sit.checkpoint import load_sidenet
-        from adapters.torch_sit.perception import NeuralPerception
-    except ImportError as err:
-        raise SystemExit(
-            f"--sidenet: cannot import adapters.torch_sit ({err}). The SideNet needs torch and the "
-            "adapters/torch_sit package of this repository; install the torch extra, or drop --sidenet."
-        ) from None
-    if not Path(path).exists():
-        raise SystemExit(f"--sidenet: {path} does not exist")
-    net = load_sidenet(path)
-    return _TorchBridge(NeuralPerception(net))
+def load_sidenet_perception(path: str, flow: Any) -> Perception:
+    """A numpy-facing perception from a SideNet trained for ``flow``'s states, or SystemExit saying
+    what failed (:func:`analysis._common.load_flow_sidenet`)."""
+    from adapters.torch_sit.perception import NeuralPerception
+
+    return _TorchBridge(NeuralPerception(load_flow_sidenet(path, flow)))
 
 
 def trajectories(flow: Any, n_samples: int, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact states ``(T, B, d)`` at ``times`` from seeded noise at ``times[0]``, and velocities."""
-    x1 = np.random.default_rng(0).standard_normal((n_samples, flow.dim))
-    xs = reference_solve(flow, x1, times, rtol=1e-10, atol=1e-10)
+    xs = setup_problem(flow, n_samples, seed=0, times=times, scored=False, threads=None).ref
     vs = np.stack([flow(float(t), x) for t, x in zip(times, xs)])
     return xs, vs
 
@@ -123,37 +117,52 @@ def _at(curve: np.ndarray, frac: float, sub: int) -> float:
     return float(curve[int(round(frac * sub))])
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--flow", default="gmm-ring2d", choices=FLOW_NAMES, help="flow (default gmm-ring2d)")
-    parser.add_argument("--steps", type=int, default=5, help="uniform intervals over t: 1 -> 0 (default 5)")
-    parser.add_argument("--samples", type=int, default=256, help="trajectories (default 256)")
-    parser.add_argument("--sub", type=int, default=16, help="offsets per interval (even; default 16)")
-    parser.add_argument("--perceptions", default="anchor-only,polynomial",
+def perception_names(text: str) -> list[str]:
+    """argparse ``type=`` of ``--perceptions``: comma-separated built-in names (may be empty)."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [n for n in names if n not in (*BUILTIN, "oracle")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown perception(s) {bad}; valid: {', '.join((*BUILTIN, 'oracle'))}")
+    return names
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The flags, every one checked before anything is computed, loaded or written."""
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flow", default="gmm-ring2d", type=flow_name, help="flow (default gmm-ring2d)")
+    parser.add_argument("--steps", type=positive_int, default=5, help="uniform intervals over t: 1 -> 0 (default 5)")
+    parser.add_argument("--samples", type=positive_int, default=256, help="trajectories (default 256)")
+    parser.add_argument("--sub", type=even_int_at_least_2, default=16, help="offsets per interval (even; default 16)")
+    parser.add_argument("--perceptions", type=perception_names, default=["anchor-only", "polynomial"],
                         help="comma-separated built-ins: anchor-only, polynomial, oracle (default the first two)")
     parser.add_argument("--sidenet", default=None, metavar="PATH",
                         help="a trained SideNet (.safetensors, checkpoint or run directory) for this flow")
-    parser.add_argument("--quick", action="store_true", help="32 samples, 8 offsets per interval (a smoke run)")
-    parser.add_argument("--out", default=str(FIGURES), help="output directory (default analysis/figures)")
+    parser.add_argument("--quick", action="store_true",
+                        help="32 samples, 8 offsets per interval (a smoke run; writes under runs/quick by default)")
+    parser.add_argument("--out", default=None,
+                        help="output directory (default analysis/figures; runs/quick with --quick)")
     args = parser.parse_args(argv)
+    resolve_out(args)
     if args.quick:
         args.samples, args.sub = min(args.samples, 32), 8
-    if args.steps < 1 or args.samples < 1 or args.sub < 2 or args.sub % 2:
-        parser.error("--steps and --samples must be >= 1 and --sub an even number >= 2")
+    if not args.perceptions and not args.sidenet:
+        parser.error("no perception to evaluate: give --perceptions or --sidenet")
+    if args.sidenet:
+        existing_file("--sidenet", args.sidenet)
+    return args
 
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
     flow = get_flow(args.flow)
     perceptions: list[tuple[str, Perception]] = []
-    for name in [p.strip() for p in args.perceptions.split(",") if p.strip()]:
+    for name in args.perceptions:
         if name == "oracle":
             perceptions.append(("oracle", Oracle(flow, rtol=1e-10, atol=1e-10)))
-        elif name in BUILTIN:
-            perceptions.append((name, BUILTIN[name]()))
         else:
-            parser.error(f"--perceptions: unknown {name!r}; valid: anchor-only, polynomial, oracle")
+            perceptions.append((name, BUILTIN[name]()))
     if args.sidenet:
-        perceptions.append((f"sidenet ({Path(args.sidenet).name})", load_sidenet_perception(args.sidenet)))
-    if not perceptions:
-        parser.error("no perception to evaluate")
+        perceptions.append((f"sidenet ({Path(args.sidenet).name})", load_sidenet_perception(args.sidenet, flow)))
 
     start = time.perf_counter()
     times = np.linspace(1.0, 0.0, args.steps * args.sub + 1)

@@ -8,7 +8,8 @@ single-anchor) at each NFE and scheme A at the largest, plus the medians at the 
 100 NFE is printed as the bar.
 The recipe of each run is read from the ``summary.json`` beside its weights (written by
 ``adapters.torch_sit.train``), so the table states what differs, and the command that retrains
-each row is printed under it. Writes ``<out>/sidenet_ablation_<flow>.md``.
+each row is printed under it. Writes ``<out>/sidenet_ablation_<flow>.md``. Every flag and every
+SideNet (present, with its summary.json, for the flow's states) is checked before any solve.
 """
 
 from __future__ import annotations
@@ -18,49 +19,61 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from ._common import Scorer, command, markdown_table, output_paths, shown
+from ._common import (ArgumentParser, command, existing_file, flow_with_density, load_flow_sidenet, markdown_table,
+                      non_negative_int, output_paths, positive_int, resolve_out, sample_count, setup_problem, shown)
 
 #: recipe fields shown in the table (the others are equal across the runs or printed in the commands)
 SHOWN = ("intervals", "exp_rate", "h_max", "loss_norm", "start", "state_update", "iters", "batch_size")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, every one checked before anything is computed, loaded or written."""
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sidenets", nargs="+", help="trained SideNet files (summary.json beside each)")
-    p.add_argument("--flow", default="gmm-ring2d")
-    p.add_argument("--nfe", type=int, nargs="+", default=[3, 5, 7, 10])
-    p.add_argument("--n", type=int, default=512)
-    p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--out", default="analysis/figures")
+    p.add_argument("--flow", default="gmm-ring2d", type=flow_with_density,
+                   help="Gaussian-mixture flow the SideNets were trained on (gmm-ring2d, gmm-32d, gmm-64d)")
+    p.add_argument("--nfe", type=positive_int, nargs="+", default=[3, 5, 7, 10],
+                   help="NFE budgets of scheme B; the largest (>= 2) also runs scheme A")
+    p.add_argument("--n", type=sample_count, default=512, help="number of noise samples scored (>= 2)")
+    p.add_argument("--seed", type=non_negative_int, default=123, help="seed of the scored noises")
+    p.add_argument("--out", default=None, help="output directory (default analysis/figures)")
     args = p.parse_args(argv)
+    resolve_out(args)
+    if max(args.nfe) < 2:
+        p.error("--nfe: the largest budget must be >= 2 (scheme A spends NFE = intervals + 1)")
+    for path in args.sidenets:
+        summary = existing_file("sidenets", path).with_name("summary.json")
+        if not summary.is_file():
+            raise SystemExit(f"sidenets: {path} has no summary.json beside it (the recipe the table reads); "
+                             "pass the sidenet.safetensors of a run directory written by adapters.torch_sit.train")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     import torch
 
     import baquad
-    from adapters.torch_sit.checkpoint import load_sidenet
     from adapters.torch_sit.perception import NeuralPerception
     from adapters.torch_sit.sidenet import count_parameters
     from baquad.flows import get_flow
-    from baquad.reference import reference_solve
     from baquad.schedules import uniform
 
-    torch.set_num_threads(2)
     flow = get_flow(args.flow)
-    x0 = torch.from_numpy(np.random.default_rng(args.seed).standard_normal((args.n, flow.dim)))
-    score = Scorer(flow, reference_solve(flow, x0.numpy(), [1.0, 0.0], rtol=1e-10, atol=1e-10)[-1])
+    runs = [(Path(path), load_flow_sidenet(path, flow, "sidenets")) for path in args.sidenets]  # checked first
+    problem = setup_problem(flow, args.n, args.seed)  # threads, noises, DOP853 references, scorer
+    score = problem.score
+    x0 = torch.from_numpy(problem.noise)
     euler100 = score(baquad.solve(flow, x0, uniform(100), method="euler").x)
     top = max(args.nfe)
 
     header = (["run", *SHOWN, "net", "path features"] + [f"B, NFE {n}" for n in args.nfe] + [f"A, NFE {top}"]
               + [f"median B, NFE {top}", f"median A, NFE {top}"])
     rows, commands = [], []
-    for path in args.sidenets:
-        path = Path(path)
+    for path, sidenet in runs:
         summary = json.loads(path.with_name("summary.json").read_text())
         cfg, arch = summary["config"], summary["sidenet_config"]
-        sidenet = load_sidenet(path)
         perception = NeuralPerception(sidenet)
         scores = [score(baquad.solve(flow, x0, uniform(n), perception=perception).x) for n in args.nfe]
         scores.append(score(baquad.solve(flow, x0, uniform(top - 1), perception=perception, final="bi").x))

@@ -1,7 +1,9 @@
 """The few array operations the core needs, for numpy arrays and torch tensors alike.
 
 torch is never imported here at module import: a tensor can only reach these functions if the
-caller already imported torch, so ``sys.modules["torch"]`` is used.
+caller already imported torch, so ``sys.modules["torch"]`` is used. The functions dispatch on
+their argument's type; :class:`Ops` adds what needs a target backend, dtype and device (creating
+arrays from Python numbers, casting results back), for the analytic flows.
 """
 
 from __future__ import annotations
@@ -69,11 +71,11 @@ def same_array_kind(out: Any, like: Array, dtype: Any) -> bool:
     )
 
 
-def stack(xs: Sequence[Array]) -> Array:
-    """Stack along a new leading axis."""
+def stack(xs: Sequence[Array], axis: int = 0) -> Array:
+    """Stack along a new axis (leading by default)."""
     if is_torch(xs[0]):
-        return _torch().stack(list(xs))
-    return np.stack(xs)
+        return _torch().stack(list(xs), dim=axis)
+    return np.stack(xs, axis=axis)
 
 
 def broadcast_stack(x: Array, m: int) -> Array:
@@ -148,3 +150,105 @@ def describe(x: Array) -> str:
         kind = "torch.Tensor" if is_torch(x) else "numpy.ndarray"
         return f"{kind} of shape {tuple(x.shape)} and dtype {x.dtype}"
     return f"{type(x).__name__}"
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise and reduction math (the analytic flows)
+
+
+def exp(a: Array) -> Array:
+    return _torch().exp(a) if is_torch(a) else np.exp(a)
+
+
+def log(a: Array) -> Array:
+    return _torch().log(a) if is_torch(a) else np.log(a)
+
+
+def cos(a: Array) -> Array:
+    return _torch().cos(a) if is_torch(a) else np.cos(a)
+
+
+def sin(a: Array) -> Array:
+    return _torch().sin(a) if is_torch(a) else np.sin(a)
+
+
+def logsumexp(a: Array, axis: int) -> Array:
+    """``log(sum(exp(a)))`` along ``axis``, without overflow."""
+    if is_torch(a):
+        return _torch().logsumexp(a, dim=axis)
+    from scipy.special import logsumexp as np_logsumexp
+
+    return np_logsumexp(a, axis=axis)
+
+
+def softmax(a: Array, axis: int) -> Array:
+    """``exp(a - logsumexp(a))`` along ``axis``: never overflows, the weights sum to 1."""
+    if is_torch(a):
+        return _torch().softmax(a, dim=axis)
+    m = np.max(a, axis=axis, keepdims=True)
+    e = np.exp(a - m)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+class Ops:
+    """The compute backend, dtype and device of one input ``like``.
+
+    Computations run in float64 for numpy inputs, and for torch inputs in float64 (float64 input)
+    or float32 (any other dtype) on the input's device; :meth:`out` casts a result back to the
+    input's dtype (a non-floating numpy input gives float64).
+    """
+
+    def __init__(self, like: Array) -> None:
+        self.torch = is_torch(like)
+        if self.torch:
+            torch = _torch()
+            self.out_dtype = like.dtype
+            self.device = like.device
+            self.dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        else:
+            arr = np.asarray(like)
+            self.out_dtype = arr.dtype if np.issubdtype(arr.dtype, np.floating) else np.float64
+            self.device = None
+            self.dtype = np.float64
+
+    def asarray(self, v: Any) -> Array:
+        """``v`` (number, numpy array or tensor) in this backend's compute dtype and device."""
+        if self.torch:
+            if is_torch(v):
+                return v.to(dtype=self.dtype, device=self.device)
+            return _torch().as_tensor(np.array(v, dtype=np.float64), dtype=self.dtype, device=self.device)
+        if is_torch(v):
+            v = v.detach().cpu().numpy()
+        return np.asarray(v, dtype=np.float64)
+
+    def out(self, v: Array) -> Array:
+        """A computed result cast back to the input's dtype (and device)."""
+        if self.torch:
+            return v.to(dtype=self.out_dtype, device=self.device)
+        return np.asarray(v, dtype=self.out_dtype)
+
+    def ones(self, shape: tuple[int, ...]) -> Array:
+        if self.torch:
+            return _torch().ones(shape, dtype=self.dtype, device=self.device)
+        return np.ones(shape, dtype=np.float64)
+
+
+def batch_time(ops: Ops, t: Any, x: Array) -> Array:
+    """Time ``t`` as an array that broadcasts against ``x`` of shape ``(*batch, d)``.
+
+    ``t`` may be a Python number, a 0-dim array/tensor, or a per-sample array/tensor of shape
+    ``batch`` (e.g. ``(B,)`` for ``x`` of shape ``(B, d)``); a per-sample ``t`` is returned with a
+    trailing axis of length 1, so ``t * x`` multiplies row-wise.
+    """
+    ta = ops.asarray(t)
+    batch = tuple(x.shape[:-1])
+    if ta.ndim == 0:
+        return ta
+    if tuple(ta.shape) == batch:
+        return ta[..., None]
+    if int(np.prod(tuple(ta.shape))) == 1:
+        return ta.reshape(())
+    raise ValueError(
+        f"t must be a scalar or have the batch shape {batch} of x (x.shape = "
+        f"{tuple(x.shape)}), got t.shape = {tuple(ta.shape)}"
+    )

@@ -59,6 +59,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from ._backend import to_numpy
+from ._optional import sympy as _sympy
 from .rules import canonical_name
 
 __all__ = [
@@ -500,7 +501,7 @@ def _numberfield_parts(nodes: Sequence, weights: Sequence):
     nodes are all the roots of f with the same polynomials, its power sums are traces over the
     roots, which are rational and computed exactly from Newton's identities.
     """
-    import sympy as sp
+    sp = _sympy()
 
     y = sp.Dummy("y")
     plain, groups = [], {}
@@ -532,7 +533,7 @@ def _numberfield_parts(nodes: Sequence, weights: Sequence):
 
 def _power_sums(f, count: int) -> list:
     """Power sums s_0..s_{count-1} of the roots of f (Newton's identities), exact rationals."""
-    import sympy as sp
+    sp = _sympy()
 
     coeffs = f.monic().all_coeffs()  # [1, a_1, ..., a_m] of x^m + a_1 x^(m-1) + ... + a_m
     m = f.degree()
@@ -550,7 +551,7 @@ def _power_sums(f, count: int) -> list:
 
 def _trace(f, q) -> Any:
     """sum over the roots y_j of f of the polynomial q(y_j)."""
-    import sympy as sp
+    sp = _sympy()
 
     coeffs = list(reversed(q.all_coeffs()))  # q_0 + q_1 y + ...
     s = _power_sums(f, len(coeffs))
@@ -560,7 +561,7 @@ def _trace(f, q) -> Any:
 def _exact_value(expr: Any) -> Any:
     """Simplify an algebraic number exactly: a rational when it is one (decided with its minimal
     polynomial), else its radical-simplified form."""
-    import sympy as sp
+    sp = _sympy()
 
     expr = sp.sympify(expr)
     if expr.is_Rational:
@@ -578,7 +579,7 @@ def _exact_value(expr: Any) -> Any:
 
 def _weighted_sum(rule: ExactRule, fn: Callable) -> Any:
     """sum_k w_k fn(c_k) exactly (fn a polynomial map of the node)."""
-    import sympy as sp
+    sp = _sympy()
 
     plain, traced = _numberfield_parts(rule.nodes, rule.weights)
     total = sp.Add(*[w * fn(c) for c, w in plain])
@@ -600,7 +601,7 @@ def moment_defect(rule: Any, p: int) -> Any:
 
 @lru_cache(maxsize=None)
 def _moment_defect(rule: ExactRule, p: int) -> Any:
-    import sympy as sp
+    sp = _sympy()
 
     return _exact_value(sp.Rational(1, p + 1) - _weighted_sum(rule, lambda c: c**p))
 
@@ -715,7 +716,7 @@ def leading_lte(rule: Any) -> LocalTruncationError:
     monomial ``s^(d+1)`` over ``[0, h]`` is integrated symbolically. Trapezoid: ``-h^3/6`` on
     ``s^2``, ``C = -1/12``; Simpson: ``-h^5/120`` on ``s^4``, ``C = -1/2880``.
     """
-    import sympy as sp
+    sp = _sympy()
 
     r = rule if isinstance(rule, ExactRule) else exact_rule(rule)
     d = degree_of_exactness(r)
@@ -749,7 +750,7 @@ class AnchorBounds:
 
 
 def _symbols():
-    import sympy as sp
+    sp = _sympy()
 
     return sp.symbols("L K h", positive=True)
 
@@ -767,7 +768,7 @@ def anchor_error_bounds() -> AnchorBounds:
 
     ratio exactly ``1/2``.
     """
-    import sympy as sp
+    sp = _sympy()
 
     L, K, h = _symbols()
     s = sp.Symbol("s", positive=True)
@@ -797,7 +798,7 @@ def quadrature_anchor_bounds(rule: Any) -> AnchorBounds:
     the true trajectory. For ``CRootOf`` nodes the bi-anchor sum is returned exact but
     unsimplified (it is not a symmetric function of the roots).
     """
-    import sympy as sp
+    sp = _sympy()
 
     r = rule if isinstance(rule, ExactRule) else exact_rule(rule)
     L, K, h = _symbols()

@@ -24,6 +24,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from ._backend import all_finite, describe, dtype_kind, is_array, is_torch, same_array_kind, to_numpy
+from .grids import check_grid
 
 __all__ = ["reference_solve"]
 
@@ -67,21 +68,6 @@ def _check_tolerance(name: str, value: Any, minimum: float, strict: bool) -> flo
         bound = "positive" if minimum == 0 and strict else ">= 0" if minimum == 0 else f">= {minimum:.3g}"
         raise ValueError(f"{name}: must be a finite real number {bound}, got {value!r}")
     return float(value)
-
-
-def _check_ts(ts: Any) -> np.ndarray:
-    try:
-        t_arr = to_numpy(ts)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"ts: expected a 1-D sequence of real times, got {ts!r}") from err
-    if t_arr.ndim != 1 or t_arr.size == 0:
-        raise ValueError(f"ts must be a non-empty 1-D sequence of times, got shape {t_arr.shape}")
-    if not np.all(np.isfinite(t_arr)):
-        raise ValueError(f"ts must be finite, got {t_arr.tolist()}")
-    dt = np.diff(t_arr)
-    if dt.size and not (np.all(dt > 0) or np.all(dt < 0)):
-        raise ValueError(f"ts must be strictly monotone (increasing or decreasing), got {t_arr.tolist()}")
-    return t_arr
 
 
 class _CheckedField:
@@ -176,7 +162,7 @@ def reference_solve(
         raise ValueError(f"field_dtype must be 'float64' or 'input', got {field_dtype!r}")
     rtol = _check_tolerance("rtol", rtol, _MIN_RTOL, strict=False)
     atol = _check_tolerance("atol", atol, 0.0, strict=False)
-    t_arr = _check_ts(ts)
+    t_arr = np.asarray(check_grid(ts, "ts", min_points=1))
     _check_x0(x0, field_dtype)
 
     torch_in = is_torch(x0)

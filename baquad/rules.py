@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from ._optional import sympy as _sympy
 from ._rule_table import TABLE
 
 __all__ = ["QuadratureRule", "get_rule", "rule_names", "canonical_name", "derive"]
@@ -140,7 +141,7 @@ def derive(family: str, n: int):
         ``(nodes, weights, degree)`` with nodes and weights as exact sympy numbers on [0, 1],
         nodes increasing.
     """
-    import sympy as sp
+    sp = _sympy()
 
     x = sp.Symbol("x")
     if family == "gauss-lobatto":
@@ -174,7 +175,7 @@ def _exact_roots(poly, x) -> list:
     radicals; a higher factor (a cubic in x^2, say: the casus irreducibilis) is kept as exact
     ``CRootOf`` algebraic numbers, which evaluate to any precision.
     """
-    import sympy as sp
+    sp = _sympy()
 
     out = []
     for factor, _mult in sp.factor_list(sp.Poly(poly, x))[1]:
@@ -190,7 +191,7 @@ def _exact_roots(poly, x) -> list:
 
 
 def _float(expr) -> float:
-    import sympy as sp
+    sp = _sympy()
 
     return float(sp.N(expr, 40))
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional, Sequence
 
+from .grids import check_grid, lam, t_of_lam
 from .solvers import steps_for_nfe
 
 __all__ = [
@@ -97,18 +98,6 @@ def uniform(n_steps: int, *, shift: float = 1.0, t_max: float = 1.0) -> tuple[fl
     return sd3_shift([t_max * ((n - j) / n) for j in range(n + 1)], shift)
 
 
-def _lam(t: float) -> float:
-    return math.log1p(-t) - math.log(t)
-
-
-def _t_of_lam(lam: float) -> float:
-    # t = 1 / (1 + e^lambda) (the sigmoid inverse; NOT SANA's exp(-lambda), which is t/(1-t))
-    if lam >= 0:
-        e = math.exp(-lam)
-        return e / (1.0 + e)
-    return 1.0 / (1.0 + math.exp(lam))
-
-
 def logsnr_uniform(
     n_steps: int,
     *,
@@ -130,11 +119,11 @@ def logsnr_uniform(
     if not 0.0 < t_min < t_max < 1.0:
         raise ValueError(f"need 0 < t_min < t_max < 1, got t_min={t_min!r}, t_max={t_max!r}")
     m = n - 1 if to_zero else n
-    lam_a, lam_b = _lam(t_max), _lam(t_min)
+    lam_a, lam_b = lam(t_max), lam(t_min)
     if m == 0:
         pts = [t_max]
     else:
-        pts = [_t_of_lam(lam_a + (lam_b - lam_a) * j / m) for j in range(m + 1)]
+        pts = [t_of_lam(lam_a + (lam_b - lam_a) * j / m) for j in range(m + 1)]
         pts[0], pts[-1] = t_max, t_min
     if to_zero:
         pts.append(0.0)
@@ -160,19 +149,12 @@ def edm(n_steps: int, *, shift: float = 1.0, rho: float = 7.0, sigma_min: float 
 
 def user_grid(ts: Sequence[float]) -> tuple[float, ...]:
     """A user-supplied generation grid as a tuple of floats, checked to be in [0, 1] and
-    strictly decreasing with at least 2 points.
+    strictly decreasing with at least 2 points (:func:`baquad.grids.check_grid`).
 
     Raises:
         ValueError: naming ``ts`` otherwise.
     """
-    grid = tuple(float(t) for t in ts)
-    if len(grid) < 2:
-        raise ValueError(f"ts must have at least 2 points, got {len(grid)}")
-    if not all(math.isfinite(t) and 0.0 <= t <= 1.0 for t in grid):
-        raise ValueError(f"ts must lie in [0, 1] (t = 1 noise, t = 0 data), got {grid}")
-    if not all(b < a for a, b in zip(grid[:-1], grid[1:])):
-        raise ValueError(f"ts must be strictly decreasing (generation runs t: 1 -> 0), got {grid}")
-    return grid
+    return check_grid(ts, "ts", decreasing=True, unit_interval=True)
 
 
 #: name -> schedule function ``f(n_steps, *, shift, **options)``.  ``"sd3"`` is ``"uniform"``
@@ -230,16 +212,9 @@ def nfe_grid(
 
 
 def _explicit_grid(grid: Any, where: str) -> list[float]:
-    try:
-        ts = [float(t) for t in grid]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: expected a list of times, got {grid!r}") from err
-    if len(ts) < 2:
-        raise ValueError(f"{where}: a grid needs at least 2 times (one step), got {ts}")
-    if not all(math.isfinite(t) for t in ts):
-        raise ValueError(f"{where}: contains NaN/inf: {ts}")
-    if not all(a > b for a, b in zip(ts[:-1], ts[1:])):
-        raise ValueError(f"{where}: the times must be strictly decreasing (from noise to data), got {ts}")
+    """An explicit saved grid: a generation grid (:func:`baquad.grids.check_grid`) that spans
+    the whole generation, from a start in (0, 1] to exactly 0."""
+    ts = list(check_grid(grid, where, decreasing=True))
     if not 0.0 < ts[0] <= 1.0 or ts[-1] != 0.0:
         raise ValueError(f"{where}: a grid must start in (0, 1] and end at 0 (it spans the generation), got {ts}")
     return ts

@@ -13,7 +13,6 @@ validates, wraps, dispatches and collects; it knows no method by name.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Optional, Sequence
@@ -21,13 +20,14 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import _backend as B
+from .grids import check_grid
 from .methods import get_method, method_names
 from .perception import Perception, PerceptionWrapper
 from .rules import QuadratureRule
 
 Array = Any
 
-__all__ = ["solve", "SolveResult", "validate_grid", "methods"]
+__all__ = ["solve", "SolveResult", "methods"]
 
 
 @dataclass
@@ -53,31 +53,6 @@ class SolveResult:
     local_errors: Optional[np.ndarray] = None
     method: str = "ba-solver"
     options: dict = dc_field(default_factory=dict)
-
-
-def validate_grid(ts: Any, name: str = "ts") -> tuple[float, ...]:
-    """Return ``ts`` as a tuple of floats, or raise ValueError naming ``name`` and the fix."""
-    if B.is_torch(ts):
-        ts = ts.detach().cpu().double().numpy()
-    try:
-        arr = np.asarray(ts, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: expected a 1-D sequence of times, got {type(ts).__name__}") from err
-    if arr.ndim != 1 or arr.size < 2:
-        raise ValueError(
-            f"{name}: need a 1-D grid with at least 2 times (start and end), got shape {arr.shape}"
-        )
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: contains NaN/inf at positions {np.flatnonzero(~np.isfinite(arr)).tolist()}")
-    d = np.diff(arr)
-    if not ((d > 0).all() or (d < 0).all()):
-        bad = int(np.flatnonzero(d * np.sign(d[0]) <= 0)[0]) if d[0] != 0 else 0
-        raise ValueError(
-            f"{name}: the grid must be strictly monotone (all increasing or all decreasing); "
-            f"{name}[{bad}] = {arr[bad]!r} and {name}[{bad + 1}] = {arr[bad + 1]!r} break it. "
-            "Remove repeated times and sort the grid in the direction of integration."
-        )
-    return tuple(float(t) for t in arr)
 
 
 def _validate_x0(x0: Any) -> None:
@@ -308,7 +283,7 @@ def solve(
     if rule is not None:
         options["rule"] = rule
     opts = spec.options(options)
-    grid = validate_grid(ts)
+    grid = check_grid(ts)
     _validate_x0(x0)
 
     where = _Where(grid)

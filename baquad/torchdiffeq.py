@@ -77,15 +77,21 @@ from dataclasses import dataclass, field as dc_field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
 
-import torch
-from torchdiffeq._impl import misc as _td_misc
-from torchdiffeq._impl.odeint import SOLVERS as _SOLVERS
-from torchdiffeq._impl.solvers import FixedGridODESolver  # absolute: the third-party package
+from ._optional import missing
+
+try:
+    import torch
+    from torchdiffeq._impl import misc as _td_misc
+    from torchdiffeq._impl.odeint import SOLVERS as _SOLVERS
+    from torchdiffeq._impl.solvers import FixedGridODESolver  # absolute: the third-party package
+except ImportError as err:  # torch or torchdiffeq missing: name the extra that installs them
+    raise missing(err, "baquad.torchdiffeq") from err
 
 from .bianchor import ba_solver, resolve_ba_options
+from .grids import check_grid
 from .perception import Perception
 from .rules import QuadratureRule
-from .solve import CountedField, CountedPerception, _Where, validate_grid
+from .solve import CountedField, CountedPerception, _Where
 
 __all__ = ["register", "unregister", "Stats", "BASolver", "OPTIONS"]
 
@@ -279,7 +285,7 @@ class BASolver(FixedGridODESolver):
                 "that works on any state with state_agnostic = True."
             )
         sign = -1.0 if reversed_ else 1.0
-        true_grid = validate_grid([sign * v for v in s], "grid")  # true times, decreasing if reversed
+        true_grid = check_grid([sign * v for v in s], "grid")  # true times, decreasing if reversed
         nodes = grid.unbind(0)  # 0-dim views: the times handed to func, no copies
         dts = grid[1:] - grid[:-1]
         func = self.func

@@ -1,5 +1,8 @@
 """Shared test settings."""
 
+import contextlib
+import importlib
+
 import pytest
 
 
@@ -16,3 +19,27 @@ def _torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+class TrainingInterrupted(RuntimeError):
+    """A training run stopped on purpose by :func:`stop_training_after`."""
+
+
+@pytest.fixture
+def stop_training_after():
+    """``with stop_training_after(n): train(...)``: the run stops with ``TrainingInterrupted``
+    after iteration n, as a crash would stop it (through the training module's private
+    ``_after_step`` hook), and the block checks that it did."""
+    train_module = importlib.import_module("adapters.torch_sit.train")
+
+    @contextlib.contextmanager
+    def stop(n: int):
+        def hook(step: int) -> None:
+            if step == n:
+                raise TrainingInterrupted(f"interrupted after iteration {n}")
+
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(TrainingInterrupted):
+            mp.setattr(train_module, "_after_step", hook)
+            yield
+
+    return stop

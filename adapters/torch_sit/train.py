@@ -56,7 +56,7 @@ import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -67,15 +67,11 @@ from .checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_che
 from .digits import DIGITS_GUIDANCE_SCALE
 from .sidenet import BASES, SIDENETS, build_sidenet, count_parameters, sidenet_report, size_ratio
 
-__all__ = ["train", "TrainResult", "TrainingInterrupted", "default_sidenet_config", "recipe_for", "RECIPES", "main",
+__all__ = ["train", "TrainResult", "default_sidenet_config", "recipe_for", "RECIPES", "main",
            "build_parser"]
 
 LOG_FIELDS = ("step", "loss", "loss_forward", "loss_backward", "lr", "grad_norm", "intervals",
               "backbone_calls", "elapsed_s")
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised by ``train(..., interrupt_after=n)`` after iteration n (to test resuming)."""
 
 
 @dataclass
@@ -260,7 +256,7 @@ _HISTORY_NAME = re.compile(r"^checkpoint-\d{8}\.safetensors$")
 _HISTORY_TEMP_NAME = re.compile(r"^\.checkpoint-\d{8}\.safetensors\.[a-z0-9_]{8}\.tmp$")
 
 
-def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any, interrupt_after: Any) -> Path:
+def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any) -> Path:
     """The checks of :func:`train`'s arguments, before anything is loaded or written."""
     if not isinstance(cfg, ChainConfig):
         raise TypeError(f"cfg: expected a ChainConfig, got {type(cfg).__name__}")
@@ -271,8 +267,6 @@ def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any, i
         raise ValueError(f"resume: True, False or None (automatic), got {resume!r}")
     if isinstance(ckpt_every, bool) or not isinstance(ckpt_every, int) or ckpt_every < 0:
         raise ValueError(f"ckpt_every: an integer >= 0 (0: checkpoint at the end only), got {ckpt_every!r}")
-    if interrupt_after is not None and (not isinstance(interrupt_after, int) or interrupt_after < 1):
-        raise ValueError(f"interrupt_after: an integer >= 1 or None, got {interrupt_after!r}")
     return Path(out)
 
 
@@ -324,6 +318,12 @@ def _log_text(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
+#: Test hook, not an API: when set, called on every process with the number of finished
+#: iterations, after that iteration's log row and checkpoint. The tests set it to stop a run
+#: mid-way (by raising), as a crash would, and then resume it.
+_after_step: Optional[Callable[[int], None]] = None
+
+
 def train(
     cfg: ChainConfig,
     *,
@@ -335,8 +335,7 @@ def train(
     keep_history: bool = False,
     device: Optional[str] = None,
     progress: bool = True,
-    interrupt_after: Optional[int] = None,
-    log=print,
+    log: Callable[..., None] = print,
 ) -> TrainResult:
     """Chain-train a SideNet on a frozen backbone; see the module docstring.
 
@@ -354,7 +353,6 @@ def train(
         keep_history: keep every checkpoint under ``out/history``.
         device: torch device (default: ``cuda:<LOCAL_RANK>`` when available, else CPU).
         progress: tqdm progress bar on rank 0.
-        interrupt_after: raise :class:`TrainingInterrupted` after this iteration (tests).
         log: where rank 0's messages go.
 
     Raises:
@@ -363,162 +361,218 @@ def train(
         FloatingPointError: a NaN/inf loss, gradient or weight, naming the iteration; the run
             stops there, and no non-finite weights are ever written.
     """
-    out = _check_arguments(cfg, out, resume, ckpt_every, interrupt_after)
+    out = _check_arguments(cfg, out, resume, ckpt_every)
     rank, world, dev, initialised = _dist_setup(device)
     say = log if rank == 0 else (lambda *a, **k: None)
     try:
-        bb = get_backbone(backbone, dev) if isinstance(backbone, str) else backbone.to(dev)
-        if cfg.batch_size % world:
-            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
-        ckpt_path = find_checkpoint(out)
-        if resume is True and ckpt_path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {out}")
-        ck = None
-        if ckpt_path is not None and resume is not False:
-            ck = load_checkpoint(ckpt_path, sidenet_config=sidenet_config)
-            _check_finite_checkpoint(ck)
-            if cfg.iters < ck.step:
-                raise ValueError(
-                    f"iters: {cfg.iters} is below the step of the checkpoint {ckpt_path} ({ck.step}); resuming cannot "
-                    f"go back. Pass iters >= {ck.step}, or start afresh (--no-resume) or in another directory."
-                )
-            say(f"resuming from {ckpt_path} at step {ck.step} (of {cfg.iters})")
-            diffs = {k: (ck.config.get(k), v) for k, v in cfg.to_dict().items() if ck.config.get(k) != v}
-            if diffs:
-                say("note: recipe settings differ from the checkpoint's: "
-                    + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items()))
-            sidenet_config = ck.sidenet_config
-        elif sidenet_config is None:
-            sidenet_config = default_sidenet_config(bb)
-        if sidenet_config.get("guidance") and cfg.guidance_scale is None:
-            raise ValueError("ChainConfig.guidance_scale: the SideNet is conditioned on the guidance scale "
-                             "(architecture guidance=True) but the recipe has none; set guidance_scale (--guidance-scale)")
-
-        torch.manual_seed(cfg.seed)
-        module = build_sidenet(sidenet_config).to(dev)
-        if ck is not None:
-            module.load_state_dict(ck.model)
-        net: torch.nn.Module = module
-        if world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
-        counted = CountingBackbone(bb)
-        trainer = ChainTrainer(net, counted, cfg, world_size=world)
-        start = 0
-        if ck is not None:
-            if ck.optimizer is not None:
-                trainer.optimizer.load_state_dict(ck.optimizer)
-                for group in trainer.optimizer.param_groups:  # the recipe given now wins
-                    group.update(betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-            if trainer.ema is not None:
-                src = ck.ema if ck.ema is not None else ck.model
-                trainer.ema = {k: src[k].to(dev).clone() for k in trainer.ema}
-            if "torch" in ck.rng:
-                torch.set_rng_state(ck.rng["torch"])
-            start = ck.step
-            trainer.step_count = start
-        dtype = next(module.parameters()).dtype
-
-        def all_reduce(t: torch.Tensor) -> torch.Tensor:
-            t = t.to(dev)
-            dist.all_reduce(t)
-            return t.cpu()
-
-        def save(step: int) -> None:
-            if rank == 0:
-                _refuse_non_finite(module.state_dict(), f"checkpoint at step {step}")
-                save_checkpoint(out, sidenet=module, step=step, sidenet_config=sidenet_config,
-                                config=cfg.to_dict(), optimizer=trainer.optimizer, ema=trainer.ema,
-                                extra={"backbone": bb.name, "world_size": world}, history=keep_history)
-            if world > 1:
-                dist.barrier()
-
-        log_path = out / "log.csv"
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            for p in _remove_temp_files(out):
-                say(f"removed {p}, a temporary file left by an interrupted write")
-            if ck is None:
-                removed = _remove_previous_run(out)
-                if removed:
-                    say(f"starting afresh in {out}: removed the previous run's files "
-                        + ", ".join(str(p.relative_to(out)) for p in removed))
-            atomic_write(log_path, _log_text(_read_log(log_path, start) if ck is not None else []))
-        if world > 1:
-            dist.barrier()
-        say(sidenet_report(module, bb))
-        say(f"training {cfg.iters - start} iterations on {world} process(es), device {dev}, global batch {cfg.batch_size}")
-
-        bar = None
-        if rank == 0 and progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.iters, initial=start, desc="chain", dynamic_ncols=True, file=sys.stderr)
-        lo, hi = rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world
-        t_start = time.perf_counter()
-        last: dict = {}
-        fh = open(log_path, "a", newline="") if rank == 0 else None
-        writer = csv.DictWriter(fh, LOG_FIELDS) if fh is not None else None
-        try:
-            for step in range(start, cfg.iters):
-                batch = sample_batch(cfg, bb, step)
-                stats = trainer.step(batch.slice(lo, hi), global_count=valid_pairs(batch.times, dtype),
-                                     all_reduce=all_reduce if world > 1 else None)
-                stats["elapsed_s"] = time.perf_counter() - t_start
-                last = stats
-                if writer is not None:
-                    writer.writerow({k: stats[k] for k in LOG_FIELDS})
-                    fh.flush()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{stats['loss']:.4g}", lr=f"{stats['lr']:.2e}")
-                if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < cfg.iters:
-                    save(step + 1)
-                if interrupt_after is not None and step + 1 == interrupt_after:
-                    raise TrainingInterrupted(f"interrupted after iteration {step + 1}")
-        finally:
-            if bar is not None:
-                bar.close()
-            if fh is not None:
-                fh.close()
-        wall = time.perf_counter() - t_start
-        save(cfg.iters)
-        calls = torch.tensor([float(counted.calls)], dtype=torch.float64)
-        if world > 1:
-            calls = all_reduce(calls)
-        summary = {
-            "backbone": bb.name,
-            "iterations": cfg.iters - start,
-            "steps_total": cfg.iters,
-            "resumed_from": start if ck is not None else None,
-            "world_size": world,
-            "device": str(dev),
-            "wall_time_s": wall,
-            "backbone_calls_per_process": counted.calls,
-            "backbone_calls_all_processes": int(calls.item()),
-            "backbone_parameters": bb.describe_parameters(),
-            "sidenet_parameters": count_parameters(module),
-            "sidenet_config": sidenet_config,
-            "config": cfg.to_dict(),
-            "final_loss": last.get("loss"),
-        }
-        if rank == 0:
-            weights = trainer.ema if trainer.ema is not None else None
-            _refuse_non_finite(weights if weights is not None else module.state_dict(), "the exported SideNet")
-            save_sidenet(module, out / "sidenet.safetensors", state=weights,
-                         extra={"weights": "ema" if weights is not None else "model", "backbone": bb.name,
-                                "steps": cfg.iters})
-            atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-            say(f"done: {summary['iterations']} iterations in {wall:.1f} s; backbone calls "
-                f"{counted.calls} per process ({summary['backbone_calls_all_processes']} over {world} process(es)); "
-                f"final loss {summary['final_loss']}")
-            say(sidenet_report(module, bb))
-            say(f"SideNet written to {out / 'sidenet.safetensors'} (load_sidenet(path))")
-        if world > 1:
-            dist.barrier()
-        return TrainResult(module, trainer.ema, summary, out)
+        run = _start_run(cfg, backbone, out, sidenet_config, resume, keep_history, rank, world, dev, say)
+        last, wall = _run_iterations(run, ckpt_every, progress)
+        return _finish_run(run, last, wall)
     finally:
         if initialised and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@dataclass
+class _Run:
+    """A training run between :func:`_start_run`, :func:`_run_iterations` and :func:`_finish_run`."""
+
+    cfg: ChainConfig
+    out: Path
+    rank: int
+    world: int
+    dev: torch.device
+    say: Callable[..., None]
+    bb: Backbone
+    counted: CountingBackbone  #: the backbone, counting its calls
+    ck: Any  #: the checkpoint resumed from, or None
+    sidenet_config: dict
+    module: torch.nn.Module  #: the SideNet (unwrapped)
+    trainer: ChainTrainer
+    start: int  #: the step the run starts from (the checkpoint's when resuming)
+    keep_history: bool
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t`` over the processes (on the CPU)."""
+        t = t.to(self.dev)
+        dist.all_reduce(t)
+        return t.cpu()
+
+    def save(self, step: int) -> None:
+        """A checkpoint at ``step`` (rank 0 writes, never non-finite weights; all ranks wait)."""
+        if self.rank == 0:
+            _refuse_non_finite(self.module.state_dict(), f"checkpoint at step {step}")
+            save_checkpoint(self.out, sidenet=self.module, step=step, sidenet_config=self.sidenet_config,
+                            config=self.cfg.to_dict(), optimizer=self.trainer.optimizer, ema=self.trainer.ema,
+                            extra={"backbone": self.bb.name, "world_size": self.world}, history=self.keep_history)
+        if self.world > 1:
+            dist.barrier()
+
+
+def _resume_checkpoint(cfg: ChainConfig, out: Path, resume: Optional[bool], sidenet_config: Optional[dict],
+                       bb: Backbone, say: Callable[..., None]) -> tuple[Any, dict]:
+    """The checkpoint to resume from (None: a fresh start) and the SideNet architecture: the
+    checkpoint's when resuming (a different one given is refused by ``load_checkpoint``), else the
+    one given, else the backbone's default."""
+    ckpt_path = find_checkpoint(out)
+    if resume is True and ckpt_path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out}")
+    if ckpt_path is None or resume is False:
+        return None, sidenet_config if sidenet_config is not None else default_sidenet_config(bb)
+    ck = load_checkpoint(ckpt_path, sidenet_config=sidenet_config)
+    _check_finite_checkpoint(ck)
+    if cfg.iters < ck.step:
+        raise ValueError(
+            f"iters: {cfg.iters} is below the step of the checkpoint {ckpt_path} ({ck.step}); resuming cannot "
+            f"go back. Pass iters >= {ck.step}, or start afresh (--no-resume) or in another directory."
+        )
+    say(f"resuming from {ckpt_path} at step {ck.step} (of {cfg.iters})")
+    diffs = {k: (ck.config.get(k), v) for k, v in cfg.to_dict().items() if ck.config.get(k) != v}
+    if diffs:
+        say("note: recipe settings differ from the checkpoint's: "
+            + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items()))
+    return ck, ck.sidenet_config
+
+
+def _restore(trainer: ChainTrainer, ck: Any, cfg: ChainConfig, dev: torch.device) -> int:
+    """Load a checkpoint's optimiser state (the recipe given now wins for betas and weight
+    decay), EMA weights and torch RNG state into ``trainer``; returns the step to start from."""
+    if ck.optimizer is not None:
+        trainer.optimizer.load_state_dict(ck.optimizer)
+        for group in trainer.optimizer.param_groups:
+            group.update(betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if trainer.ema is not None:
+        src = ck.ema if ck.ema is not None else ck.model
+        trainer.ema = {k: src[k].to(dev).clone() for k in trainer.ema}
+    if "torch" in ck.rng:
+        torch.set_rng_state(ck.rng["torch"])
+    trainer.step_count = ck.step
+    return ck.step
+
+
+def _start_run(cfg: ChainConfig, backbone: "str | Backbone", out: Path, sidenet_config: Optional[dict],
+               resume: Optional[bool], keep_history: bool, rank: int, world: int, dev: torch.device,
+               say: Callable[..., None]) -> _Run:
+    """Setup: the backbone, the checkpoint (when resuming), the SideNet and its trainer with the
+    checkpoint's state, and the output directory (leftover temporary files removed, a previous
+    run's files removed on a fresh start, ``log.csv`` rewound to the checkpoint's step)."""
+    bb = get_backbone(backbone, dev) if isinstance(backbone, str) else backbone.to(dev)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
+    ck, sidenet_config = _resume_checkpoint(cfg, out, resume, sidenet_config, bb, say)
+    if sidenet_config.get("guidance") and cfg.guidance_scale is None:
+        raise ValueError("ChainConfig.guidance_scale: the SideNet is conditioned on the guidance scale "
+                         "(architecture guidance=True) but the recipe has none; set guidance_scale (--guidance-scale)")
+
+    torch.manual_seed(cfg.seed)
+    module = build_sidenet(sidenet_config).to(dev)
+    if ck is not None:
+        module.load_state_dict(ck.model)
+    net: torch.nn.Module = module
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    counted = CountingBackbone(bb)
+    trainer = ChainTrainer(net, counted, cfg, world_size=world)
+    start = _restore(trainer, ck, cfg, dev) if ck is not None else 0
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for p in _remove_temp_files(out):
+            say(f"removed {p}, a temporary file left by an interrupted write")
+        if ck is None:
+            removed = _remove_previous_run(out)
+            if removed:
+                say(f"starting afresh in {out}: removed the previous run's files "
+                    + ", ".join(str(p.relative_to(out)) for p in removed))
+        log_path = out / "log.csv"
+        atomic_write(log_path, _log_text(_read_log(log_path, start) if ck is not None else []))
+    if world > 1:
+        dist.barrier()
+    say(sidenet_report(module, bb))
+    say(f"training {cfg.iters - start} iterations on {world} process(es), device {dev}, global batch {cfg.batch_size}")
+    return _Run(cfg, out, rank, world, dev, say, bb, counted, ck, sidenet_config, module, trainer, start, keep_history)
+
+
+def _run_iterations(run: _Run, ckpt_every: int, progress: bool) -> tuple[dict, float]:
+    """The loop: steps ``run.start .. cfg.iters - 1``, each on this process's slice of the global
+    batch, a ``log.csv`` row per step (rank 0), a checkpoint every ``ckpt_every`` steps before the
+    last. Returns the last step's statistics and the loop's wall time."""
+    cfg, rank, world = run.cfg, run.rank, run.world
+    bar = None
+    if rank == 0 and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.iters, initial=run.start, desc="chain", dynamic_ncols=True, file=sys.stderr)
+    lo, hi = rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world
+    dtype = next(run.module.parameters()).dtype
+    t_start = time.perf_counter()
+    last: dict = {}
+    fh = open(run.out / "log.csv", "a", newline="") if rank == 0 else None
+    writer = csv.DictWriter(fh, LOG_FIELDS) if fh is not None else None
+    try:
+        for step in range(run.start, cfg.iters):
+            batch = sample_batch(cfg, run.bb, step)
+            stats = run.trainer.step(batch.slice(lo, hi), global_count=valid_pairs(batch.times, dtype),
+                                     all_reduce=run.all_reduce if world > 1 else None)
+            stats["elapsed_s"] = time.perf_counter() - t_start
+            last = stats
+            if writer is not None:
+                writer.writerow({k: stats[k] for k in LOG_FIELDS})
+                fh.flush()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4g}", lr=f"{stats['lr']:.2e}")
+            if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < cfg.iters:
+                run.save(step + 1)
+            if _after_step is not None:
+                _after_step(step + 1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if fh is not None:
+            fh.close()
+    return last, time.perf_counter() - t_start
+
+
+def _finish_run(run: _Run, last: dict, wall: float) -> TrainResult:
+    """The final checkpoint, the summary (``summary.json``) and the exported SideNet (EMA weights
+    when EMA is on; never non-finite ones)."""
+    cfg, bb, module, trainer, counted = run.cfg, run.bb, run.module, run.trainer, run.counted
+    run.save(cfg.iters)
+    calls = torch.tensor([float(counted.calls)], dtype=torch.float64)
+    if run.world > 1:
+        calls = run.all_reduce(calls)
+    summary = {
+        "backbone": bb.name,
+        "iterations": cfg.iters - run.start,
+        "steps_total": cfg.iters,
+        "resumed_from": run.start if run.ck is not None else None,
+        "world_size": run.world,
+        "device": str(run.dev),
+        "wall_time_s": wall,
+        "backbone_calls_per_process": counted.calls,
+        "backbone_calls_all_processes": int(calls.item()),
+        "backbone_parameters": bb.describe_parameters(),
+        "sidenet_parameters": count_parameters(module),
+        "sidenet_config": run.sidenet_config,
+        "config": cfg.to_dict(),
+        "final_loss": last.get("loss"),
+    }
+    if run.rank == 0:
+        weights = trainer.ema if trainer.ema is not None else None
+        _refuse_non_finite(weights if weights is not None else module.state_dict(), "the exported SideNet")
+        save_sidenet(module, run.out / "sidenet.safetensors", state=weights,
+                     extra={"weights": "ema" if weights is not None else "model", "backbone": bb.name,
+                            "steps": cfg.iters})
+        atomic_write(run.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        run.say(f"done: {summary['iterations']} iterations in {wall:.1f} s; backbone calls "
+                f"{counted.calls} per process ({summary['backbone_calls_all_processes']} over {run.world} process(es)); "
+                f"final loss {summary['final_loss']}")
+        run.say(sidenet_report(module, bb))
+        run.say(f"SideNet written to {run.out / 'sidenet.safetensors'} (load_sidenet(path))")
+    if run.world > 1:
+        dist.barrier()
+    return TrainResult(module, trainer.ema, summary, run.out)
 
 
 # ----------------------------------------------------------------------------------------

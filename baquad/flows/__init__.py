@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ._backend import is_torch
+from .._backend import is_torch
 from ._base import DENSITY, SAMPLES, TRAJECTORY, VELOCITY, Flow
 from .closed_form import (
     ExponentialTimeFlow,

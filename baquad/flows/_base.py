@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._backend import Array, Ops, batch_time
+from .._backend import Array, Ops, batch_time
 
 # Names of the kinds of exact truth a flow can offer (``Flow.truth``).
 VELOCITY = "velocity"  # the field v(t, x) is exact (closed form), for every flow here

@@ -22,7 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import scipy.linalg
 
-from ._backend import Array, Ops, batch_time
+from .. import _backend as B
+from .._backend import Array, Ops, batch_time
 from ._base import TRAJECTORY, VELOCITY, Flow
 
 __all__ = [
@@ -98,7 +99,7 @@ class TimeScaledLinearFlow(LinearFlow):
     def a(self, ops: Ops, t: Array) -> Array:
         """The scalar factor ``a(t)``."""
         if self._kind == "cos":
-            return ops.cos(t)
+            return B.cos(t)
         if self._kind == "quadratic":
             return 1.0 + t * t
         return ops.asarray(self._a(t))
@@ -169,7 +170,7 @@ class ExponentialTimeFlow(Flow):
         self.rate, self.dim, self.name = float(rate), int(dim), name
 
     def _velocity(self, ops: Ops, t: Array, x: Array) -> Array:
-        return ops.exp(self.rate * t) * ops.ones(tuple(x.shape))
+        return B.exp(self.rate * t) * ops.ones(tuple(x.shape))
 
     def exact(self, t1: Any, x0: Array, t0: Any) -> Array:
         ops = Ops(x0)
@@ -177,7 +178,7 @@ class ExponentialTimeFlow(Flow):
         a1, b0 = batch_time(ops, t1, x), batch_time(ops, t0, x)
         if self.rate == 0.0:
             return ops.out(x + (a1 - b0))
-        return ops.out(x + (ops.exp(self.rate * a1) - ops.exp(self.rate * b0)) / self.rate)
+        return ops.out(x + (B.exp(self.rate * a1) - B.exp(self.rate * b0)) / self.rate)
 
 
 class RotationFlow(Flow):
@@ -190,13 +191,13 @@ class RotationFlow(Flow):
         self.omega, self.dim, self.name = float(omega), 2, name
 
     def _velocity(self, ops: Ops, t: Array, x: Array) -> Array:
-        return self.omega * ops.stack([-x[..., 1], x[..., 0]], axis=-1)
+        return self.omega * B.stack([-x[..., 1], x[..., 0]], axis=-1)
 
     def exact(self, t1: Any, x0: Array, t0: Any) -> Array:
         ops = Ops(x0)
         x = ops.asarray(x0)
         th = self.omega * (batch_time(ops, t1, x) - batch_time(ops, t0, x))
-        c, s = ops.cos(th), ops.sin(th)
+        c, s = B.cos(th), B.sin(th)
         if th.ndim > 0:
             c, s = c[..., 0], s[..., 0]
-        return ops.out(ops.stack([c * x[..., 0] - s * x[..., 1], s * x[..., 0] + c * x[..., 1]], -1))
+        return ops.out(B.stack([c * x[..., 0] - s * x[..., 1], s * x[..., 0] + c * x[..., 1]], -1))

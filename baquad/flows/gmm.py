@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import Array, Ops, batch_time
+from .. import _backend as B
+from .._backend import Array, Ops, batch_time
 from ._base import DENSITY, SAMPLES, TRAJECTORY, VELOCITY, Flow
 
 __all__ = ["GaussianMixtureFlow", "GaussianFlow", "gmm_ring2d", "gmm_32d", "gaussian_2d"]
@@ -117,13 +118,13 @@ class GaussianMixtureFlow(Flow):
         a = 1.0 - tk
         S = a * a * s2 + tk * tk
         r = x[..., None, :] - a * mu
-        logp = log_w - 0.5 * ((r * r / S).sum(-1) + ops.log(S).sum(-1) + self.dim * _LOG_2PI)
+        logp = log_w - 0.5 * ((r * r / S).sum(-1) + B.log(S).sum(-1) + self.dim * _LOG_2PI)
         return logp, S, r
 
     def _velocity(self, ops: Ops, t: Array, x: Array) -> Array:
         mu, s2, _ = self._params(ops)
         logp, S, r = self._component_terms(ops, t, x)
-        w = ops.softmax(logp, axis=-1)
+        w = B.softmax(logp, axis=-1)
         tk = t[..., None] if t.ndim > 0 else t
         vk = ((tk - (1.0 - tk) * s2) / S) * r - mu
         return (w[..., None] * vk).sum(-2)
@@ -133,7 +134,7 @@ class GaussianMixtureFlow(Flow):
         ops = Ops(x)
         xa = ops.asarray(x)
         logp, _, _ = self._component_terms(ops, batch_time(ops, t, xa), xa)
-        return ops.out(ops.softmax(logp, axis=-1))
+        return ops.out(B.softmax(logp, axis=-1))
 
     def log_prob(self, x: Array) -> Array:
         """Exact log-density of the data mixture,
@@ -143,7 +144,7 @@ class GaussianMixtureFlow(Flow):
         if xa.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (..., {self.dim}), got {tuple(xa.shape)}")
         logp, _, _ = self._component_terms(ops, ops.asarray(0.0), xa)
-        return ops.out(ops.logsumexp(logp, axis=-1))
+        return ops.out(B.logsumexp(logp, axis=-1))
 
     def sample_data(self, n: int, rng: RngLike = None) -> np.ndarray:
         """``n`` exact samples of the data mixture, a float64 numpy array ``(n, d)``."""

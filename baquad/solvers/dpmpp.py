@@ -11,8 +11,8 @@ Sources: diffusers ``DPMSolverMultistepScheduler`` (``use_flow_sigmas=True``,
 LuChengTHU ``dpm_solver_pytorch.py``; the formulas as written out in
 docs/baselines.md#dpm-solver.
 
-The helpers here (grid check with the t = 1 clamp, ``lambda``, accurate ``phi_k``, the
-per-step order rule) are shared with :mod:`baquad.solvers.unipc`.
+The helpers here (grid check with the t = 1 clamp, accurate ``phi_k``, the per-step order rule)
+are shared with :mod:`baquad.solvers.unipc`; ``lambda`` is :func:`baquad.grids.lam`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 import numbers
 from typing import Any, Callable, Sequence
+
+from ..grids import check_grid, lam
 
 __all__ = ["dpmpp", "dpmpp_2m", "dpmpp_3m", "flow_grid", "step_orders", "phi", "T1_CLAMP"]
 
@@ -38,41 +40,26 @@ LOWER_ORDER_FINAL_RULES = ("min", "diffusers", "none")
 def flow_grid(ts: Sequence[float]) -> tuple[float, ...]:
     """Validate a flow-solver grid and apply the t = 1 clamp.
 
-    The grid must be strictly decreasing, inside [0, 1], with >= 2 points.  If
-    ``|t_0 - 1| < 1e-6`` the first point becomes ``t_0 - 1e-6`` (diffusers UniPC rule;
-    for a grid starting at exactly 1 that is ``1 - 1e-6``): ``lambda(1) = -inf`` would
-    otherwise make the second step's ratio ``r_0 = h_0 / h`` infinite (silently order 1 for
-    DPM-Solver++, NaN from the linear solve for UniPC).  The field is then evaluated at
-    the clamped time as well, as in diffusers (the solver treats ``x_0`` as the state at
-    ``1 - 1e-6``; the difference is O(1e-6)).
+    The grid must be a generation grid: strictly decreasing, inside [0, 1], with >= 2 points
+    (:func:`baquad.grids.check_grid`).  If ``|t_0 - 1| < 1e-6`` the first point becomes
+    ``t_0 - 1e-6`` (diffusers UniPC rule; for a grid starting at exactly 1 that is
+    ``1 - 1e-6``): ``lambda(1) = -inf`` would otherwise make the second step's ratio
+    ``r_0 = h_0 / h`` infinite (silently order 1 for DPM-Solver++, NaN from the linear solve
+    for UniPC).  The field is then evaluated at the clamped time as well, as in diffusers (the
+    solver treats ``x_0`` as the state at ``1 - 1e-6``; the difference is O(1e-6)).
 
     Raises:
-        ValueError: naming ``ts`` if the grid is not a decreasing grid in [0, 1].
+        ValueError: naming ``ts`` if the grid is not a decreasing grid in [0, 1] (DPM-Solver++
+            and UniPC assume generation t: 1 -> 0 on the linear path).
     """
-    grid = [float(t) for t in ts]
-    if len(grid) < 2:
-        raise ValueError(f"ts must have at least 2 points, got {len(grid)}")
-    if not all(math.isfinite(t) and 0.0 <= t <= 1.0 for t in grid):
-        raise ValueError(
-            f"ts must lie in [0, 1] for the flow solvers (t = 1 noise, t = 0 data), got {tuple(grid)}"
-        )
-    if not all(b < a for a, b in zip(grid[:-1], grid[1:])):
-        raise ValueError(
-            "ts must be strictly decreasing for the flow solvers (DPM-Solver++, UniPC assume "
-            f"generation t: 1 -> 0 on the linear path), got {tuple(grid)}"
-        )
+    grid = list(check_grid(ts, "ts", decreasing=True, unit_interval=True))
     if abs(grid[0] - 1.0) < T1_CLAMP:
         grid[0] -= T1_CLAMP
         if not grid[0] > grid[1]:
-            raise ValueError(f"ts[1] must be below 1 - 1e-6 (the clamped start), got {tuple(grid)}")
+            raise ValueError(
+                f"ts: ts[1] must be below 1 - 1e-6 (the clamped start), got {tuple(grid)}; drop ts[1] or move it below"
+            )
     return tuple(grid)
-
-
-def lam(t: float) -> float:
-    """Half-logSNR ``lambda(t) = log((1 - t) / t)``; +inf at t = 0 (t = 1 is clamped before)."""
-    if t == 0.0:
-        return math.inf
-    return math.log1p(-t) - math.log(t)
 
 
 def phi(k: int, z: float) -> float:

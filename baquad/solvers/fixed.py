@@ -11,40 +11,22 @@ or decreasing) for ANY field; nothing here assumes the flow-matching path.  With
 
 All share the sampler contract: ``solver(field, x0, ts, *, callback=None, **options) -> x``.
 Only arithmetic operators touch the state, with Python-float coefficients, so numpy
-arrays and torch tensors (including autograd) of any dtype work and keep their dtype.
+arrays and torch tensors (including autograd) of any dtype work and keep their dtype. Each
+re-checks its grid with :func:`baquad.grids.check_grid` (``solve`` has checked it already; the
+cheap re-check makes a direct call fail clearly too).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
-__all__ = ["euler", "heun", "midpoint", "rk4", "check_grid"]
+from ..grids import check_grid
+
+__all__ = ["euler", "heun", "midpoint", "rk4"]
 
 X = Any  # numpy.ndarray or torch.Tensor
 Field = Callable[[float, X], X]
 Callback = Callable[[int, float, X], None]
-
-
-def check_grid(ts: Sequence[float]) -> tuple[float, ...]:
-    """``ts`` as a tuple of finite Python floats, checked strictly monotone with >= 2 points.
-
-    ``baquad.solve`` validates the grid already; this cheap re-check makes a direct call
-    to a solver fail clearly too.
-
-    Raises:
-        ValueError: naming ``ts``, if it has fewer than 2 points, a non-finite value, or is
-            not strictly increasing or strictly decreasing.
-    """
-    grid = tuple(float(t) for t in ts)
-    if len(grid) < 2:
-        raise ValueError(f"ts must have at least 2 points, got {len(grid)}")
-    if not all(math.isfinite(t) for t in grid):
-        raise ValueError(f"ts must be finite, got {grid}")
-    diffs = [b - a for a, b in zip(grid[:-1], grid[1:])]
-    if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
-        raise ValueError(f"ts must be strictly monotone (all increasing or all decreasing), got {grid}")
-    return grid
 
 
 def euler(

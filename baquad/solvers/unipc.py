@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .dpmpp import _check_order, flow_grid, lam, phi, step_orders
+from ..grids import lam
+from .dpmpp import _check_order, flow_grid, phi, step_orders
 
 __all__ = ["unipc", "unipc_coefficients"]
 
