@@ -110,7 +110,7 @@ RECIPES: dict[str, dict] = {
     # scale, chains guided at the demo's scale.
     "digits-sit": dict(arch="mlp",
                        chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h",
-                                  iters=2000, batch_size=128, ema_decay=0.99, guidance_scale=DIGITS_GUIDANCE_SCALE),
+                                  iters=3000, batch_size=128, ema_decay=0.99, guidance_scale=DIGITS_GUIDANCE_SCALE),
                        sidenet=dict(hidden=64, depth=2, embed_dim=32, guidance=True, path_features=True)),
 }
 
