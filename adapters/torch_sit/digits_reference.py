@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=DIGITS_GUIDANCE_SCALE, help="classifier-free guidance scale")
     p.add_argument("--rtol", type=float, default=1e-7, help="DOP853 rtol = atol")
     p.add_argument("--seed", type=int, default=0, help="noise seed (the second set uses seed + 1)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the same bytes on every rerun on one machine)")
     return p
 
 
