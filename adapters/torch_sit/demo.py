@@ -1,4 +1,4 @@
-"""``baquad demo``: BA-solver against the baselines on the shipped digits SiT, in about a minute.
+"""``baquad demo``: BA-solver against the baselines on the shipped digits SiT, in about 90 s.
 
     baquad demo                        # 2,000 digits per solver and NFE, output in runs/demo
     baquad demo --n 500 --out runs/demo-small
