@@ -65,13 +65,46 @@ def shown(path: Path) -> str:
 class Score(NamedTuple):
     """Samples x(0) of one solve scored against reference solutions from the same noises: mean,
     median and standard error of the trajectory error |x - x_ref|_2, the fraction of mode
-    switches, and the NLL under the exact mixture."""
+    switches, and the NLL under the exact mixture; ``errors`` keeps the per-sample errors for
+    paired comparisons on the same noises."""
 
     err: float
     nll: float
     median: float
     se: float
     switched: float
+    errors: Optional[np.ndarray] = None
+
+
+class Paired(NamedTuple):
+    """A paired comparison of two per-sample error arrays on the same noises: the difference of
+    the statistic (first minus second) and its standard error."""
+
+    diff: float
+    se: float
+
+    @property
+    def no_worse(self) -> bool:
+        """The first is no worse: its statistic is at most the second's plus one standard error of
+        the paired difference."""
+        return self.diff <= self.se
+
+
+def paired(a: np.ndarray, b: np.ndarray, stat: str = "mean", boot: int = 400, seed: int = 0) -> Paired:
+    """``stat(a) - stat(b)`` for per-sample errors on the same noises, with its standard error:
+    the standard error of the mean of a - b for ``"mean"``; for ``"median"`` a paired bootstrap
+    (the same resampled noises for both, ``boot`` resamples) of median(a) - median(b)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"paired: need two 1-D error arrays of one length >= 2, got {a.shape} and {b.shape}")
+    if stat == "mean":
+        d = a - b
+        return Paired(float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))))
+    if stat != "median":
+        raise ValueError(f"paired: stat must be 'mean' or 'median', got {stat!r}")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(boot, len(a)))
+    diffs = np.median(a[idx], axis=1) - np.median(b[idx], axis=1)
+    return Paired(float(np.median(a) - np.median(b)), float(diffs.std(ddof=1)))
 
 
 class Scorer:
@@ -91,4 +124,60 @@ class Scorer:
         err = np.linalg.norm(xn - self.ref, axis=1)
         switched = np.asarray(self.flow.posterior(0.0, xn)).argmax(-1) != self.ref_mode
         return Score(err=float(err.mean()), nll=-float(np.mean(self.flow.log_prob(xn))), median=float(np.median(err)),
-                     se=float(err.std(ddof=1) / np.sqrt(len(err))), switched=float(switched.mean()))
+                     se=float(err.std(ddof=1) / np.sqrt(len(err))), switched=float(switched.mean()), errors=err)
+
+
+# ---------------------------------------------------------------------------------------------
+# command-line checks: every script validates its flags at parse time, before it trains, loads or
+# writes anything (argparse then prints the flag, the value and the reason, and exits with 2)
+
+
+def _number(kind: type, low: float, low_open: bool, high: Optional[float] = None) -> Any:
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not np.isfinite(value) or (value <= low if low_open else value < low) or (high is not None and value > high):
+            bound = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+#: argparse ``type=`` checks
+positive_int = _number(int, 0, True)
+non_negative_int = _number(int, 0, False)
+positive_float = _number(float, 0.0, True)
+unit_time = _number(float, 0.0, False, 1.0)
+
+
+def flow_with_density(name: str) -> str:
+    """argparse ``type=`` for flows the trajectory/NLL scores need (Gaussian mixtures)."""
+    import argparse
+
+    from baquad.flows import FLOW_NAMES, get_flow
+
+    if name not in FLOW_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown flow {name!r}; valid: {', '.join(FLOW_NAMES)}")
+    flow = get_flow(name)
+    if "density" not in flow.truth or not hasattr(flow, "posterior"):
+        raise argparse.ArgumentTypeError(
+            f"{name!r} has no exact density and mode posterior (needed for the NLL and mode-switch scores); "
+            f"use a Gaussian mixture: {', '.join(n for n in FLOW_NAMES if n.startswith('gmm'))}")
+    return name
+
+
+def resolve_out(args: Any, quick_dir: str = "runs/quick") -> Path:
+    """The output directory: ``--out`` when given, else the committed figures, or ``quick_dir``
+    for a ``--quick`` smoke run, which never writes into the committed figures (an explicit
+    ``--out analysis/figures`` with ``--quick`` is refused)."""
+    quick = getattr(args, "quick", False)
+    out = Path(args.out) if args.out is not None else (Path(quick_dir) if quick else FIGURES)
+    if quick and out.resolve() == FIGURES.resolve():
+        raise SystemExit(f"--quick: a smoke run never writes into the committed figures ({FIGURES}); pass another --out")
+    args.out = str(out)
+    return out

@@ -2,7 +2,7 @@
 
     python -m analysis.chain_bias --flow gmm-ring2d --sidenet runs/gmm-ring2d/sidenet.safetensors
 
-Chain training (algorithm.md section 6) targets v' = f(x', t + h) at the end state x' that the
+Chain training (docs/algorithm.md#chain-training) targets v' = f(x', t + h) at the end state x' that the
 SideNet itself simulated with Gauss-Legendre-3, not at the exact trajectory point x(t + h). For
 states x(t0) on exact trajectories (DOP853 from seeded noise) and several interval sizes h, this
 prints, as means over samples of Euclidean norms:

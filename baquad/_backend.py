@@ -23,6 +23,11 @@ def _torch():
     return sys.modules["torch"]
 
 
+def is_torch_dtype(d: Any) -> bool:
+    """True for a torch dtype (checked without importing torch)."""
+    return type(d).__module__.startswith("torch")
+
+
 def is_array(x: Array) -> bool:
     return isinstance(x, np.ndarray) or is_torch(x)
 
@@ -32,6 +37,36 @@ def is_floating(x: Array) -> bool:
     if is_torch(x):
         return bool(x.dtype.is_floating_point)
     return np.issubdtype(x.dtype, np.floating)
+
+
+def dtype_kind(x: Array) -> str:
+    """The kind of x's dtype: ``"float"`` (real floating), ``"int"`` (signed or unsigned integer),
+    ``"bool"``, ``"complex"`` or ``"other"`` (object, string, ...)."""
+    if is_torch(x):
+        dt = x.dtype
+        if dt.is_floating_point:
+            return "float"
+        if dt.is_complex:
+            return "complex"
+        if dt == _torch().bool:
+            return "bool"
+        return "int" if str(dt).startswith(("torch.int", "torch.uint")) else "other"  # not quantized
+    dt = np.asarray(x).dtype
+    for kind, base in (("float", np.floating), ("int", np.integer), ("bool", np.bool_), ("complex", np.complexfloating)):
+        if np.issubdtype(dt, base):
+            return kind
+    return "other"
+
+
+def same_array_kind(out: Any, like: Array, dtype: Any) -> bool:
+    """True if ``out`` is an array of ``like``'s backend, shape and device, with dtype ``dtype``."""
+    return (
+        is_array(out)
+        and is_torch(out) == is_torch(like)
+        and tuple(out.shape) == tuple(like.shape)
+        and out.dtype == dtype
+        and (not is_torch(out) or out.device == like.device)
+    )
 
 
 def stack(xs: Sequence[Array]) -> Array:
@@ -46,6 +81,12 @@ def broadcast_stack(x: Array, m: int) -> Array:
     if is_torch(x):
         return x.unsqueeze(0).expand(m, *x.shape)
     return np.broadcast_to(x, (m, *x.shape))
+
+
+def is_per_sample(t: Any) -> bool:
+    """True for per-sample times: an array with at least one dimension (a 0-dim array or tensor is
+    one time for the whole batch, like a float)."""
+    return is_array(t) and t.ndim >= 1
 
 
 def per_row(s: Array, like: Array) -> Array:

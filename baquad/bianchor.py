@@ -1,15 +1,15 @@
 """The bi-anchor (and single-anchor) interval integrator: paper Sec. 3.2.2, Algorithm 1.
 
 One bi-anchor interval from (t_i, x_i) with start anchor v_i = f(x_i, t_i), step h = t_{i+1} - t_i
-and a quadrature rule (c_k, w_k) on [0, 1] (algorithm.md section 4, paper Eqs. 6-7 and 24):
+and a quadrature rule (c_k, w_k) on [0, 1] (docs/algorithm.md#the-bi-anchor-step; paper Eqs. 6-10 and 24):
 
 1. forward probe, one batched perception call for every node c_k > 0:
        u_k = P(x_i, v_i, t_i, c_k h),   u_k = v_i at c_k = 0
-   predictor  x~ = x_i + h sum_k w_k u_k                                    (Eq. 6)
+   predictor  x~ = x_i + h sum_k w_k u_k                                 (Eqs. 6-8)
 2. terminal anchor, the interval's only backbone call:  v_{i+1} = f(x~, t_{i+1})
 3. backward refinement for B = {k : c_k >= 1/2} (a node exactly at the midpoint goes backward):
        u_k = P(x~, v_{i+1}, t_{i+1}, (c_k - 1) h)  for c_k < 1,   u_k = v_{i+1} at c_k = 1
-4. corrector  x_{i+1} = x_i + h sum_k w_k u_k  (forward u_k for c_k < 1/2, backward for B)
+4. corrector  x_{i+1} = x_i + h sum_k w_k u_k  (forward u_k for c_k < 1/2, backward for B; Eqs. 9-10)
 5. state reuse: v_{i+1} is the next interval's start anchor. It was evaluated at x~, not at
    x_{i+1}, and is not re-evaluated.
 
@@ -21,7 +21,10 @@ error indicator, like the difference of an embedded pair.
 
 The solver is an object with explicit ``init``/``step`` state (diffrax style), so the reused
 anchor is visible in :class:`BiAnchorState` rather than hidden, and so is the anchor history the
-perception declared it needs (``history_size``; see :mod:`baquad.perception`).
+perception declared it needs (``history_size``; see :mod:`baquad.perception`). ``step`` is two
+public halves around the backbone call, ``predict`` (step 1) and ``correct`` (steps 3-5, given the
+terminal anchor), for callers that receive the anchor later, such as a diffusers scheduler whose
+pipeline makes the call between two of its steps.
 
 Times are Python floats for sampling. For chain training (:mod:`adapters.torch_sit.chain`) the
 same step runs with per-sample times: ``t`` a ``(B,)`` array, one time per batch row, and h
@@ -44,7 +47,7 @@ Array = Any
 Time = Any  # a Python float, or a (B,) array of per-sample times
 Field = Callable[[Time, Array], Array]
 
-__all__ = ["BiAnchorState", "StepInfo", "BiAnchorSolver", "ba_solver", "BA_SOLVER", "resolve_ba_options"]
+__all__ = ["BiAnchorState", "StepInfo", "Prediction", "BiAnchorSolver", "ba_solver", "BA_SOLVER", "resolve_ba_options"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,27 @@ class StepInfo:
     gap: Optional[Array]
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """The first half of an interval (:meth:`BiAnchorSolver.predict`): everything the corrector
+    needs besides the terminal anchor.
+
+    Attributes:
+        state: the state the interval starts from.
+        t1: the interval's end time; ``h = t1 - state.t``.
+        h: the step (a float, or a ``(B,)`` array).
+        u: the velocity at each node of the rule: the start anchor at c = 0, the forward probe
+            for every c > 0 (the corrector replaces those with c >= 1/2).
+        x_pred: the predictor x~ (Eq. 6); the new state of a single-anchor interval.
+    """
+
+    state: BiAnchorState
+    t1: Time
+    h: Time
+    u: tuple
+    x_pred: Array
+
+
 class BiAnchorSolver:
     """Bi-anchor interval integrator for one quadrature rule and one perception.
 
@@ -106,7 +130,7 @@ class BiAnchorSolver:
 
     def step(self, field: Field, state: BiAnchorState, t1: Time, *, bi: bool = True,
              evaluate_end: bool = True) -> tuple[BiAnchorState, StepInfo]:
-        """Advance one interval to ``t1`` (paper Algorithm 1, steps 1-5 marked below).
+        """Advance one interval to ``t1`` (paper Algorithm 1, steps 1-5).
 
         Args:
             bi: bi-anchor interval (steps 1-5); False gives a single-anchor interval.
@@ -116,13 +140,36 @@ class BiAnchorSolver:
 
         ``t1`` is a float, or a ``(B,)`` array when the state's time is one (per-sample
         intervals; rows with h = 0 stay where they are, at the cost of their share of the calls).
+
+        The step is :meth:`predict` (step 1), the backbone call at the predictor (step 2) and
+        :meth:`correct` (steps 3-5); a caller that receives the terminal anchor later (a
+        diffusers scheduler, whose pipeline makes the backbone call between two ``step`` calls)
+        runs the two halves itself.
+        """
+        pred = self.predict(state, t1)
+        if not bi:
+            history, anchor = state.history, None
+            if evaluate_end:
+                anchor = Anchor(t1, pred.x_pred, field(t1, pred.x_pred))
+                history = self._push(history, anchor)
+            return BiAnchorState(t1, pred.x_pred, anchor, history), StepInfo(None)
+        # Step 2: the terminal anchor, the interval's only backbone call.
+        return self.correct(pred, Anchor(t1, pred.x_pred, field(t1, pred.x_pred)))
+
+    def predict(self, state: BiAnchorState, t1: Time) -> "Prediction":
+        """Step 1 alone: the forward probe from the start anchor and the predictor
+        x~ = x_i + h sum_k w_k u_k (Eq. 6). No backbone call.
+
+        The returned :class:`Prediction` holds what :meth:`correct` needs to finish the interval
+        once the terminal anchor f(x~, t1) is known; a single-anchor interval's new state is
+        just ``prediction.x_pred``.
         """
         if state.anchor is None:
             raise RuntimeError("step: the state has no start anchor (the previous interval was final)")
         nodes, weights = self.rule.nodes, self.rule.weights
         x, v, t0 = state.x, state.anchor.v, state.t
         h = t1 - t0
-        per_sample = B.is_array(h)
+        per_sample = B.is_per_sample(h)
         if per_sample and not getattr(self.perception, "per_sample_times", False):
             raise TypeError(
                 f"step: per-sample times need a perception that accepts them; {self.perception!r} does not "
@@ -138,28 +185,35 @@ class BiAnchorSolver:
             for j, k in enumerate(self._forward):
                 u[k] = probe[j]
         x_pred = x + hx * _weighted_sum(weights, u)
+        return Prediction(state, t1, h, tuple(u), x_pred)
 
-        if not bi:
-            history, anchor = state.history, None
-            if evaluate_end:
-                anchor = Anchor(t1, x_pred, field(t1, x_pred))
-                history = self._push(history, anchor)
-            return BiAnchorState(t1, x_pred, anchor, history), StepInfo(None)
+    def correct(self, pred: "Prediction", anchor: Anchor) -> tuple[BiAnchorState, StepInfo]:
+        """Steps 3-5: finish the interval of ``pred`` given its terminal anchor.
 
-        # Step 2: the terminal anchor, the interval's only backbone call.
-        anchor = Anchor(t1, x_pred, field(t1, x_pred))
-        history = self._push(state.history, anchor)
+        ``anchor`` is ``Anchor(t1, x_eval, v)`` with v = f(x_eval, t1); in the algorithm x_eval
+        is ``pred.x_pred`` (step 2). The backward probe runs from (x_eval, v), the corrector
+        x_{i+1} = x_i + h sum_k w_k u_k uses the forward probe's u_k for the nodes c < 1/2 and
+        the backward ones for c >= 1/2 (c = 1: v itself), and ``anchor`` becomes the next
+        interval's start anchor (step 5). No backbone call.
+        """
+        nodes, weights = self.rule.nodes, self.rule.weights
+        x, h, t1 = pred.state.x, pred.h, pred.t1
+        per_sample = B.is_per_sample(h)
+        hx = B.per_row(h, x) if per_sample else h
+        offsets = _offsets(per_sample)
+        u = list(pred.u)
+        history = self._push(pred.state.history, anchor)
         # Step 3: backward perception from the terminal anchor for the nodes c >= 1/2.
         for k, c in enumerate(nodes):
             if c == 1.0:
                 u[k] = anchor.v
         if self._backward:
-            back = self.perception(x_pred, anchor.v, t1, offsets([nodes[k] - 1.0 for k in self._backward], h), history)
+            back = self.perception(anchor.x, anchor.v, t1, offsets([nodes[k] - 1.0 for k in self._backward], h), history)
             for j, k in enumerate(self._backward):
                 u[k] = back[j]
         # Step 4: corrector. Step 5: the terminal anchor is the next interval's start anchor.
         x1 = x + hx * _weighted_sum(weights, u)
-        return BiAnchorState(t1, x1, anchor, history), StepInfo(B.rms(x1 - x_pred))
+        return BiAnchorState(t1, x1, anchor, history), StepInfo(B.rms(x1 - pred.x_pred))
 
     def _push(self, history: tuple[Anchor, ...], anchor: Anchor) -> tuple[Anchor, ...]:
         history = history + (anchor,)
@@ -193,7 +247,7 @@ def ba_solver(
 ) -> Array:
     """BA-solver over a grid, in the sampler form shared with the baselines.
 
-    NFE schemes (docs: "Counting NFE"), for a grid of M intervals:
+    NFE schemes (docs/algorithm.md#counting-nfe), for a grid of M intervals:
     - ``anchors="bi", final="bi"`` (scheme A): every interval bi-anchor, NFE = M + 1.
     - ``anchors="bi", final="single"`` (scheme B, default): the last interval single-anchor,
       NFE = M.

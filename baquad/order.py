@@ -24,7 +24,13 @@ Symbolic part (needs sympy)
 ---------------------------
 - :func:`degree_of_exactness`: the largest ``p`` such that ``sum_k w_k c_k^j == 1/(j+1)`` for
   every ``j <= p``, decided exactly from the sympy nodes and weights of
-  :func:`baquad.rules.derive` (radicals, or ``CRootOf`` algebraic numbers).
+  :func:`baquad.rules.derive` (radicals, or ``CRootOf`` algebraic numbers) for the named rules,
+  and from its own float64 nodes and weights for any other :class:`~baquad.rules.QuadratureRule`
+  (including one that carries a family's name with other values). Named rules of more than
+  ``MAX_EXACT_NODES`` nodes, and rules whose family degree cannot be reached within
+  ``max_degree``, are refused before any derivation (the exact sums grow roughly like n^4: 14 s
+  for Gauss-Lobatto-24, 65 s for Gauss-Lobatto-32 on one core; Gauss-Lobatto-99 did not finish
+  in ten minutes).
 - :func:`leading_lte`: the leading local truncation error of a rule of degree ``d`` on one
   interval of length ``h``: for ``v(t) = t^(d+1)`` the exact integral minus the rule is
   ``E h^(d+2)``, and for a smooth ``v`` the local error is ``C h^(d+2) v^(d+1) + O(h^(d+3))``
@@ -45,12 +51,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
+from numbers import Integral, Real
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 from ._backend import to_numpy
+from .rules import canonical_name
 
 __all__ = [
     "OrderFit",
@@ -66,7 +75,13 @@ __all__ = [
     "AnchorBounds",
     "anchor_error_bounds",
     "quadrature_anchor_bounds",
+    "MAX_EXACT_NODES",
 ]
+
+# The largest named rule derived exactly: the sympy derivation and moment sums grow about like
+# n^4 (degree_of_exactness took 14 s for Gauss-Lobatto-24 and 65 s for Gauss-Lobatto-32 on one
+# core, and did not finish Gauss-Lobatto-99 in ten minutes).
+MAX_EXACT_NODES = 32
 
 
 @dataclass(frozen=True)
@@ -91,8 +106,15 @@ class OrderFit:
         return math.exp(self.intercept + self.order * math.log(abs(step_size)))
 
 
+def _as_float_array(name: str, values: Any) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a 1-D sequence of real numbers, got {values!r}") from err
+
+
 def _as_positive_finite(name: str, values: Sequence[float] | np.ndarray) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64)
+    arr = _as_float_array(name, values)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
     bad = ~np.isfinite(arr) | (arr <= 0)
@@ -131,7 +153,7 @@ def fit_order(
         ValueError: fewer than 2 points, mismatched lengths, a zero/non-finite step
             size, a non-positive/non-finite error, or all step sizes equal.
     """
-    h_raw = np.asarray(step_sizes, dtype=np.float64)
+    h_raw = _as_float_array("step_sizes", step_sizes)
     if h_raw.ndim != 1:
         raise ValueError(f"step_sizes must be one-dimensional, got shape {h_raw.shape}")
     h = _as_positive_finite("step_sizes (absolute values)", np.abs(h_raw))
@@ -183,6 +205,16 @@ class EmpiricalOrder(NamedTuple):
         return self.fit.residual
 
 
+def _error_value(value: Any, n: int) -> float:
+    """The error measured with ``n`` steps as a float (a real scalar, else a clear error)."""
+    arr = np.asarray(value)
+    if arr.shape != () or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(
+            f"error: with {n} steps the error function returned {value!r}; it must return one real number"
+        )
+    return float(arr)
+
+
 def _error_fn(error: "str | Callable[[np.ndarray, np.ndarray], float]") -> Callable[[np.ndarray, np.ndarray], float]:
     if callable(error):
         return error
@@ -191,6 +223,31 @@ def _error_fn(error: "str | Callable[[np.ndarray, np.ndarray], float]") -> Calla
     if error == "rms":
         return lambda x, ref: float(np.sqrt(np.mean((x - ref) ** 2)))
     raise ValueError(f"error: must be 'max', 'rms' or a callable error(x, exact), got {error!r}")
+
+
+def _step_counts(step_counts: Any) -> list[int]:
+    """The step counts as ints: whole numbers >= 1 (no silent truncation), at least 2 distinct."""
+    if isinstance(step_counts, (str, bytes)) or not hasattr(step_counts, "__iter__"):
+        raise ValueError(f"step_counts: expected a sequence of step counts such as (4, 8, 16), got {step_counts!r}")
+    values = list(step_counts)
+    counts = []
+    for k, n in enumerate(values):
+        whole = isinstance(n, Integral) or (isinstance(n, Real) and math.isfinite(n) and float(n).is_integer())
+        if isinstance(n, bool) or not whole or n < 1:
+            raise ValueError(
+                f"step_counts: entry {k} is {n!r}; every step count must be a whole number >= 1 "
+                f"(got {values})"
+            )
+        counts.append(int(n))
+    if len(set(counts)) < 2:
+        raise ValueError(f"step_counts: need at least 2 distinct positive step counts, got {values}")
+    return counts
+
+
+def _finite_time(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite real time, got {value!r}")
+    return float(value)
 
 
 def empirical_order(
@@ -242,12 +299,22 @@ def empirical_order(
         :class:`EmpiricalOrder` ``(fit, step_sizes, errors)``.
 
     Raises:
-        ValueError: fewer than 2 step counts, a non-positive step count, grids with different
-            endpoints, or an error that is zero/non-finite (the fit names the entry).
+        ValueError: fewer than 2 distinct step counts, a step count that is not a whole number
+            >= 1, non-finite or equal ``t0`` and ``t1``, grids with different endpoints, an
+            unknown ``error``, an ``exact`` state or a method result whose shape is not ``x0``'s,
+            or an error that is not a real number, zero or non-finite (the fit names the entry).
+        TypeError: ``method`` neither a name nor a callable; ``grid`` not callable.
     """
-    counts = [int(n) for n in step_counts]
-    if len(counts) < 2 or any(n < 1 for n in counts):
-        raise ValueError(f"step_counts: need at least 2 positive step counts, got {list(step_counts)}")
+    counts = _step_counts(step_counts)
+    measure = _error_fn(error)
+    if not (isinstance(method, str) or callable(method)):
+        raise TypeError(f"method: expected a method name or a callable, got {type(method).__name__}")
+    if grid is None:
+        t0, t1 = _finite_time("t0", t0), _finite_time("t1", t1)
+        if t0 == t1:
+            raise ValueError(f"t0, t1: the start and end time must differ, got t0 = t1 = {t0!r}")
+    elif not callable(grid):
+        raise TypeError(f"grid: expected a callable grid(n) -> times, got {type(grid).__name__}")
     make_grid = grid if grid is not None else (lambda n: np.linspace(t0, t1, n + 1))
     grids = [np.asarray(make_grid(n), dtype=np.float64) for n in counts]
     for n, ts in zip(counts, grids):
@@ -271,7 +338,11 @@ def empirical_order(
 
             exact = reference_solve(flow, x0, [start, end], rtol=reference_rtol, atol=reference_atol)[-1]
     ref = to_numpy(exact)
-    measure = _error_fn(error)
+    if ref.shape != tuple(np.shape(x0)):
+        raise ValueError(
+            f"exact: the exact final state has shape {ref.shape}, but x0 has shape {tuple(np.shape(x0))}; "
+            "pass the exact state at t1 of every sample of x0"
+        )
 
     if isinstance(method, str):
         from .perception import Oracle
@@ -284,20 +355,22 @@ def empirical_order(
         def run(ts: np.ndarray) -> Any:
             return solve(flow, x0, ts, method=method, **opts)
 
-    elif callable(method):
+    else:
 
         def run(ts: np.ndarray) -> Any:
             return method(flow, x0, ts, **options)
 
-    else:
-        raise TypeError(f"method: expected a method name or a callable, got {type(method).__name__}")
-
     steps, errors = [], []
     for n, ts in zip(counts, grids):
         out = run(ts)
-        x = getattr(out, "x", out)
+        x = to_numpy(getattr(out, "x", out))
+        if x.shape != ref.shape:
+            raise ValueError(
+                f"method: with {n} steps it returned a final state of shape {x.shape}; expected x0's "
+                f"shape {ref.shape}"
+            )
         steps.append(abs(end - start) / n)
-        errors.append(measure(to_numpy(x), ref))
+        errors.append(_error_value(measure(x, ref), n))
     h = np.asarray(steps)
     e = np.asarray(errors)
     try:
@@ -336,21 +409,60 @@ class ExactRule:
 
 
 _FAMILIES = ("gauss-lobatto", "gauss-legendre")
-_RULE_ALIASES = {"trapezoid": "gauss-lobatto-2", "simpson": "gauss-lobatto-3"}
+
+
+def _family_name(name: str) -> Optional[tuple[str, int]]:
+    """``(family, n)`` if ``name`` is a Gauss-Lobatto/Gauss-Legendre rule name, else None."""
+    key = canonical_name(name)
+    family, _, n = key.rpartition("-")
+    if family not in _FAMILIES or not n.isdigit():
+        return None
+    return family, int(n)
+
+
+def _family_degree(family: str, n: int) -> int:
+    """The degree the family formula states: 2n - 3 (Gauss-Lobatto), 2n - 1 (Gauss-Legendre)."""
+    return 2 * n - 3 if family == "gauss-lobatto" else 2 * n - 1
 
 
 def _parse_rule(rule: Any) -> tuple[str, int]:
     name = getattr(rule, "name", rule)
     if not isinstance(name, str):
         raise TypeError(f"rule: expected a rule name or a QuadratureRule, got {type(rule).__name__}")
-    key = _RULE_ALIASES.get(name.lower(), name.lower())
-    family, _, n = key.rpartition("-")
-    if family not in _FAMILIES or not n.isdigit():
+    parsed = _family_name(name)
+    if parsed is None:
         raise ValueError(
             f"rule: {name!r} is not a Gauss-Lobatto/Gauss-Legendre rule name such as "
             "'gauss-lobatto-4', 'gauss-legendre-3', 'trapezoid' or 'simpson'"
         )
-    return family, int(n)
+    family, n = parsed
+    smallest = 2 if family == "gauss-lobatto" else 1
+    if not smallest <= n <= MAX_EXACT_NODES:
+        raise ValueError(
+            f"rule: {name!r} has {n} nodes; the exact derivation covers {family}-{smallest} to "
+            f"{family}-{MAX_EXACT_NODES} (larger rules take sympy minutes to hours)"
+        )
+    return family, n
+
+
+def _is_family_rule(rule: Any, family: str, n: int) -> bool:
+    """True if the float rule ``rule`` holds the nodes and weights of ``family``-``n`` (to a few
+    float64 roundings), so that its exact values may stand for it."""
+    if len(rule.nodes) != n:
+        return False
+    from ._rule_table import TABLE
+
+    key = f"{family}-{n}"
+    if key in TABLE:
+        nodes, weights, _ = TABLE[key]
+    else:
+        r = _exact_rule(family, n)
+        nodes, weights = ([float(v.evalf(30)) for v in vals] for vals in (r.nodes, r.weights))
+    tol = 4 * np.finfo(np.float64).eps
+    return all(
+        abs(a - b) <= tol * max(1.0, abs(b))
+        for a, b in zip(tuple(rule.nodes) + tuple(rule.weights), tuple(nodes) + tuple(weights))
+    )
 
 
 @lru_cache(maxsize=None)
@@ -365,9 +477,18 @@ def exact_rule(rule: Any) -> ExactRule:
     """The exact sympy nodes and weights of a named rule (``baquad.rules.derive``, cached).
 
     ``rule`` is a name (``"gauss-lobatto-n"``, ``"gauss-legendre-n"``, ``"trapezoid"``,
-    ``"simpson"``) or a :class:`~baquad.rules.QuadratureRule` with such a name.
+    ``"simpson"``, at most ``MAX_EXACT_NODES`` nodes) or a :class:`~baquad.rules.QuadratureRule`
+    with such a name AND that rule's nodes and weights; a rule that only borrows the name is
+    refused (its exact values are not the family's).
     """
-    return _exact_rule(*_parse_rule(rule))
+    family, n = _parse_rule(rule)
+    if not isinstance(rule, str) and not _is_family_rule(rule, family, n):
+        raise ValueError(
+            f"rule: {rule.name!r} carries the name of {family}-{n} but not its nodes and weights "
+            f"(nodes {tuple(rule.nodes)}, weights {tuple(rule.weights)}); exact_rule derives the named "
+            "rules only. degree_of_exactness decides such a rule from its own values."
+        )
+    return _exact_rule(family, n)
 
 
 def _numberfield_parts(nodes: Sequence, weights: Sequence):
@@ -471,7 +592,7 @@ def _weighted_sum(rule: ExactRule, fn: Callable) -> Any:
 def moment_defect(rule: Any, p: int) -> Any:
     """``1/(p+1) - sum_k w_k c_k^p``, exactly: the error of the rule on ``c^p`` over [0, 1]
     (0 for every ``p`` up to the degree of exactness). Cached per rule and ``p``."""
-    if int(p) != p or p < 0:
+    if isinstance(p, bool) or not isinstance(p, Integral) or p < 0:
         raise ValueError(f"p: must be a non-negative integer, got {p!r}")
     r = rule if isinstance(rule, ExactRule) else exact_rule(rule)
     return _moment_defect(r, int(p))
@@ -485,20 +606,76 @@ def _moment_defect(rule: ExactRule, p: int) -> Any:
 
 
 def degree_of_exactness(rule: Any, max_degree: int = 64) -> int:
-    """The largest ``p`` with ``sum_k w_k c_k^j == 1/(j+1)`` for all ``j <= p``, decided exactly.
+    """The largest ``p`` with ``sum_k w_k c_k^j == 1/(j+1)`` for all ``j <= p`` (``j <= max_degree``).
 
-    Computed from the exact nodes and weights (rational and radical terms summed and decided
-    with minimal polynomials; ``CRootOf`` nodes summed as traces over the roots of their
-    polynomial), independently of the degree the family formula claims.
+    - A rule name, an :class:`ExactRule`, or a :class:`~baquad.rules.QuadratureRule` that holds a
+      named rule's nodes and weights: decided exactly from the exact nodes and weights (rational
+      and radical terms summed and decided with minimal polynomials; ``CRootOf`` nodes summed as
+      traces over the roots of their polynomial), independently of the degree the family formula
+      claims. Deciding degree ``d`` needs the moments up to ``d + 1``, so a rule whose family
+      formula gives ``d >= max_degree`` is refused before anything is derived, and so is a named
+      rule of more than ``MAX_EXACT_NODES`` nodes.
+    - Any other :class:`~baquad.rules.QuadratureRule` (a custom rule, or one named after a family
+      but with other values): decided from its own float64 nodes and weights, whatever its name or
+      ``degree`` attribute say. The moment defects ``1/(j+1) - sum_k w_k c_k^j`` are computed
+      exactly (rational arithmetic on the float values), and moment ``j`` counts as integrated
+      when the defect is within the float64 rounding of the nodes and weights,
+      ``|defect| <= 4 (j + 1) 2^-53 sum_k |w_k| |c_k|^j`` (the change of ``w c^j`` when ``w`` and
+      ``c`` move by one rounding each, with a factor 2 to spare). A rule given to fewer digits
+      gets the degree those digits support.
+
+    Args:
+        rule: as above.
+        max_degree: the highest moment checked (an integer >= 0).
 
     Returns:
-        The degree (-1 if even constants are not integrated exactly).
+        The degree (-1 if even constants are not integrated).
+
+    Raises:
+        ValueError: ``max_degree`` not an integer >= 0; a named rule that cannot be decided
+            within ``max_degree`` or has too many nodes; a rule exact beyond ``max_degree``.
     """
-    r = rule if isinstance(rule, ExactRule) else exact_rule(rule)
+    if isinstance(max_degree, bool) or not isinstance(max_degree, Integral) or max_degree < 0:
+        raise ValueError(f"max_degree: must be an integer >= 0, got {max_degree!r}")
+    max_degree = int(max_degree)
+    if isinstance(rule, ExactRule):
+        return _exact_degree(rule, max_degree)
+    from .rules import QuadratureRule
+
+    if isinstance(rule, QuadratureRule):
+        named = _family_name(rule.name)
+        in_range = named is not None and (2 if named[0] == "gauss-lobatto" else 1) <= named[1] <= MAX_EXACT_NODES
+        if not (in_range and _is_family_rule(rule, *named)):
+            return _float_degree(rule, max_degree)
+    family, n = _parse_rule(rule)
+    claimed = _family_degree(family, n)
+    if claimed >= max_degree:
+        raise ValueError(
+            f"max_degree: {family}-{n} has degree {claimed} by its family formula, and deciding it "
+            f"needs the moments up to {claimed + 1}; max_degree={max_degree} cannot decide it. Pass "
+            f"max_degree >= {claimed + 1}."
+        )
+    return _exact_degree(exact_rule(rule), max_degree)
+
+
+def _exact_degree(r: ExactRule, max_degree: int) -> int:
     for p in range(max_degree + 1):
         if moment_defect(r, p) != 0:
             return p - 1
     raise ValueError(f"rule {r.name}: exact beyond degree {max_degree}")
+
+
+def _float_degree(rule: Any, max_degree: int) -> int:
+    """Degree of a float rule up to float64 rounding (see :func:`degree_of_exactness`)."""
+    nodes = [Fraction(c) for c in rule.nodes]
+    weights = [Fraction(w) for w in rule.weights]
+    unit = Fraction(1, 2**53)
+    for p in range(max_degree + 1):
+        terms = [w * c**p for c, w in zip(nodes, weights)]
+        defect = Fraction(1, p + 1) - sum(terms)
+        if abs(defect) > 4 * (p + 1) * unit * sum(abs(t) for t in terms):
+            return p - 1
+    raise ValueError(f"rule {rule.name!r}: exact (to float64 rounding) beyond degree {max_degree}")
 
 
 @dataclass(frozen=True)

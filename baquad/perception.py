@@ -1,6 +1,6 @@
 """Bidirectional temporal perception: predicted velocities at offsets from an anchor.
 
-The contract (algorithm.md section 2, paper Eq. 5). A perception maps an anchor (x, v, t) of a
+The contract (docs/algorithm.md#perception, paper Eq. 5). A perception maps an anchor (x, v, t) of a
 trajectory, where v = f(x, t) is a backbone velocity, and offsets d_1..d_m (either sign) to
 predictions of the velocity at time t + d along the exact trajectory through (x, t):
 
@@ -28,6 +28,9 @@ derived from :class:`PerceptionWrapper` forward them):
   Default False: ``t`` and the offsets are Python floats.
 - ``state_agnostic``: True if it acts elementwise on any state vector, so that it is valid on the
   adjoint system of ``torchdiffeq.odeint_adjoint`` (anchor-only and polynomial are).
+- ``differentiable_times``: True if its prediction stays differentiable when ``t`` and the offsets
+  are 0-dim tensors that require grad (the torchdiffeq method then differentiates through the
+  integration times, as torchdiffeq's fixed-grid methods do). Anchor-only and polynomial are.
 
 Built-ins:
 - :class:`AnchorOnly`: g = 0 (v_hat = v). Every rule then degenerates: bi-anchor Gauss-Lobatto-n
@@ -84,6 +87,8 @@ class Perception:
     per_sample_times: bool = False
     #: valid on any state vector (the adjoint system of ``odeint_adjoint``).
     state_agnostic: bool = False
+    #: differentiable in 0-dim tensor times and offsets (gradients with respect to the time grid).
+    differentiable_times: bool = False
 
     def __call__(
         self, x: Array, v: Array, t: float, offsets: Sequence[float], history: Sequence[Anchor] = ()
@@ -120,6 +125,10 @@ class PerceptionWrapper(Perception):
     def state_agnostic(self) -> bool:  # type: ignore[override]
         return all(getattr(p, "state_agnostic", False) for p in self.wrapped)
 
+    @property
+    def differentiable_times(self) -> bool:  # type: ignore[override]
+        return all(getattr(p, "differentiable_times", False) for p in self.wrapped)
+
     def __call__(self, x, v, t, offsets, history=()):
         return self.inner(x, v, t, offsets, history)
 
@@ -151,6 +160,7 @@ class AnchorOnly(Perception):
     history_size = 1
     per_sample_times = True
     state_agnostic = True
+    differentiable_times = True
 
     def __call__(self, x, v, t, offsets, history=()):
         return B.broadcast_stack(v, len(offsets))
@@ -179,6 +189,7 @@ class AnchorPolynomial(Perception):
 
     state_agnostic = True
     per_sample_times = True
+    differentiable_times = True
 
     def __init__(self, interpolation_degree: int = 2, extrapolation_degree: int = 1):
         if interpolation_degree < 0 or extrapolation_degree < 0:
@@ -192,7 +203,7 @@ class AnchorPolynomial(Perception):
 
     def __call__(self, x, v, t, offsets, history=()):
         anchors = list(history)
-        if B.is_array(t):
+        if B.is_per_sample(t):
             return self._per_sample(x, v, t, offsets, anchors)
         if not anchors or anchors[-1].t != t:
             anchors.append(Anchor(t, x, v))

@@ -1,4 +1,4 @@
-"""Quadrature rules on [0, 1] (algorithm.md section 3; paper Eqs. 6-7, Appendix C).
+"""Quadrature rules on [0, 1] (docs/algorithm.md#quadrature-rules; paper Eqs. 6-7, Appendix C).
 
 A rule approximates ``int_0^1 f(c) dc ~= sum_k w_k f(c_k)``. Applied to one solver interval
 ``[t_i, t_i + h]`` it gives ``int v dt ~= h * sum_k w_k v(t_i + c_k h)``.
@@ -12,6 +12,9 @@ A rule approximates ``int_0^1 f(c) dc ~= sum_k w_k f(c_k)``. Applied to one solv
 - ``gauss-legendre-n`` (n = 1..8): nodes are the roots of P_n, weights 2 / ((1 - x^2) P'_n(x)^2)
   on [-1, 1]. Degree 2n - 1. No endpoint nodes.
 - ``trapezoid`` and ``simpson``: aliases with their classical names.
+- Short names, case-insensitive, as tables and papers write them: ``GL4`` / ``gl-4`` /
+  ``lobatto4`` for ``gauss-lobatto-4`` and ``GLeg3`` / ``legendre3`` for ``gauss-legendre-3``
+  (:func:`canonical_name`).
 
 The nodes and weights are derived with sympy (:func:`derive`), exactly in radicals where sympy
 finds them and otherwise as exact algebraic numbers (``CRootOf``) evaluated to 40 digits. The
@@ -22,14 +25,18 @@ float64 values are cached in ``_rule_table.py`` so that sympy is needed only to 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
 from ._rule_table import TABLE
 
-__all__ = ["QuadratureRule", "get_rule", "rule_names", "derive"]
+__all__ = ["QuadratureRule", "get_rule", "rule_names", "canonical_name", "derive"]
 
+#: the one alias table (``order.py`` reads it through :func:`canonical_name`)
 _ALIASES = {"trapezoid": "gauss-lobatto-2", "simpson": "gauss-lobatto-3"}
+_SHORT = re.compile(r"^(gl|lobatto|gleg|legendre)-?(\d+)$")
+_SHORT_FAMILY = {"gl": "gauss-lobatto", "lobatto": "gauss-lobatto", "gleg": "gauss-legendre", "legendre": "gauss-legendre"}
 
 
 @dataclass(frozen=True)
@@ -83,8 +90,19 @@ class QuadratureRule:
 
 
 def rule_names() -> list[str]:
-    """All valid rule names."""
+    """All valid rule names (short forms such as ``GL4`` are accepted too, see
+    :func:`canonical_name`)."""
     return sorted(TABLE) + sorted(_ALIASES)
+
+
+def canonical_name(name: str) -> str:
+    """The full lower-case family name of a rule name: ``"Simpson"`` -> ``"gauss-lobatto-3"``,
+    ``"GL4"`` -> ``"gauss-lobatto-4"``, ``"gleg3"`` -> ``"gauss-legendre-3"``; other names are
+    returned lower-cased (whether they exist is :func:`get_rule`'s business)."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    m = _SHORT.match(key)
+    return f"{_SHORT_FAMILY[m.group(1)]}-{int(m.group(2))}" if m else key
 
 
 def get_rule(rule: "str | QuadratureRule") -> QuadratureRule:
@@ -97,9 +115,12 @@ def get_rule(rule: "str | QuadratureRule") -> QuadratureRule:
         return rule
     if not isinstance(rule, str):
         raise TypeError(f"rule: expected a rule name or a QuadratureRule, got {type(rule).__name__}")
-    key = _ALIASES.get(rule.lower(), rule.lower())
+    key = canonical_name(rule)
     if key not in TABLE:
-        raise ValueError(f"rule: unknown rule {rule!r}; valid names are: {', '.join(rule_names())}")
+        raise ValueError(
+            f"rule: unknown rule {rule!r}; valid names are: {', '.join(rule_names())} "
+            "(or short forms such as GL4 for gauss-lobatto-4, GLeg3 for gauss-legendre-3)"
+        )
     nodes, weights, degree = TABLE[key]
     return QuadratureRule(rule.lower(), tuple(nodes), tuple(weights), degree)
 

@@ -23,12 +23,25 @@ Every schedule returns a tuple of Python floats in [0, 1], strictly decreasing, 
 :func:`nfe_grid` picks the number of steps from an NFE budget (via
 :func:`baquad.solvers.steps_for_nfe`) so that "NFE = 10" means ten field calls for every
 method, the BA-solver included.
+
+Grid specs: a solver (a learned SideNet above all) can carry the grid it was tuned for, as a
+small JSON-able spec that :func:`grid_from_spec` turns into the grid of any number of steps:
+
+- ``{"schedule": name, "shift": s}``: a named schedule (``uniform``, ``logsnr``, ``edm``) with
+  an SD3 shift (``{"shift": s}`` alone is the shifted uniform grid);
+- ``{"steps": {"N": [t_0, ..., t_N], ...}}``: one explicit grid per number of steps;
+- ``[t_0, ..., t_N]``: one explicit grid, for N steps only.
+
+Explicit grids must be strictly decreasing from a start in (0, 1] to exactly 0 (they span the
+generation); :func:`check_grid_spec` refuses anything else, naming what is wrong.
+:func:`default_grid` is the one call a sampler needs: the grid a perception carries (a loaded
+SideNet's), else uniform.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from .solvers import steps_for_nfe
 
@@ -40,6 +53,9 @@ __all__ = [
     "user_grid",
     "get_schedule",
     "nfe_grid",
+    "default_grid",
+    "check_grid_spec",
+    "grid_from_spec",
     "SCHEDULES",
 ]
 
@@ -207,3 +223,85 @@ def nfe_grid(
     """
     n_steps = steps_for_nfe(method, nfe, **method_options)
     return get_schedule(schedule, n_steps, shift=shift, **(schedule_options or {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# grid specs (a grid a solver carries with it)
+
+
+def _explicit_grid(grid: Any, where: str) -> list[float]:
+    try:
+        ts = [float(t) for t in grid]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: expected a list of times, got {grid!r}") from err
+    if len(ts) < 2:
+        raise ValueError(f"{where}: a grid needs at least 2 times (one step), got {ts}")
+    if not all(math.isfinite(t) for t in ts):
+        raise ValueError(f"{where}: contains NaN/inf: {ts}")
+    if not all(a > b for a, b in zip(ts[:-1], ts[1:])):
+        raise ValueError(f"{where}: the times must be strictly decreasing (from noise to data), got {ts}")
+    if not 0.0 < ts[0] <= 1.0 or ts[-1] != 0.0:
+        raise ValueError(f"{where}: a grid must start in (0, 1] and end at 0 (it spans the generation), got {ts}")
+    return ts
+
+
+def check_grid_spec(spec: Any, where: str = "grid") -> Any:
+    """Validate a grid spec (see the module docstring) and return it in plain JSON types; None
+    passes through (no grid).
+
+    Raises:
+        ValueError: naming ``where`` and what is wrong: an unknown form or schedule, a shift that
+            is not a finite number > 0, an explicit grid that is not strictly decreasing or does
+            not span (0, 1] -> 0, a step count that does not match its grid.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, dict) and set(spec) <= {"schedule", "shift"} and spec:
+        name = spec.get("schedule", "uniform")
+        if name not in ("uniform", "sd3", "logsnr", "edm"):
+            raise ValueError(f"{where}: unknown schedule {name!r}; valid: uniform, logsnr, edm (sd3 = uniform with a shift)")
+        shift = spec.get("shift", 1.0)
+        if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not (math.isfinite(shift) and shift > 0):
+            raise ValueError(f"{where}: shift must be a finite number > 0, got {shift!r}")
+        out = {"shift": float(shift)}
+        if "schedule" in spec:
+            out = {"schedule": "uniform" if name == "sd3" else name, **out}
+        return out
+    if isinstance(spec, dict) and set(spec) == {"steps"} and isinstance(spec["steps"], dict) and spec["steps"]:
+        out = {}
+        for n, grid in spec["steps"].items():
+            ts = _explicit_grid(grid, f"{where}['steps'][{n!r}]")
+            if str(len(ts) - 1) != str(n):
+                raise ValueError(f"{where}['steps'][{n!r}]: the grid has {len(ts) - 1} steps, not {n}")
+            out[str(n)] = ts
+        return {"steps": out}
+    if isinstance(spec, (list, tuple)):
+        return _explicit_grid(spec, where)
+    raise ValueError(
+        f"{where}: expected {{'schedule': name, 'shift': s}}, {{'steps': {{'N': [...]}}}} or a list of times, got {spec!r}"
+    )
+
+
+def grid_from_spec(spec: Any, n_steps: int) -> Optional[tuple[float, ...]]:
+    """The grid of ``n_steps`` steps that ``spec`` defines (``n_steps + 1`` times), or None when
+    it defines none for that many steps (no spec, an explicit grid of another length, or a
+    per-step-count table without this one)."""
+    spec = check_grid_spec(spec)
+    n = _check_steps(n_steps)
+    if spec is None:
+        return None
+    if isinstance(spec, list):
+        return tuple(spec) if len(spec) == n + 1 else None
+    if "steps" in spec:
+        grid = spec["steps"].get(str(n))
+        return None if grid is None else tuple(grid)
+    return get_schedule(spec.get("schedule", "uniform"), n, shift=spec["shift"])
+
+
+def default_grid(method: str, nfe: int, perception: Any = None, **method_options: Any) -> tuple[float, ...]:
+    """The grid on which ``method`` spends exactly ``nfe`` calls: the one ``perception`` carries
+    (``perception.grid``, e.g. a SideNet's saved grid) when it defines one for that many steps,
+    else the uniform grid."""
+    n_steps = steps_for_nfe(method, nfe, **method_options)
+    grid = grid_from_spec(getattr(perception, "grid", None), n_steps)
+    return grid if grid is not None else uniform(n_steps)

@@ -93,16 +93,73 @@ def _validate_x0(x0: Any) -> None:
             "x0: a 0-d numpy array turns into a numpy scalar under arithmetic; pass it with one "
             "dimension, x0.reshape(1)"
         )
+    if isinstance(x0, (np.matrix, np.ma.MaskedArray)):
+        raise TypeError(
+            f"x0: a {type(x0).__name__} changes what * and + mean (matrix products, masks); pass a plain "
+            "array, numpy.asarray(x0)"
+        )
+    if B.is_torch(x0) and x0.device.type == "meta":
+        raise ValueError("x0: a tensor on the meta device has no values to integrate; create it on a real device")
     if not B.all_finite(x0):
         raise ValueError("x0: contains NaN or inf; the initial state must be finite")
 
 
+def resolve_field_dtype(field_dtype: Any, x0: Any) -> Any:
+    """``field_dtype`` checked against the state's backend: a floating torch dtype for a torch
+    state, a floating numpy dtype (or a string naming one, such as ``"float32"``) for a numpy
+    state; None keeps the state's dtype.
+
+    Raises:
+        TypeError: naming ``field_dtype``, for integer/bool/complex dtypes (they change the numbers),
+            the other backend's dtypes and anything that is not a dtype.
+    """
+    if field_dtype is None:
+        return None
+    if B.is_torch(x0):
+        torch = B._torch()
+        if isinstance(field_dtype, torch.dtype) and field_dtype.is_floating_point:
+            return field_dtype
+        raise TypeError(
+            f"field_dtype: a torch state needs a floating torch dtype (torch.float32, torch.bfloat16, ...), "
+            f"got {field_dtype!r}"
+        )
+    try:
+        dt = None if B.is_torch_dtype(field_dtype) else np.dtype(field_dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not np.issubdtype(dt, np.floating):
+        raise TypeError(
+            f"field_dtype: a numpy state needs a floating numpy dtype (numpy.float32, 'float64', ...), got {field_dtype!r}"
+        )
+    return dt
+
+
 class _Where:
-    """Tracks which interval the solver is in, for error messages."""
+    """Tracks which interval the solver is in, and the calls made in it, for error messages.
+
+    ``calls`` holds references (no copies, no device sync) to the inputs and output of every field
+    and perception call of the current interval, so that when the state turns NaN/inf the
+    culprit can be named: the first call whose inputs were finite and whose output was not.
+    """
 
     def __init__(self, ts: Sequence[float]):
         self.ts = ts
         self.interval = 0
+        self.calls: list = []
+
+    def record(self, who: str, inputs: tuple, out: Any) -> None:
+        self.calls.append((who, inputs, out))
+
+    def culprit(self) -> Optional[str]:
+        """The first call of the interval that turned finite inputs into NaN/inf, or None."""
+        for who, inputs, out in self.calls:
+            if all(B.all_finite(a) for a in inputs) and not B.all_finite(out):
+                return who
+        return None
+
+    def next_interval(self, i: int) -> None:
+        self.interval = i
+        self.calls = []
 
     def __str__(self) -> str:
         i, n = self.interval, len(self.ts) - 1
@@ -134,13 +191,19 @@ class CountedField:
             or (B.is_torch(out) and out.device != x.device)
         ):
             raise ValueError(
-                f"vfield: call {self.calls} (t = {t:g}, {self.where}) returned {B.describe(out)}"
+                f"vfield: call {self.calls} (t = {_time(t)}, {self.where}) returned {B.describe(out)}"
                 f"{' on ' + str(out.device) if B.is_torch(out) else ''}; expected the state's type, shape "
                 f"and dtype, {B.describe(x.to(expected_dtype) if B.is_torch(x) else x.astype(expected_dtype))}"
                 f"{' on ' + str(x.device) if B.is_torch(x) else ''}. Return dx/dt with the shape of x "
                 "(pass field_dtype=... to run the field in another precision)."
             )
+        self.where.record(f"vfield (call {self.calls}, t = {_time(t)})", (x,), out)
         return out if self.field_dtype is None else _cast(out, x.dtype)
+
+
+def _time(t: Any) -> str:
+    """A time for a message: a float, or a 0-dim array/tensor (times that carry gradients)."""
+    return f"{float(t.detach() if hasattr(t, 'detach') else t):g}"
 
 
 def _cast(x: Array, dtype: Any) -> Array:
@@ -165,12 +228,13 @@ class CountedPerception(PerceptionWrapper):
             or tuple(out.shape) != expected
             or out.dtype != x.dtype
         ):
-            at = f"anchor t = {t:g}" if isinstance(t, float) else "per-sample anchor times"
+            at = "per-sample anchor times" if B.is_per_sample(t) else f"anchor t = {_time(t)}"
             raise ValueError(
                 f"perception: call {self.calls} ({self.inner!r}, {self.where}, {at}, "
                 f"{len(offsets)} offsets) returned {B.describe(out)}; expected shape {expected} and "
                 f"dtype {x.dtype} (one velocity per offset, stacked on a new leading axis)"
             )
+        self.where.record(f"perception {self.inner!r} (call {self.calls})", (x, v), out)
         return out
 
 
@@ -248,23 +312,26 @@ def solve(
     _validate_x0(x0)
 
     where = _Where(grid)
-    field = CountedField(vfield, x0, where, field_dtype)
+    field = CountedField(vfield, x0, where, resolve_field_dtype(field_dtype, x0))
     counted = {k: CountedPerception(v, where) for k, v in opts.items() if isinstance(v, Perception)}
     states = [x0] if save_states else None
     gaps: list = []
 
     def callback(i: int, t: float, x: Array, info: Any = None) -> None:
         if check_finite and not B.all_finite(x):
+            culprit = where.culprit()
+            cause = (f"{culprit} turned finite inputs into NaN/inf" if culprit else
+                     "every call returned finite values, so the update itself overflowed")
             raise FloatingPointError(
                 f"solve: the state became NaN/inf in interval {i} of {len(grid) - 1} "
-                f"(t = {grid[i - 1]:g} -> {grid[i]:g}), after {field.calls} vfield calls. "
-                "Check the field near this time (singular at an endpoint?) or use a finer grid."
+                f"(t = {grid[i - 1]:g} -> {grid[i]:g}), after {field.calls} vfield calls: {cause}. "
+                "Check it near this time (singular at an endpoint?) or use a finer grid."
             )
         if states is not None:
             states.append(x)
         if info is not None:
             gaps.append(info.gap)
-        where.interval = i
+        where.next_interval(i)
 
     x = spec.sampler(field, x0, grid, callback=callback, **{**opts, **counted})
     local = None

@@ -51,17 +51,28 @@ Semantics (identical to :func:`baquad.solve` on the same grid, same NFE):
   adjoint.
 - Options: ``rule``, ``perception``, ``anchors``, ``final``, ``stats``, ``check_finite`` plus the
   fixed-grid ``step_size``, ``grid_constructor``, ``interp``, ``perturb``. Unlike torchdiffeq,
-  which only warns, an unknown option name raises ``TypeError`` naming it.
+  which only warns, an unknown option name raises ``TypeError`` naming it, and a ``step_size``
+  that is not a finite positive number a ``ValueError``. ``options`` itself must be a dict:
+  torchdiffeq copies it before any method is constructed, so other types fail inside torchdiffeq
+  (``'str' object has no attribute 'copy'``), not here.
+- Like every fixed-grid method, it integrates on ``t`` unless ``step_size`` or
+  ``grid_constructor`` says otherwise; a ``t`` of two points without them is one interval (NFE 1),
+  which warns once (the usual slip when switching from an adaptive method).
 - Host synchronisation: the grid and the output times are read to the host once per ``odeint``
   call; nothing else syncs unless ``check_finite=True`` (one sync per interval).
 - Autograd: backprop through ``odeint`` reaches ``y0`` and the parameters of ``func`` (and of a
-  learned perception). Times are host floats inside the solver, so no gradient flows to ``t``
-  through ``odeint`` (``odeint_adjoint`` computes time gradients itself from ``func``).
+  learned perception). When ``t`` requires grad the solver runs on the 0-dim tensor times
+  themselves, so gradients reach ``t`` as with torchdiffeq's own fixed-grid methods; this needs a
+  perception that is differentiable in the times (``differentiable_times``: anchor-only and
+  polynomial are), and any other perception raises a ``TypeError`` rather than return a silent
+  zero gradient. Otherwise the times are host floats (no per-step host sync).
 - ``event_fn`` (``odeint_event``) is not supported and raises ``NotImplementedError``.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field as dc_field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional
@@ -193,10 +204,20 @@ class BASolver(FixedGridODESolver):
                 "ba-solver: perturb=True is not supported: the terminal anchor of an interval is reused as "
                 "the next interval's start anchor, so one evaluation serves both sides of every node"
             )
+        step_size = opts.get("step_size")
+        if step_size is not None:
+            numeric = isinstance(step_size, (int, float)) or (torch.is_tensor(step_size) and step_size.numel() == 1)
+            ok = numeric and not isinstance(step_size, bool) and math.isfinite(float(step_size)) and float(step_size) > 0
+            if not ok:
+                raise ValueError(
+                    f"ba-solver: step_size must be a finite number > 0 (the grid runs in the direction of t "
+                    f"either way), got {step_size!r}"
+                )
+        self._planned_grid = step_size is not None or opts.get("grid_constructor") is not None
         super().__init__(
             func,
             y0,
-            step_size=opts.get("step_size"),
+            step_size=step_size,
             grid_constructor=opts.get("grid_constructor"),
             interp="linear",
             perturb=False,
@@ -242,6 +263,12 @@ class BASolver(FixedGridODESolver):
             )
         if len(s) == 1:  # a single time: nothing to integrate (as torchdiffeq's fixed-grid solvers)
             return self.y0.unsqueeze(0)
+        if len(s) == 2 and not self._planned_grid and not _inspect_func(self.func)[2]:
+            _warn_once(
+                "ba-solver: the grid is t itself and has a single interval, so the whole solve is ONE "
+                "BA-solver step (NFE 1). Fixed-grid methods integrate on t: pass a finer t, or "
+                "options=dict(step_size=...) (as for torchdiffeq's 'rk4'), when switching from an adaptive method."
+            )
         reversed_, _shapes, adjoint = _inspect_func(self.func)
         if adjoint and not _is_state_agnostic(self.perception):
             raise TypeError(
@@ -254,13 +281,23 @@ class BASolver(FixedGridODESolver):
         sign = -1.0 if reversed_ else 1.0
         true_grid = validate_grid([sign * v for v in s], "grid")  # true times, decreasing if reversed
         nodes = grid.unbind(0)  # 0-dim views: the times handed to func, no copies
-        time_of = {tt: nodes[i] for i, tt in enumerate(true_grid)}
         dts = grid[1:] - grid[:-1]
         func = self.func
         callback_step = getattr(func, "callback_step", None)  # torchdiffeq installs a no-op default
+        # Gradients with respect to the times: the solver then runs on the 0-dim tensor times
+        # themselves (as torchdiffeq's fixed-grid methods do), else on host floats.
+        grad_times = torch.is_grad_enabled() and (grid.requires_grad or t.requires_grad)
+        if grad_times and not getattr(self.perception, "differentiable_times", False):
+            raise TypeError(
+                f"ba-solver: t requires grad, but perception {self.perception!r} is not differentiable in the "
+                "times (it would silently give a zero gradient). Use perception='polynomial' or 'anchor-only', "
+                "declare differentiable_times = True on a perception that is, or pass t.detach()."
+            )
+        times = [sign * n for n in nodes] if grad_times else list(true_grid)
+        time_of = {tt: nodes[i] for i, tt in enumerate(true_grid)}
 
-        def true_field(tt: float, x: torch.Tensor) -> torch.Tensor:
-            out = func(time_of[tt], x)
+        def true_field(tt: Any, x: torch.Tensor) -> torch.Tensor:
+            out = func(sign * tt if grad_times else time_of[tt], x)
             return -out if reversed_ else out
 
         where = _Where(true_grid)
@@ -276,17 +313,22 @@ class BASolver(FixedGridODESolver):
         def callback(i: int, _t: float, x: torch.Tensor, info: Any = None) -> None:
             nonlocal j, prev
             if self.check_finite and not bool(torch.isfinite(x).all()):
+                culprit = where.culprit()
                 raise FloatingPointError(
                     f"ba-solver: the state became NaN/inf in interval {i} of {last} "
                     f"(t = {true_grid[i - 1]:g} -> {true_grid[i]:g})"
+                    + (f": {culprit} turned finite inputs into NaN/inf" if culprit else "")
                 )
             while j < len(t_out) and s[i] >= t_out[j]:
-                out.append(_lerp(s[i - 1], s[i], prev, x, t_out[j]))
+                if grad_times:  # tensor weights, so the output times get their gradient too
+                    out.append(_lerp_at(nodes[i - 1], nodes[i], prev, x, t[j], s[i - 1], s[i], t_out[j]))
+                else:
+                    out.append(_lerp(s[i - 1], s[i], prev, x, t_out[j]))
                 j += 1
             prev = x
             if info is not None:
                 gaps.append(info.gap)
-            where.interval = i
+            where.next_interval(i)
             if i < last and callback_step is not None:
                 callback_step(nodes[i], x, dts[i])
 
@@ -296,7 +338,7 @@ class BASolver(FixedGridODESolver):
             ba_solver(
                 field,
                 self.y0,
-                true_grid,
+                times,
                 callback=callback,
                 rule=self.rule,
                 perception=perception,
@@ -319,6 +361,27 @@ class BASolver(FixedGridODESolver):
         if not adjoint and gaps:
             nan = torch.full((), float("nan"), device=self.y0.device)
             st.local_errors = torch.stack([nan if g is None else g.to(nan.dtype) for g in gaps])
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    """``warnings.warn`` once per process for this message (a user's loop would repeat it)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=4)
+
+
+def _lerp_at(n0: torch.Tensor, n1: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, tt: torch.Tensor,
+             f0: float, f1: float, ft: float) -> torch.Tensor:
+    """Linear interpolation with tensor times (differentiable in them), the nodes themselves
+    returned as they are (torchdiffeq's rule)."""
+    if ft == f1:
+        return y1
+    if ft == f0:
+        return y0
+    return y0 + ((tt - n0) / (n1 - n0)) * (y1 - y0)
 
 
 def _lerp(t0: float, t1: float, y0: torch.Tensor, y1: torch.Tensor, t: float) -> torch.Tensor:

@@ -6,8 +6,9 @@ feature extractor for the evaluate command.
 
 The backbone is a fixed random 3x3 convolution plus a class embedding on 4 x 8 x 8 latents with
 5 classes, and applies classifier-free guidance ``v_u + s (v_c - v_u)`` for
-``guidance_low <= t <= guidance_high`` (the null class is 5), so the sampler's pass-through of
-those settings changes the samples.
+``guidance_low <= t <= guidance_high`` (the null class is 5) with the scale s given per call as
+``guidance_scale=`` (the project's backbone convention, as the SiT binding), so the sampler's
+pass-through of those settings changes the samples.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ CLASSES = 5
 
 
 class TinyImageField(nn.Module):
-    def __init__(self, cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 1.0, seed: int = 0):
+    def __init__(self, guidance_low: float = 0.0, guidance_high: float = 1.0, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.conv = nn.Conv2d(SHAPE[0], SHAPE[0], 3, padding=1)
@@ -34,20 +35,21 @@ class TinyImageField(nn.Module):
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
-        self.cfg_scale, self.low, self.high = float(cfg_scale), float(guidance_low), float(guidance_high)
+        self.low, self.high = float(guidance_low), float(guidance_high)
 
     def _v(self, t: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         tt = t.reshape(-1, 1, 1, 1)
         return torch.tanh(self.conv(x)) * (1.0 + tt) + self.embed(labels)[:, :, None, None] - 0.5 * x
 
-    def forward(self, t: torch.Tensor, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, x: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                guidance_scale: Optional[float] = None) -> torch.Tensor:
         if labels is None:
             labels = torch.full((x.shape[0],), CLASSES, dtype=torch.long, device=x.device)
         v = self._v(t, x, labels)
         t0 = float(t.reshape(-1)[0])
-        if self.cfg_scale != 1.0 and self.low <= t0 <= self.high:
+        if guidance_scale is not None and guidance_scale != 1.0 and self.low <= t0 <= self.high:
             vu = self._v(t, x, torch.full_like(labels, CLASSES))
-            v = vu + self.cfg_scale * (v - vu)
+            v = vu + guidance_scale * (v - vu)
         return v
 
 

@@ -1,9 +1,9 @@
-"""The bi-anchor integrator through ``baquad.solve`` (algorithm.md sections 2-5).
+"""The bi-anchor integrator through ``baquad.solve`` (docs/algorithm.md#the-bi-anchor-step).
 
 Independent truths used here: exact integrals of polynomials (numpy.polynomial), closed-form
 trajectories of the analytic flows, schemes written out by hand in this file (Euler, "Heun
-with state reuse", the first AnchorPolynomial interval), NFE formulas from algorithm.md
-section 5, perception-call counts derived from the rule's nodes, and calls counted by our own
+with state reuse", the first AnchorPolynomial interval), NFE formulas from
+docs/algorithm.md#counting-nfe, perception-call counts derived from the rule's nodes, and calls counted by our own
 wrappers.
 """
 
@@ -26,7 +26,7 @@ A2 = np.array([[-0.5, 1.0], [-2.0, -0.3]])
 SQRT5 = math.sqrt(5.0)
 
 EXACT_RULES = [f"gauss-lobatto-{n}" for n in range(2, 7)] + [f"gauss-legendre-{n}" for n in range(1, 5)]
-# degree of exactness, from the textbook formulas (algorithm.md section 3)
+# degree of exactness, from the textbook formulas (docs/algorithm.md#quadrature-rules)
 DEGREE = {f"gauss-lobatto-{n}": 2 * n - 3 for n in range(2, 9)}
 DEGREE.update({f"gauss-legendre-{n}": 2 * n - 1 for n in range(1, 9)})
 SCHEMES = {
@@ -176,7 +176,7 @@ def test_linearity_test_can_fail_for_a_nonlinear_field():
 
 
 def expected_counts(rule_name: str, m: int, anchors: str, final: str) -> tuple[int, int]:
-    """NFE (algorithm.md section 5) and perception calls (section 4) for m intervals."""
+    """NFE (docs/algorithm.md#counting-nfe) and perception calls (docs/algorithm.md#the-bi-anchor-step) for m intervals."""
     nodes = get_rule(rule_name).nodes
     forward = int(any(c > 0 for c in nodes))  # one batched forward probe
     backward = int(any(0.5 <= c < 1 for c in nodes))  # one batched backward probe
@@ -211,7 +211,7 @@ def test_nfe_and_perception_calls_match_the_scheme(m, rule, scheme, direction):
     perception = Counting(AnchorOnly())
     res = baquad.solve(field, np.ones((2, 3)), ts, rule, perception=perception, **opts)
     nfe, pcalls = expected_counts(rule, m, opts["anchors"], opts.get("final", "single"))
-    assert nfe == (m + 1 if scheme == "A" else m)  # the formulas of section 5, restated
+    assert nfe == (m + 1 if scheme == "A" else m)  # the formulas of docs/algorithm.md#counting-nfe, restated
     assert res.nfe == calls["n"] == nfe
     assert res.perception_calls == perception.calls == pcalls
 
@@ -299,7 +299,7 @@ def test_oracle_gauss_lobatto_global_order_is_2n_minus_2(n, steps, final):
 
 
 # ---------------------------------------------------------------------------------------
-# 6. identities of algorithm.md sections 2-4, against schemes written out by hand
+# 6. identities of docs/algorithm.md#the-bi-anchor-step, against schemes written out by hand
 
 
 def heun_with_state_reuse(f, x, ts, last_euler=False):
@@ -361,7 +361,7 @@ def test_anchor_only_rules_with_half_weight_below_midpoint_equal_trapezoid(rule,
 
 
 def test_anchor_only_simpson_puts_the_midpoint_weight_on_the_terminal_anchor():
-    """A node at exactly 1/2 goes backward (algorithm.md section 4, step 3): with anchor-only
+    """A node at exactly 1/2 goes backward (docs/algorithm.md#the-bi-anchor-step, step 3): with anchor-only
     Simpson the corrector is x + h (v_i / 6 + 5 v_{i+1} / 6)."""
     f, x, ts = nonlinear_field, X_IDENT, TS_IDENT
     v = f(ts[0], x)

@@ -30,9 +30,10 @@ from adapters.torch_sit.sidenet import MLPSideNet
 # the chain's simulation is baquad.solve, sample by sample
 
 
-def nonzero_sidenet(seed: int = 0, num_classes=None, guidance: bool = False) -> MLPSideNet:
+def nonzero_sidenet(seed: int = 0, num_classes=None, guidance: bool = False, base: str = "anchor-only") -> MLPSideNet:
     torch.manual_seed(seed)
-    net = MLPSideNet(2, hidden=32, depth=2, embed_dim=16, num_classes=num_classes, guidance=guidance)
+    net = MLPSideNet(2, hidden=32, depth=2, embed_dim=16, num_classes=num_classes, guidance=guidance,
+                     base_perception=base)
     with torch.no_grad():
         net.out.weight.normal_(0.0, 0.3)  # zero-initialised by design: make it act
         net.out.bias.normal_(0.0, 0.1)
@@ -56,12 +57,13 @@ def per_sample_solve(net, backbone, x, times, anchors, labels=None, guidance=Non
 
 
 @pytest.mark.parametrize("state_update, anchors", [("predictor", "single"), ("corrector", "bi")])
-@pytest.mark.parametrize("intervals", ["dirichlet", "trunc-exp"])
-def test_chain_simulation_equals_solve_per_sample(state_update, anchors, intervals):
+@pytest.mark.parametrize("intervals, base", [("dirichlet", "anchor-only"), ("trunc-exp", "anchor-only"),
+                                             ("trunc-exp", "polynomial")])
+def test_chain_simulation_equals_solve_per_sample(state_update, anchors, intervals, base):
     cfg = ChainConfig(chain_length=5, intervals=intervals, exp_rate=2.0, h_min=0.1, h_max=0.4,
                       state_update=state_update)
     backbone = get_backbone("gmm-ring2d")
-    net = nonzero_sidenet()
+    net = nonzero_sidenet(base=base)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(6, 2, generator=g, dtype=torch.float64)
     times = sample_times(cfg, torch.ones(6, dtype=torch.float64), g)
@@ -76,7 +78,7 @@ def test_chain_simulation_equals_solve_per_sample(state_update, anchors, interva
         for k in range(n, len(ro.X)):  # after its end the sample does not move
             torch.testing.assert_close(ro.X[k][i], xs[-1], rtol=0, atol=0)
     # the SideNet really acts: anchor-only would give another chain
-    zero = nonzero_sidenet()
+    zero = nonzero_sidenet(base=base)
     with torch.no_grad():
         zero.out.weight.zero_()
         zero.out.bias.zero_()

@@ -1,7 +1,7 @@
 """Quadrature rules (baquad.rules): exactness, closed forms, agreement with scipy, the table.
 
 Independent truths used here: the exact integral of c^p over [0, 1] (the rational 1/(p+1)),
-closed-form Gauss-Lobatto nodes and weights written out by hand (algorithm.md section 3),
+closed-form Gauss-Lobatto nodes and weights written out by hand (docs/algorithm.md#quadrature-rules),
 scipy's Gauss-Legendre nodes and a Gauss-Lobatto construction from numpy's Legendre class.
 The degrees of exactness are the textbook formulas 2n - 3 (Lobatto) and 2n - 1 (Legendre).
 """
@@ -21,7 +21,7 @@ import baquad
 from baquad import rules as R
 from baquad.rules import QuadratureRule, get_rule, rule_names
 
-# The aliases named in algorithm.md section 3 (written here, not read from the code).
+# The aliases named in docs/algorithm.md#quadrature-rules (written here, not read from the code).
 ALIASES = {"trapezoid": ("gauss-lobatto", 2), "simpson": ("gauss-lobatto", 3)}
 
 
@@ -227,3 +227,18 @@ def test_rules_are_reexported():
 def test_custom_rule_rejects_nan(nodes, weights):
     with pytest.raises(ValueError):
         QuadratureRule.custom(nodes, weights, 1)
+
+
+@pytest.mark.parametrize("short, full", [("GL4", "gauss-lobatto-4"), ("gl3", "gauss-lobatto-3"), ("gl-2", "gauss-lobatto-2"),
+                                         ("Lobatto5", "gauss-lobatto-5"), ("GLeg3", "gauss-legendre-3"),
+                                         ("legendre-2", "gauss-legendre-2"), ("Simpson", "gauss-lobatto-3")])
+def test_short_rule_names_resolve(short, full):
+    """The short names the README's tables use resolve to the same nodes and weights; unknown
+    short names are still refused."""
+    a, b = get_rule(short), get_rule(full)
+    assert a.nodes == b.nodes and a.weights == b.weights and a.degree == b.degree
+
+
+def test_short_rule_name_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="GL99"):
+        get_rule("GL99")

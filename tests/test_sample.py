@@ -119,13 +119,13 @@ def test_run_writes_the_adm_batch_with_independently_computed_images(tmp_path, r
     assert images.dtype == np.uint8 and images.shape == (N, 64, 64, 3)  # NHWC, 8x the 8x8 latents
 
     # Euler (REPA's euler_sampler without the float64 state) + the stand-in decoder, written out
-    field = TinyImageField(cfg_scale=2.0, guidance_high=0.7).eval()
+    field = TinyImageField(guidance_high=0.7).eval()
     noise, y = S.sample_inputs(5, range(N), SHAPE, CLASSES)
     np.testing.assert_array_equal(labels, y.numpy())
     x, ts = noise.clone(), np.linspace(1.0, 0.0, 4)
     with torch.no_grad():
         for t_cur, t_next in zip(ts[:-1], ts[1:]):
-            x = x + float(t_next - t_cur) * field(torch.full((N,), float(t_cur)), x, labels=y)
+            x = x + float(t_next - t_cur) * field(torch.full((N,), float(t_cur)), x, labels=y, guidance_scale=2.0)
     rgb = np.tanh(x[:, :3].numpy()).repeat(8, axis=2).repeat(8, axis=3)
     expected = np.clip(255.0 * (rgb + 1) / 2, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     diff = np.abs(images.astype(int) - expected.astype(int))

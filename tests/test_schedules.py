@@ -145,19 +145,15 @@ def test_nfe_grid_ba_solver_intervals() -> None:
 
 
 def test_nfe_grid_ba_solver_counted_through_solve() -> None:
-    import baquad
+    from baquad import solve
 
-    solve = getattr(baquad, "solve", None)
-    if solve is None:
-        pytest.skip("baquad.solve is not available yet")
-    for opts in ({}, {"final": "bi"}, {"final": "single"}):
+    for opts in ({}, {"final": "bi"}, {"final": "single"}, {"anchors": "single"}):
         for nfe in (3, 6):
             ts = nfe_grid("ba-solver", nfe, **opts)
-            try:
-                res = solve(field, np.zeros((2, 3)) + 0.3, ts, method="ba-solver", **opts)
-            except (ValueError, TypeError, KeyError, NotImplementedError) as err:  # core not ready
-                pytest.skip(f"ba-solver dispatch not usable yet: {err}")
-            assert res.nfe == nfe
+            calls = []
+            res = solve(lambda t, x: calls.append(t) or field(t, x), np.zeros((2, 3)) + 0.3, ts, method="ba-solver",
+                        **opts)
+            assert res.nfe == nfe == len(calls)
 
 
 @pytest.mark.parametrize(("method", "nfe", "opts"), [("heun", 4, {}), ("midpoint", 5, {}), ("rk4", 6, {}),

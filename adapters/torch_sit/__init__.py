@@ -1,6 +1,7 @@
 """torch side of BA-solver: SideNets, their perception, chain training and checkpoints.
 
 - :mod:`.sidenet`: :class:`MLPSideNet` (vector states), :class:`ConvSideNet` (images/latents),
+  :class:`TokenSideNet` (token sequences such as packed Flux latents),
   ``count_parameters``, ``sidenet_report``, ``build_sidenet``.
 - :mod:`.perception`: :class:`NeuralPerception`, a SideNet behind ``baquad``'s perception contract
   (all offsets of an interval in one batched forward).
@@ -18,7 +19,7 @@ from .backbones import Backbone, CountingBackbone, backbone_names, get_backbone,
 from .chain import ChainConfig, ChainTrainer, chain_losses, sample_batch, sample_times, simulate_chain
 from .checkpoint import ArchitectureMismatch, load_checkpoint, load_sidenet, save_checkpoint, save_sidenet
 from .perception import NeuralPerception
-from .sidenet import ConvSideNet, MLPSideNet, build_sidenet, count_parameters, sidenet_report
+from .sidenet import ConvSideNet, MLPSideNet, TokenSideNet, build_sidenet, count_parameters, sidenet_report
 from .sit import SiT, SiTConfig, build_sit, sit_config
 from .sit_backbone import GuidedSiT, SiTBackbone, repa_sit_backbone  # also registers the repa-sit backbones
 from .sit_checkpoint import load_repa_checkpoint
@@ -28,6 +29,7 @@ from .paper_sidenet import paper_sidenet, paper_sidenet_config
 __all__ = [
     "MLPSideNet",
     "ConvSideNet",
+    "TokenSideNet",
     "build_sidenet",
     "count_parameters",
     "sidenet_report",

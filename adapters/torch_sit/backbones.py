@@ -7,7 +7,9 @@ count (None: analytic, no parameters), and optionally ``sample_data(n, generator
 at t = 0, for chains that start at a sampled time on the path x_t = (1 - t) x_data + t z).
 
 Registered now: the analytic Gaussian-mixture flows ``"gmm-ring2d"`` and ``"gmm-32d"``
-(:mod:`baquad.flows`). A neural backbone (a REPA-SiT, a digits model) registers a factory with
+(:mod:`baquad.flows`), and ``"diffusers"``, a diffusers SD3/Flux transformer with a file of prompt
+embeddings (:mod:`adapters.diffusers_flow.backbone`; options ``model``, ``prompt_embeddings``,
+``latent_size``, ``dtype``). A neural backbone (a REPA-SiT, a digits model) registers a factory with
 :func:`register_backbone` that returns ``Backbone.from_module(...)`` or a :class:`Backbone` whose
 ``fn`` applies the guidance and label conditioning, keyed on the same names.
 """
@@ -36,6 +38,12 @@ class Backbone:
         module: the torch module behind ``fn`` (moved by :meth:`to`), if any.
         sample_data: ``sample_data(n, generator) -> Tensor[n, *state_shape]`` (float32, CPU),
             exact data samples where the backbone has them.
+        cond_dim: the size of the conditioning vector a SideNet for this backbone reads (a text
+            backbone's pooled prompt embedding), or None.
+        sample_cond: ``sample_cond(n, generator) -> (labels, cond)``: per-sample integer
+            conditions for ``fn`` (``labels=``; a text backbone's prompt indices) and their
+            conditioning vectors ``(n, cond_dim)`` (float32, CPU; ``cond=``), for backbones
+            conditioned on more than a class label.
     """
 
     name: str
@@ -46,6 +54,8 @@ class Backbone:
     module: Optional[nn.Module] = None
     sample_data: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None
     extra: dict = field(default_factory=dict)
+    cond_dim: Optional[int] = None
+    sample_cond: Optional[Callable[[int, torch.Generator], tuple]] = None
 
     def __call__(self, t: torch.Tensor, x: torch.Tensor, **cond: Any) -> torch.Tensor:
         return self.fn(t, x, **cond)
@@ -140,3 +150,15 @@ def _analytic_flow(flow_name: str) -> Callable[..., Backbone]:
 
 register_backbone("gmm-ring2d", _analytic_flow("gmm-ring2d"))
 register_backbone("gmm-32d", _analytic_flow("gmm-32d"))
+register_backbone("gmm-64d", _analytic_flow("gmm-64d"))
+
+
+def _diffusers_transformer(**kwargs: Any) -> Backbone:
+    """A diffusers pipeline's transformer (SD3, Flux) with a prompt-embedding file; see
+    :func:`adapters.diffusers_flow.backbone.load_diffusers_backbone` (diffusers imported here)."""
+    from adapters.diffusers_flow.backbone import load_diffusers_backbone
+
+    return load_diffusers_backbone(**kwargs)
+
+
+register_backbone("diffusers", _diffusers_transformer)

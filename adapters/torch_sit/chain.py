@@ -1,4 +1,4 @@
-"""Chain training of the SideNet (paper Sec. 3.2.3, Algorithm 2; algorithm.md section 6).
+"""Chain training of the SideNet (paper Sec. 3.2.3, Algorithm 2; docs/algorithm.md#chain-training).
 
 The backbone f is frozen and never differentiated; no data set is needed (chains start from
 noise). One chain of K intervals from a start (x_0, t_0), with v_0 = f(x_0, t_0):
@@ -84,8 +84,8 @@ class ChainConfig:
             ``exp_rate`` is the setting to measure;
             ``"uniform-grid"``: K equal steps |t_end - t_0| / K.
         exp_rate, h_min, h_max: the truncated exponential's rate and truncation bounds.
-        shared_partition: True: one partition (and one start time) for the whole batch, as the
-            prototype (algorithm.md section 11); False: drawn per sample (the backbone gets a
+        shared_partition: True: one partition (and one start time) for the whole batch, as an early
+            prototype did (docs/algorithm.md#interval-sizes); False: drawn per sample (the backbone gets a
             per-sample time tensor).
         start: ``"noise"``: x_0 ~ N(0, I) at t_0 = 1; ``"path"``: t_0 ~ U[``start_min``,
             ``start_max``] and x_0 = (1 - t_0) x_data + t_0 z on the linear path, which needs a
@@ -104,6 +104,10 @@ class ChainConfig:
             i.e. regression of g on (v_{k+1} - v_k) / h.
         guidance_scale: classifier-free guidance scale passed to the backbone (``guidance_scale=``)
             and to a guidance-conditioned SideNet; None: no guidance.
+        guidance_max: with ``guidance_scale``, every chain draws its own scale uniformly from
+            [guidance_scale, guidance_max] (a per-sample tensor reaches the backbone and the SideNet),
+            so that one guidance-conditioned SideNet serves every scale of the range (the paper's
+            sampling settings change the scale with the NFE); None: the one scale.
     Optimisation
         iters: optimiser steps. batch_size: the GLOBAL batch (split over DDP ranks).
         lr, weight_decay, beta1, beta2: AdamW. cosine: cosine decay of the learning rate to
@@ -111,8 +115,19 @@ class ChainConfig:
         ema_decay: exponential moving average of the SideNet weights (None: off).
         grad_clip: clip the global gradient norm (None: off).
         loss_chunks: split the loss forward/backward over the batch in this many chunks (memory).
+        micro_batch: gradient accumulation: each process simulates and back-propagates its slice of
+            the global batch in pieces of at most this many chains, summing the gradients before
+            the one optimiser step (None: the whole slice at once). The global batch, the loss and
+            the step are the same up to float round-off; only peak memory changes (the paper's
+            global batch of 4096 on GPUs that cannot hold a slice at once).
         seed: seeds the SideNet initialisation and every iteration's data (noise, times, labels
             are drawn from a generator seeded by (seed, step), so resuming and DDP are exact).
+
+    Valid ranges (checked on construction and by :meth:`validate`; NaN and infinities are never
+    valid): integers chain_length, iters, batch_size, loss_chunks >= 1, micro_batch >= 1 or None,
+    and warmup_iters, seed >= 0; exp_rate, h_min <= h_max, lr > 0; grad_clip > 0 or None; 0 <= start_min <= start_max
+    <= 1; forward_weight, backward_weight, weight_decay >= 0; guidance_scale >= 0 or None;
+    beta1, beta2 in [0, 1); min_lr_ratio in [0, 1]; ema_decay in [0, 1) or None.
     """
 
     chain_length: int = 8
@@ -131,6 +146,7 @@ class ChainConfig:
     backward_weight: float = 1.0
     loss_norm: str = "v"
     guidance_scale: Optional[float] = None
+    guidance_max: Optional[float] = None
     iters: int = 1000
     batch_size: int = 512
     lr: float = 1e-3
@@ -143,57 +159,98 @@ class ChainConfig:
     ema_decay: Optional[float] = None
     grad_clip: Optional[float] = 1.0
     loss_chunks: int = 1
+    micro_batch: Optional[int] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"ChainConfig.{name}: {why} (got {getattr(self, name)!r})")
+        """Raise ValueError naming the first invalid field and its valid range.
 
-        if self.chain_length < 1:
-            bad("chain_length", "must be >= 1")
+        Every numeric field is checked for its type and range (NaN and infinities are out of
+        every range), whatever the other settings, so a recipe is refused before any training
+        step rather than failing (or silently misbehaving) later.
+        """
+        for name in ("chain_length", "iters", "batch_size", "loss_chunks"):
+            self._check_int(name, 1)
+        for name in ("warmup_iters", "seed"):
+            self._check_int(name, 0)
+        if self.micro_batch is not None:
+            self._check_int("micro_batch", 1)
+        for name in ("intervals", "start", "direction", "state_update", "loss_norm"):
+            if not isinstance(getattr(self, name), str):
+                self._bad(name, "must be a string")
+        for name in ("shared_partition", "cosine"):
+            if not isinstance(getattr(self, name), bool):
+                self._bad(name, "must be True or False")
+        self._check_real("exp_rate", 0.0, open_low=True)
+        self._check_real("h_min", 0.0, open_low=True)
+        self._check_real("h_max", 0.0, open_low=True)
+        if self.h_min > self.h_max:
+            self._bad("h_min", f"must be <= h_max = {self.h_max}")
+        self._check_real("start_min", 0.0, 1.0)
+        self._check_real("start_max", 0.0, 1.0)
+        if self.start_min > self.start_max:
+            self._bad("start_min", f"must be <= start_max = {self.start_max}")
+        self._check_real("forward_weight", 0.0)
+        self._check_real("backward_weight", 0.0)
+        if self.forward_weight + self.backward_weight == 0:
+            self._bad("forward_weight", "forward_weight and backward_weight must not both be 0")
+        self._check_real("guidance_scale", 0.0, optional=True)
+        self._check_real("guidance_max", 0.0, optional=True)
+        if self.guidance_max is not None and (self.guidance_scale is None or self.guidance_max < self.guidance_scale):
+            self._bad("guidance_max", f"needs guidance_scale set and guidance_max >= guidance_scale = {self.guidance_scale}")
+        self._check_real("lr", 0.0, open_low=True)
+        self._check_real("weight_decay", 0.0)
+        self._check_real("beta1", 0.0, 1.0, open_high=True)
+        self._check_real("beta2", 0.0, 1.0, open_high=True)
+        self._check_real("min_lr_ratio", 0.0, 1.0)
+        self._check_real("ema_decay", 0.0, 1.0, open_high=True, optional=True)
+        self._check_real("grad_clip", 0.0, open_low=True, optional=True)
+
         if self.intervals not in INTERVALS:
-            bad("intervals", f"must be one of {INTERVALS}")
-        if self.intervals == "trunc-exp":
-            if self.exp_rate <= 0:
-                bad("exp_rate", "must be > 0")
-            if not 0 < self.h_min <= self.h_max:
-                bad("h_min", f"need 0 < h_min <= h_max = {self.h_max}")
+            self._bad("intervals", f"must be one of {INTERVALS}")
         if self.start not in STARTS:
-            bad("start", f"must be one of {STARTS}")
-        if not 0.0 <= self.start_min <= self.start_max <= 1.0:
-            bad("start_min", f"need 0 <= start_min <= start_max <= 1 (start_max = {self.start_max})")
+            self._bad("start", f"must be one of {STARTS}")
         if self.direction not in DIRECTIONS:
-            bad("direction", f"must be one of {DIRECTIONS}")
+            self._bad("direction", f"must be one of {DIRECTIONS}")
         if self.start == "path" and (self.start_max if self.direction == "generate" else 1.0 - self.start_min) <= 0.0:
-            bad("start_max" if self.direction == "generate" else "start_min",
-                "the start-time range leaves no time to integrate toward the end of the chain")
+            self._bad("start_max" if self.direction == "generate" else "start_min",
+                      "the start-time range leaves no time to integrate toward the end of the chain")
         if self.direction == "invert" and self.start == "noise":
-            bad("direction", "inversion chains run toward t = 1 and cannot start from noise at t = 1; use start='path'")
+            self._bad("direction", "inversion chains run toward t = 1 and cannot start from noise at t = 1; use start='path'")
         get_rule(self.rule).check_unit_interval("rule")
         if self.state_update not in STATE_UPDATES:
-            bad("state_update", f"must be one of {STATE_UPDATES}")
+            self._bad("state_update", f"must be one of {STATE_UPDATES}")
         if self.loss_norm not in LOSS_NORMS:
-            bad("loss_norm", f"must be one of {LOSS_NORMS}")
-        if self.forward_weight < 0 or self.backward_weight < 0 or self.forward_weight + self.backward_weight == 0:
-            bad("forward_weight", "weights must be >= 0 and not both 0")
-        if self.iters < 0:
-            bad("iters", "must be >= 0")
-        if self.batch_size < 1:
-            bad("batch_size", "must be >= 1")
-        if self.lr <= 0:
-            bad("lr", "must be > 0")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            bad("ema_decay", "must be in [0, 1) or None")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            bad("grad_clip", "must be > 0 or None")
-        if self.loss_chunks < 1:
-            bad("loss_chunks", "must be >= 1")
-        if self.warmup_iters < 0:
-            bad("warmup_iters", "must be >= 0")
+            self._bad("loss_norm", f"must be one of {LOSS_NORMS}")
+
+    def _bad(self, name: str, why: str) -> None:
+        raise ValueError(f"ChainConfig.{name}: {why} (got {getattr(self, name)!r})")
+
+    def _check_int(self, name: str, low: int) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            self._bad(name, f"must be an integer >= {low}")
+        if value < low:
+            self._bad(name, f"must be >= {low}")
+
+    def _check_real(self, name: str, low: float, high: float = math.inf, *, open_low: bool = False,
+                    open_high: bool = False, optional: bool = False) -> None:
+        """A finite real number in the interval from ``low`` to ``high`` (open where asked), or
+        None when ``optional``."""
+        value = getattr(self, name)
+        if value is None and optional:
+            return
+        left, right = "(" if open_low else "[", ")" if open_high or high == math.inf else "]"
+        span = f"{left}{low:g}, {high:g}{right}"
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            self._bad(name, f"must be a real number in {span}" + (" or None" if optional else ""))
+        if not math.isfinite(value):
+            self._bad(name, f"must be finite, in {span}")
+        if value < low or (open_low and value == low) or value > high or (open_high and value == high):
+            self._bad(name, f"must be in {span}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -257,23 +314,34 @@ def sample_times(cfg: ChainConfig, t0: torch.Tensor, generator: torch.Generator)
 
 @dataclass
 class Batch:
-    """One iteration's data (global batch): start states, start times, time grids, labels."""
+    """One iteration's data (global batch): start states, start times, time grids, labels and
+    conditioning vectors.
+
+    ``labels`` are per-sample integer conditions of the backbone (class labels, or the prompt
+    indices of a text-conditioned backbone); ``cond`` the per-sample conditioning vectors of the
+    SideNet (``cond_dim``; e.g. the pooled prompt embeddings), passed to the backbone as well.
+    """
 
     x: torch.Tensor  # (B, *state_shape) float32
     t0: torch.Tensor  # (B,) float64
     times: torch.Tensor  # (K + 1, B) float64
     labels: Optional[torch.Tensor]  # (B,) long or None
+    cond: Optional[torch.Tensor] = None  # (B, cond_dim) float32 or None
+    guidance: Optional[torch.Tensor] = None  # (B,) float64 per-chain guidance scales (guidance_max) or None
 
     def slice(self, start: int, stop: int) -> "Batch":
-        return Batch(self.x[start:stop], self.t0[start:stop], self.times[:, start:stop],
-                     None if self.labels is None else self.labels[start:stop])
+        part = lambda a: None if a is None else a[start:stop]  # noqa: E731
+        return Batch(self.x[start:stop], self.t0[start:stop], self.times[:, start:stop], part(self.labels),
+                     part(self.cond), part(self.guidance))
 
 
 def sample_batch(cfg: ChainConfig, backbone: Any, step: int) -> Batch:
     """The GLOBAL batch of iteration ``step``, drawn on the CPU from :func:`step_generator`.
 
     Every DDP rank draws the same global batch and takes its slice, so N processes see exactly
-    the data of one process. Draw order: noise, [start times, data], time grids, labels.
+    the data of one process. Draw order: noise, [start times, data], time grids, labels,
+    [conditions]. A backbone with ``sample_cond(n, generator) -> (labels, cond)`` (a
+    text-conditioned one: prompt indices and their pooled embeddings) supplies both.
     """
     g = step_generator(cfg.seed, step)
     b = cfg.batch_size
@@ -295,7 +363,15 @@ def sample_batch(cfg: ChainConfig, backbone: Any, step: int) -> Batch:
     times = sample_times(cfg, t0, g)
     nc = getattr(backbone, "num_classes", None)
     labels = torch.randint(0, nc, (b,), generator=g) if nc else None
-    return Batch(x, t0, times, labels)
+    cond = None
+    sample_cond = getattr(backbone, "sample_cond", None)
+    if sample_cond is not None:
+        labels, cond = sample_cond(b, g)
+    guidance = None
+    if cfg.guidance_max is not None:  # drawn last, so configs without it keep their batches
+        lo, hi = cfg.guidance_scale, cfg.guidance_max
+        guidance = lo + (hi - lo) * torch.rand(b, generator=g, dtype=torch.float64)
+    return Batch(x, t0, times, labels, cond, guidance)
 
 
 @dataclass
@@ -316,8 +392,15 @@ class Rollout:
     H: torch.Tensor
     valid: torch.Tensor
     labels: Optional[torch.Tensor]
-    guidance: Optional[float]
+    guidance: Any  # None, one float, or a (B,) tensor of per-chain scales
     backbone_calls: int
+    cond: Optional[torch.Tensor] = None
+    #: for a SideNet that is a residual on a training-free perception P0 (``base_perception``),
+    #: P0's predictions at the loss offsets: base_f[k] = P0(x_k, v_k, t_k; h_k) with the history
+    #: of anchor k, base_b[k] = P0(x~_{k+1}, v_{k+1}, t_{k+1}; -h_k) with that of anchor k + 1;
+    #: None for the paper's anchor-only base (P0 = v).
+    base_f: Optional[list] = None
+    base_b: Optional[list] = None
 
 
 def _cond(labels: Optional[torch.Tensor], guidance: Optional[float]) -> dict:
@@ -329,14 +412,19 @@ def _cond(labels: Optional[torch.Tensor], guidance: Optional[float]) -> dict:
     return cond
 
 
-def _sidenet_g(net: Callable, x, v, t, d, labels, guidance) -> torch.Tensor:
-    gs = None if guidance is None else torch.full_like(t, float(guidance))
-    return net(x, v, t, d, labels, gs)
+def _sidenet_g(net: Callable, x, v, t, d, labels, guidance, cond=None) -> torch.Tensor:
+    """g for rows (x, v, t, d); ``guidance`` None, one float, or one scale per row."""
+    if guidance is None or torch.is_tensor(guidance):
+        gs = None if guidance is None else guidance.to(t)
+    else:
+        gs = torch.full_like(t, float(guidance))
+    return net(x, v, t, d, labels, gs) if cond is None else net(x, v, t, d, labels, gs, cond=cond)
 
 
 @torch.no_grad()
 def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, times: torch.Tensor,
-                   cfg: ChainConfig, labels: Optional[torch.Tensor] = None) -> Rollout:
+                   cfg: ChainConfig, labels: Optional[torch.Tensor] = None,
+                   cond: Optional[torch.Tensor] = None, guidance: Optional[torch.Tensor] = None) -> Rollout:
     """Simulate the chain through the time grid ``times`` (K + 1, B) from x at times[0].
 
     Each interval is one step of the core integrator, :class:`baquad.bianchor.BiAnchorSolver`,
@@ -349,12 +437,20 @@ def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, time
     (K + 1 for a full chain), all under ``torch.no_grad()``, as are the SideNet probes. Empty
     intervals (h = 0, a "trunc-exp" chain that reached its end) leave their rows unchanged and
     are masked out of the loss; once every chain of the batch has ended, no more calls are made.
+    ``cond``: per-sample conditioning vectors ``(B, cond_dim)`` for the SideNet, also passed to
+    the backbone (``cond=``). ``guidance``: per-chain guidance scales ``(B,)`` (``guidance_max``)
+    instead of ``cfg.guidance_scale``.
     """
-    solver = BiAnchorSolver(get_rule(cfg.rule), NeuralPerception(unwrap(sidenet), labels, cfg.guidance_scale))
-    cond = _cond(labels, cfg.guidance_scale)
+    gs = cfg.guidance_scale if guidance is None else guidance.to(x.device, x.dtype)
+    perception = NeuralPerception(unwrap(sidenet), labels, gs, cond=cond, strict=False)
+    solver = BiAnchorSolver(get_rule(cfg.rule), perception)
+    base = perception.base  # None: anchor-only (v_hat = v + d g)
+    kwargs = _cond(labels, gs)
+    if cond is not None:
+        kwargs["cond"] = cond
 
     def field(t: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
-        return backbone(t, xt, **cond)
+        return backbone(t, xt, **kwargs)
 
     T = times.to(device=x.device, dtype=x.dtype)
     H = T[1:] - T[:-1]
@@ -362,16 +458,21 @@ def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, time
     state = solver.init(field, T[0], x)
     calls = 1
     X, Xe, V = [x], [x], [state.v]
+    base_f, base_b = ([], []) if base is not None else (None, None)
     for k in range(H.shape[0]):
         if not bool(valid[k:].any()):
             break
+        if base is not None:  # P0 at the forward loss offset, from anchor k with its history
+            base_f.append(base(state.x, state.v, state.t, H[k][None], state.history)[0])
         state, _ = solver.step(field, state, T[k + 1], bi=cfg.state_update == "corrector", evaluate_end=True)
         calls += 1
         X.append(state.x)
         Xe.append(state.anchor.x)
         V.append(state.v)
+        if base is not None:  # P0 at the backward loss offset, from anchor k + 1 with its history
+            base_b.append(base(state.anchor.x, state.v, state.t, -H[k][None], state.history)[0])
     kk = len(X) - 1
-    return Rollout(X, Xe, V, T[: kk + 1], H[:kk], valid[:kk], labels, cfg.guidance_scale, calls)
+    return Rollout(X, Xe, V, T[: kk + 1], H[:kk], valid[:kk], labels, gs, calls, cond, base_f, base_b)
 
 
 def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
@@ -381,6 +482,8 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     For the samples ``samples`` of the batch and every simulated interval k, with d_k = h_k:
         L_f = mean_dims (v_k + h_k g(x_k, v_k, t_k, h_k) - v_{k+1})^2
         L_b = mean_dims (v_{k+1} - h_k g(x~_{k+1}, v_{k+1}, t_{k+1}, -h_k) - v_k)^2
+    (a residual SideNet replaces the v_k of L_f and the v_{k+1} of L_b by its base perception's
+    predictions, ``ro.base_f`` and ``ro.base_b``)
     (divided by h_k^2 for ``loss_norm="g"``, by |h_k| for ``"h"``). Returns
     ``sum over valid pairs (w_f L_f + w_b L_b) / normalizer`` (default: the number of valid pairs
     among ``samples``) and stats with the sums and counts (``sum_forward``, ``sum_backward``,
@@ -404,11 +507,15 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     t_in = torch.cat([t0.reshape(-1), t1.reshape(-1)])
     d_in = torch.cat([h.reshape(-1), -h.reshape(-1)])
     lab = None if ro.labels is None else ro.labels[samples].repeat(2 * K)
-    g = _sidenet_g(sidenet, x_in, v_in, t_in, d_in, lab, ro.guidance)
+    cnd = None if ro.cond is None else ro.cond[samples].repeat(2 * K, 1)
+    gsc = ro.guidance[samples].repeat(2 * K) if torch.is_tensor(ro.guidance) else ro.guidance
+    g = _sidenet_g(sidenet, x_in, v_in, t_in, d_in, lab, gsc, cnd)
     g = g.reshape(2, K, b, *shape)
     hb = h.reshape(K, b, *([1] * len(shape)))
-    res_f = v0 + hb * g[0] - v1
-    res_b = v1 - hb * g[1] - v0
+    pf = v0 if ro.base_f is None else torch.stack(ro.base_f)[:, samples]
+    pb = v1 if ro.base_b is None else torch.stack(ro.base_b)[:, samples]
+    res_f = pf + hb * g[0] - v1
+    res_b = pb - hb * g[1] - v0
     if cfg.loss_norm in ("g", "h"):
         hs = torch.where(valid, h.abs(), torch.ones_like(h)).reshape(hb.shape)
         hs = hs if cfg.loss_norm == "g" else hs.sqrt()
@@ -437,7 +544,8 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
 
 def chain_losses(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, t: Any, cfg: ChainConfig,
                  generator: Optional[torch.Generator] = None, *, labels: Optional[torch.Tensor] = None,
-                 times: Optional[torch.Tensor] = None, normalizer: Optional[float] = None) -> tuple[torch.Tensor, dict]:
+                 times: Optional[torch.Tensor] = None, normalizer: Optional[float] = None,
+                 cond: Optional[torch.Tensor] = None, guidance: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict]:
     """The chain loss of one batch: simulate (no gradient) then the forward/backward losses.
 
     Args:
@@ -448,6 +556,8 @@ def chain_losses(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, t: Any
         cfg: the recipe; the time grid is drawn from ``generator`` with :func:`sample_times`
             unless ``times`` ``(K + 1, B)`` is given (its row 0 must equal t).
         labels: class labels ``(B,)`` for a conditional backbone/SideNet.
+        cond: conditioning vectors ``(B, cond_dim)`` for the SideNet (and the backbone).
+        guidance: per-chain guidance scales ``(B,)`` instead of ``cfg.guidance_scale``.
         normalizer: divide the summed losses by this instead of the number of valid pairs
             (the DDP trainer passes the global count / world size).
 
@@ -464,10 +574,15 @@ def chain_losses(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, t: Any
         times = sample_times(cfg, t0, generator)
     elif not torch.equal(times[0].to("cpu", torch.float64), t0.to(torch.float64)):
         raise ValueError("chain_losses: times[0] must equal the start time t")
-    ro = simulate_chain(sidenet, backbone, x, times, cfg, labels)
+    ro = simulate_chain(sidenet, backbone, x, times, cfg, labels, cond, guidance)
     loss, stats = rollout_loss(sidenet, ro, cfg, normalizer=normalizer)
     stats["backbone_calls"] = ro.backbone_calls
     return loss, stats
+
+
+def _all_finite(tensors: list) -> bool:
+    """True when every entry of every tensor is finite (one host sync)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
 
 
 def valid_pairs(times: torch.Tensor, dtype: torch.dtype = torch.float32) -> int:
@@ -518,37 +633,75 @@ class ChainTrainer:
         self.step_count = 0
         self.backbone_calls = 0
 
+    def _check_finite_before_update(self, sums: dict) -> None:
+        """Refuse to update the weights from a non-finite loss or gradient (FloatingPointError
+        naming the iteration). The gradient is the all-reduced one under DDP, so every process
+        stops at the same iteration."""
+        it = self.step_count + 1
+        if not (math.isfinite(sums["sum_forward"]) and math.isfinite(sums["sum_backward"])):
+            raise FloatingPointError(
+                f"iteration {it}: the chain loss is NaN/inf (forward sum {sums['sum_forward']}, backward sum "
+                f"{sums['sum_backward']}); the weights were not updated. Check the backbone's outputs and the "
+                "recipe (lr, grad_clip, loss_norm)."
+            )
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        if grads and not _all_finite(grads):
+            raise FloatingPointError(
+                f"iteration {it}: the gradient is NaN/inf (this process's loss is finite: another process's may "
+                "not be, or the SideNet overflowed); the weights were not updated."
+            )
+
     def step(self, batch: Batch, global_count: Optional[float] = None, all_reduce: Optional[Callable] = None) -> dict:
         """One optimiser step on ``batch`` (this process's slice). ``global_count`` is the number
-        of valid (sample, interval) pairs of the GLOBAL batch (default: this slice's)."""
+        of valid (sample, interval) pairs of the GLOBAL batch (default: this slice's). With
+        ``cfg.micro_batch`` the slice is simulated and back-propagated in pieces whose gradients
+        add up before the step (gradient accumulation; DDP synchronises on the last piece only)."""
         cfg = self.cfg
         p0 = next(self.module.parameters())
         dev = p0.device
         x = batch.x.to(dev, p0.dtype)
         labels = None if batch.labels is None else batch.labels.to(dev)
-        ro = simulate_chain(self.module, self.backbone, x, batch.times, cfg, labels)
-        self.backbone_calls += ro.backbone_calls
-        count = float(ro.valid.sum()) if global_count is None else float(global_count)
+        cond = None if batch.cond is None else batch.cond.to(dev, p0.dtype)
+        count = float(valid_pairs(batch.times, p0.dtype)) if global_count is None else float(global_count)
         normalizer = count / self.world_size
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg, self.step_count)
         self.optimizer.zero_grad(set_to_none=True)
         b = x.shape[0]
-        n_chunks = min(cfg.loss_chunks, b)
-        bounds = [round(i * b / n_chunks) for i in range(n_chunks + 1)]
+        size = cfg.micro_batch or b
+        pieces = [(lo, min(lo + size, b)) for lo in range(0, b, size)]
         sums = {"sum_forward": 0.0, "sum_backward": 0.0, "count": 0.0}
-        for i in range(n_chunks):
-            last = i == n_chunks - 1
-            ctx = self.net.no_sync() if (not last and hasattr(self.net, "no_sync")) else contextlib.nullcontext()
-            with ctx:
-                loss, st = rollout_loss(self.net, ro, cfg, slice(bounds[i], bounds[i + 1]), normalizer=normalizer)
-                loss.backward()
-            for key in sums:
-                sums[key] += st[key]
+        intervals, calls = 0, 0
+        for j, (lo, hi) in enumerate(pieces):
+            part = slice(lo, hi)
+            ro = simulate_chain(self.module, self.backbone, x[part], batch.times[:, part], cfg,
+                                None if labels is None else labels[part], None if cond is None else cond[part],
+                                None if batch.guidance is None else batch.guidance[part])
+            calls += ro.backbone_calls
+            intervals = max(intervals, ro.H.shape[0])
+            n = hi - lo
+            n_chunks = min(cfg.loss_chunks, n)
+            bounds = [round(i * n / n_chunks) for i in range(n_chunks + 1)]
+            for i in range(n_chunks):
+                last = j == len(pieces) - 1 and i == n_chunks - 1
+                ctx = self.net.no_sync() if (not last and hasattr(self.net, "no_sync")) else contextlib.nullcontext()
+                with ctx:
+                    loss, st = rollout_loss(self.net, ro, cfg, slice(bounds[i], bounds[i + 1]), normalizer=normalizer)
+                    loss.backward()
+                for key in sums:
+                    sums[key] += st[key]
+        self.backbone_calls += calls
+        self._check_finite_before_update(sums)
         grad_norm = float("nan")
         if cfg.grad_clip is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip))
         self.optimizer.step()
+        if not _all_finite(list(self.module.parameters())):
+            raise FloatingPointError(
+                f"iteration {self.step_count + 1}: the SideNet weights became NaN/inf in the optimiser step "
+                f"(learning rate {self.optimizer.param_groups[0]['lr']:g}); nothing is saved from this step. "
+                "Lower lr or set grad_clip."
+            )
         if self.ema is not None:
             with torch.no_grad():
                 for k, p in self.module.named_parameters():
@@ -566,6 +719,6 @@ class ChainTrainer:
             "loss_backward": sb / c,
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": grad_norm,
-            "intervals": ro.H.shape[0],
-            "backbone_calls": ro.backbone_calls,
+            "intervals": intervals,
+            "backbone_calls": calls,
         }

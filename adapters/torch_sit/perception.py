@@ -11,7 +11,7 @@ a zero SideNet output is exactly P0.
 stacked as ``(m, *x.shape)`` in x's dtype and device, with ONE SideNet forward per call: the m
 offsets are stacked along the batch dimension (x and v repeated m times, t repeated, d constant
 per block of B rows), which is what makes a whole quadrature rule cost one network call
-(paper Eq. 7, algorithm.md section 2).
+(paper Eq. 7, docs/algorithm.md#perception).
 """
 
 from __future__ import annotations
@@ -27,14 +27,21 @@ __all__ = ["NeuralPerception"]
 
 
 class NeuralPerception(Perception):
-    """Perception from a SideNet ``g = sidenet(x, v, t, d, labels, guidance)``.
+    """Perception from a SideNet ``g = sidenet(x, v, t, d, labels, guidance[, cond=])``.
 
     Args:
         sidenet: an :class:`~adapters.torch_sit.sidenet.MLPSideNet`, a
             :class:`~adapters.torch_sit.sidenet.ConvSideNet` or any module with that forward.
         labels: class labels of the batch (shape ``(B,)``) for a class-conditional SideNet; None
             uses its null label.
-        guidance_scale: the classifier-free guidance scale, for a SideNet conditioned on it.
+        guidance_scale: the classifier-free guidance scale, for a SideNet conditioned on it (one
+            number, or a ``(B,)`` tensor of per-sample scales).
+        strict: refuse labels or a guidance scale the SideNet does not take (a likely mistake); False
+            drops them silently, for callers that hold the backbone's conditioning and pass it on
+            whatever the SideNet takes (the chain trainer, the sampler).
+        cond: per-sample conditioning vectors ``(B, cond_dim)`` (or one ``(cond_dim,)`` for the
+            whole batch) for a SideNet built with ``cond_dim``; None passes nothing, so SideNets
+            whose forward has no ``cond`` argument keep working.
         grad: build the autograd graph (False: the forward runs under ``torch.no_grad()``).
 
     The SideNet runs on its own device and dtype (inputs are moved there and g comes back to x's
@@ -48,14 +55,35 @@ class NeuralPerception(Perception):
     per_sample_times = True
 
     def __init__(self, sidenet: nn.Module, labels: Optional[torch.Tensor] = None,
-                 guidance_scale: Optional[float] = None, grad: bool = False):
+                 guidance_scale: Optional[float] = None, grad: bool = False, cond: Optional[torch.Tensor] = None,
+                 strict: bool = True):
+        if not isinstance(sidenet, nn.Module):
+            raise TypeError(f"NeuralPerception: sidenet must be a SideNet (a torch.nn.Module), got {type(sidenet).__name__}")
+        config = sidenet.config() if callable(getattr(sidenet, "config", None)) else {}
+        takes_labels = not config or config.get("num_classes") is not None
+        takes_guidance = not config or bool(config.get("guidance", False))
+        if strict and labels is not None and not takes_labels:
+            raise ValueError("NeuralPerception: labels were given but this SideNet is not class-conditional "
+                             "(num_classes None); drop labels=, or train a SideNet with num_classes")
+        if strict and guidance_scale is not None and not takes_guidance:
+            raise ValueError("NeuralPerception: guidance_scale was given but this SideNet is not conditioned on the "
+                             "guidance scale (guidance False); drop guidance_scale=, or train one with --sidenet-guidance")
+        labels = labels if takes_labels else None
+        guidance_scale = guidance_scale if takes_guidance else None
         self.sidenet = sidenet
         self.labels = labels
         self.guidance_scale = guidance_scale
+        self.cond = cond
         self.grad = grad
         self.calls = 0
         name = getattr(sidenet, "base_perception", "anchor-only")
         self.base = None if name == "anchor-only" else get_perception(name)
+
+    @property
+    def grid(self) -> Any:
+        """The grid spec saved with the SideNet (``set_sidenet_grid``), or None: what
+        ``baquad.schedules.default_grid`` samples this perception on."""
+        return getattr(self.sidenet, "sampling_grid", None)
 
     @property
     def history_size(self) -> int:
@@ -96,9 +124,24 @@ class NeuralPerception(Perception):
         if self.labels is not None:
             lab = torch.as_tensor(self.labels, device=dev).long()
             labels = lab.reshape(()).expand(m * n) if lab.numel() == 1 else lab.repeat(m)
-        guidance = None if self.guidance_scale is None else torch.full((m * n,), float(self.guidance_scale), dtype=dt, device=dev)
+        guidance = None
+        if self.guidance_scale is not None:
+            gs = torch.as_tensor(self.guidance_scale, dtype=dt, device=dev).reshape(-1)
+            if gs.numel() == 1:
+                guidance = torch.full((m * n,), float(gs), dtype=dt, device=dev)
+            elif gs.numel() == n:  # one scale per sample (chains drawn over a guidance range)
+                guidance = gs.repeat(m)
+            else:
+                raise ValueError(f"NeuralPerception: guidance_scale must be one number or one per sample ({n}), got {gs.numel()}")
+        extra = {}
+        if self.cond is not None:
+            c = torch.as_tensor(self.cond).to(dev, dt)
+            c = c.reshape(1, -1).expand(n, -1) if c.ndim == 1 else c
+            if c.ndim != 2 or c.shape[0] != n:
+                raise ValueError(f"NeuralPerception: cond must have shape ({n}, cond_dim) or (cond_dim,), got {tuple(c.shape)}")
+            extra["cond"] = c.repeat(m, 1)
         with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
-            g = self.sidenet(xs, vs, ts, ds, labels, guidance)
+            g = self.sidenet(xs, vs, ts, ds, labels, guidance, **extra)
         self.calls += 1
         g = g.reshape(m, *x.shape).to(x.device, x.dtype)
         base = v.unsqueeze(0) if self.base is None else self.base(x, v, t, offsets, history)

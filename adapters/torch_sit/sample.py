@@ -232,9 +232,11 @@ class SampleConfig:
                              "--decoder upsample is the stand-in for dry runs")
 
     def factory_kwargs(self) -> dict:
-        """What ``get_backbone`` receives: ``--backbone-kwargs`` plus ckpt and guidance when given."""
+        """What ``get_backbone`` receives: ``--backbone-kwargs`` plus the checkpoint and the guidance
+        interval when given (the guidance scale goes with every call, ``guidance_scale=``, as the
+        chain trainer passes it)."""
         kw = dict(self.backbone_kwargs)
-        for name in ("ckpt", "cfg_scale", "guidance_low", "guidance_high"):
+        for name in ("ckpt", "guidance_low", "guidance_high"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)
         return kw
@@ -296,11 +298,13 @@ class _Generator:
                                  cfg.num_samples)
         x0 = noise.to(self.device, self.dtype)
         cond = {} if y is None else {"labels": y.to(self.device)}
+        if cfg.cfg_scale is not None:
+            cond["guidance_scale"] = cfg.cfg_scale
         kwargs: dict[str, Any] = dict(cfg.solver_options)
         if cfg.solver == "ba-solver":
             if self.sidenet is not None:
                 kwargs["perception"] = NeuralPerception(self.sidenet, labels=cond.get("labels"),
-                                                        guidance_scale=cfg.cfg_scale)
+                                                        guidance_scale=cfg.cfg_scale, strict=False)
             if cfg.rule is not None:
                 kwargs["rule"] = cfg.rule
         with torch.no_grad():

@@ -1,14 +1,14 @@
 """SideNets: small torch networks that learn bidirectional temporal perception.
 
-A SideNet predicts the first-order velocity deviation g of the paper's Eq. 5 (algorithm.md
-section 2): from an anchor (x, v, t) of a trajectory, v = f(x, t) a backbone velocity, and an
-offset d of either sign,
+A SideNet predicts the first-order velocity deviation g of the paper's Eq. 5
+(docs/algorithm.md#perception): from an anchor (x, v, t) of a trajectory, v = f(x, t) a backbone
+velocity, and an offset d of either sign,
 
     v_hat(t + d) = v + d * g(x, v, t, d),                                       (Eq. 5)
 
 so v_hat = v exactly at d = 0 and the combined model is lower-bounded by the backbone.
 
-Two architectures (paper Appendix E, Table 4; algorithm.md section 7):
+Two architectures (paper Appendix E, Table 4; docs/algorithm.md#the-sidenet-architecture):
 
 - :class:`MLPSideNet` for vector states ``(B, dim)`` (the analytic toy flows): input
   concat(x, v); t, d (and optionally a class label and a guidance scale) enter through sinusoidal
@@ -18,18 +18,30 @@ Two architectures (paper Appendix E, Table 4; algorithm.md section 7):
   global self-attention, and a zero-initialised output convolution. The paper's setting is base
   channels 128, time embedding 256, 4 layers (256 px) / 8 (512 px), about 6M parameters.
 
-Both zero-initialise their output layer, so an untrained SideNet returns g = 0 exactly and its
-perception is the anchor-only one (v_hat = v). Both take ``forward(x, v, t, d, labels=None,
-guidance=None)`` with t and d per-sample tensors of shape ``(B,)`` (or scalars) and return g with
-the shape of x. Each SideNet exposes ``config()`` (its class name and constructor arguments) so a
+- :class:`TokenSideNet` for token states ``(B, N, D)`` (the packed latents of a Flux pipeline:
+  each token a 2x2 patch of the latent, its channels folded into D): a per-token MLP on
+  concat(x, v) with AdaLN conditioning and global self-attention over the tokens; it needs no
+  image size.
+
+All zero-initialise their output layer, so an untrained SideNet returns g = 0 exactly and its
+perception is the anchor-only one (v_hat = v). All take ``forward(x, v, t, d, labels=None,
+guidance=None, cond=None)`` with t and d per-sample tensors of shape ``(B,)`` (or scalars) and
+return g with the shape of x. ``cond`` is a conditioning vector per sample ``(B, cond_dim)`` for
+a SideNet built with ``cond_dim`` (a text-conditioned backbone's pooled prompt embedding); it
+enters the conditioning embedding like the label and the guidance scale. SideNets saved before
+``cond_dim`` existed have no such key in their config and load unchanged. Each SideNet exposes ``config()`` (its class name and constructor arguments) so a
 checkpoint can rebuild it with :func:`build_sidenet`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
+from numbers import Integral, Real
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,8 +49,10 @@ from torch import nn
 __all__ = [
     "MLPSideNet",
     "ConvSideNet",
+    "TokenSideNet",
     "SIDENETS",
     "build_sidenet",
+    "sidenet_class",
     "count_parameters",
     "sidenet_report",
     "sinusoidal_embedding",
@@ -83,7 +97,7 @@ def _per_sample(s: Any, n: int, like: torch.Tensor) -> torch.Tensor:
 def _inputs(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, path_features: bool) -> torch.Tensor:
     """The SideNet's state input, concatenated on dim 1: (x, v), plus with ``path_features`` the
     linear path's data and noise predictions x0_hat = x - t v and eps_hat = x + (1 - t) v
-    (flow convention t = 1 noise; baseline-solvers.md header). The network could form these itself,
+    (flow convention t = 1 noise; docs/conventions.md#time-direction). The network could form these itself,
     but only through multiplications by t it has to learn; given directly they cut the chain loss
     and the sampling error on the mixture flows (README, ablations)."""
     parts = [x, v]
@@ -94,11 +108,14 @@ def _inputs(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, path_features: bo
 
 
 class _Conditioning(nn.Module):
-    """Embedding of (t, d[, class label][, guidance scale]) into one vector per sample.
+    """Embedding of (t, d[, class label][, guidance scale][, conditioning vector]) into one
+    vector per sample.
 
     Each scalar goes through sinusoidal features (plus sign/log-scale features for d when
     ``offset_log_sign``) and a two-layer SiLU MLP; the label through an embedding table with one
-    extra row (index ``num_classes``) for the unconditional "null" label; the parts are summed.
+    extra row (index ``num_classes``) for the unconditional "null" label; a conditioning vector
+    (``cond_dim``) through a LayerNorm without affine parameters (prompt embeddings come at any
+    scale) and a two-layer SiLU MLP; the parts are summed.
     """
 
     def __init__(
@@ -109,6 +126,7 @@ class _Conditioning(nn.Module):
         offset_log_sign: bool,
         num_classes: Optional[int],
         guidance: bool,
+        cond_dim: Optional[int] = None,
     ):
         super().__init__()
         self.freq_dim = freq_dim
@@ -123,9 +141,11 @@ class _Conditioning(nn.Module):
         self.d_mlp = mlp(freq_dim + (2 if offset_log_sign else 0))
         self.label_embed = nn.Embedding(num_classes + 1, out_dim) if num_classes else None
         self.g_mlp = mlp(freq_dim) if guidance else None
+        self.cond_dim = cond_dim
+        self.cond_mlp = nn.Sequential(nn.LayerNorm(cond_dim, elementwise_affine=False), mlp(cond_dim)) if cond_dim else None
 
     def forward(self, t: torch.Tensor, d: torch.Tensor, labels: Optional[torch.Tensor],
-                guidance: Optional[torch.Tensor]) -> torch.Tensor:
+                guidance: Optional[torch.Tensor], cond: Optional[torch.Tensor] = None) -> torch.Tensor:
         feat_d = sinusoidal_embedding(d, self.freq_dim, self.max_freq)
         if self.offset_log_sign:
             feat_d = torch.cat([feat_d, _offset_extras(d)], dim=1)
@@ -138,6 +158,14 @@ class _Conditioning(nn.Module):
             if guidance is None:
                 raise ValueError("this SideNet is conditioned on the guidance scale: pass guidance=...")
             c = c + self.g_mlp(sinusoidal_embedding(guidance, self.freq_dim, 10.0))
+        if self.cond_mlp is not None:
+            if cond is None:
+                raise ValueError(f"this SideNet is conditioned on a vector (cond_dim = {self.cond_dim}): pass cond= "
+                                 f"of shape (B, {self.cond_dim}), e.g. the pooled prompt embedding")
+            if tuple(cond.shape) != (t.shape[0], self.cond_dim):
+                raise ValueError(f"cond: expected shape ({t.shape[0]}, {self.cond_dim}) (one conditioning vector per "
+                                 f"sample), got {tuple(cond.shape)}")
+            c = c + self.cond_mlp(cond.to(device=t.device, dtype=t.dtype))
         return c
 
 
@@ -150,6 +178,43 @@ def _check_base(base: str) -> str:
     if base not in BASES:
         raise ValueError(f"base_perception: the SideNet's training-free base must be one of {BASES}, got {base!r}")
     return base
+
+
+def _whole(owner: str, name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int, or a ValueError naming ``owner``'s argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _flag(owner: str, name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{owner}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _positive(owner: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _classes(owner: str, value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{owner}: num_classes must be None (unconditional) or an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _with_cond_dim(config: dict, cond_dim: Optional[int]) -> dict:
+    """``config`` plus ``cond_dim`` when the SideNet has one. Unconditioned SideNets leave the key
+    out, so their configs equal those written before ``cond_dim`` existed."""
+    if cond_dim is None:
+        return config
+    if isinstance(cond_dim, bool) or int(cond_dim) != cond_dim or cond_dim < 1:
+        raise ValueError(f"cond_dim must be None (no conditioning vector) or an integer >= 1, got {cond_dim!r}")
+    return {**config, "cond_dim": int(cond_dim)}
 
 
 class _SideNetBase(nn.Module):
@@ -171,6 +236,19 @@ class _SideNetBase(nn.Module):
         """The training-free perception this SideNet corrects (``"anchor-only"``: v_hat = v + d g,
         Eq. 5 as in the paper; ``"polynomial"``: the anchor polynomial + d g)."""
         return self._config.get("base_perception", "anchor-only")
+
+    @classmethod
+    def min_tensor_count(cls, config: Mapping) -> int:
+        """A lower bound on the number of state-dict tensors of the SideNet ``config`` describes,
+        computed without building it: every repeated block holds at least one weight and one
+        bias. Loaders compare it with the tensors a file stores before building anything, so a
+        header that claims a huge depth is refused instead of built."""
+        raise NotImplementedError
+
+    @classmethod
+    def _argument(cls, config: Mapping, name: str) -> Any:
+        """``config[name]``, or the constructor's default when the config leaves it out."""
+        return config[name] if name in config else inspect.signature(cls.__init__).parameters[name].default
 
     def _prepare(self, x: torch.Tensor, t: Any, d: Any, labels: Any, guidance: Any):
         n = x.shape[0]
@@ -204,6 +282,7 @@ class MLPSideNet(_SideNetBase):
         path_features: also read x0_hat = x - t v and eps_hat = x + (1 - t) v (linear path only).
         base_perception: the training-free perception the SideNet corrects (:data:`BASES`; default
             ``"anchor-only"``, the paper's Eq. 5).
+        cond_dim: size of a per-sample conditioning vector (``forward(..., cond=)``), or None.
     """
 
     def __init__(
@@ -218,19 +297,23 @@ class MLPSideNet(_SideNetBase):
         offset_log_sign: bool = True,
         path_features: bool = False,
         base_perception: str = "anchor-only",
+        cond_dim: Optional[int] = None,
     ):
         super().__init__()
-        if dim < 1 or hidden < 1 or depth < 1 or embed_dim < 2:
-            raise ValueError(f"MLPSideNet: need dim, hidden, depth >= 1 and embed_dim >= 2, got "
-                             f"dim={dim}, hidden={hidden}, depth={depth}, embed_dim={embed_dim}")
-        self._config = dict(dim=int(dim), hidden=int(hidden), depth=int(depth), embed_dim=int(embed_dim),
-                            num_classes=None if num_classes is None else int(num_classes),
-                            guidance=bool(guidance), max_freq=float(max_freq),
-                            offset_log_sign=bool(offset_log_sign), path_features=bool(path_features),
+        me = "MLPSideNet"
+        dim, hidden, depth = _whole(me, "dim", dim, 1), _whole(me, "hidden", hidden, 1), _whole(me, "depth", depth, 1)
+        embed_dim = _whole(me, "embed_dim", embed_dim, 2)  # at least one cos/sin pair of t and d
+        self._config = dict(dim=dim, hidden=hidden, depth=depth, embed_dim=embed_dim,
+                            num_classes=_classes(me, num_classes), guidance=_flag(me, "guidance", guidance),
+                            max_freq=_positive(me, "max_freq", max_freq),
+                            offset_log_sign=_flag(me, "offset_log_sign", offset_log_sign),
+                            path_features=_flag(me, "path_features", path_features),
                             base_perception=_check_base(base_perception))
+        self._config = _with_cond_dim(self._config, cond_dim)
+        num_classes, max_freq = self._config["num_classes"], self._config["max_freq"]
         self.dim = dim
         self.path_features = bool(path_features)
-        self.cond = _Conditioning(embed_dim, embed_dim, max_freq, offset_log_sign, num_classes, guidance)
+        self.cond = _Conditioning(embed_dim, embed_dim, max_freq, offset_log_sign, num_classes, guidance, cond_dim)
         self.inp = nn.Linear((4 if path_features else 2) * dim, hidden)
         self.layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
         self.cond_proj = nn.ModuleList(nn.Linear(embed_dim, hidden) for _ in range(depth))
@@ -238,12 +321,18 @@ class MLPSideNet(_SideNetBase):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    @classmethod
+    def min_tensor_count(cls, config: Mapping) -> int:
+        """``2 * depth``: each hidden layer has its conditioning projection (weight and bias)."""
+        return 2 * _whole("MLPSideNet", "depth", cls._argument(config, "depth"), 1)
+
     def forward(self, x: torch.Tensor, v: torch.Tensor, t: Any, d: Any,
-                labels: Any = None, guidance: Any = None) -> torch.Tensor:
-        """g(x, v, t, d) with the shape of x. t, d, guidance: scalars or ``(B,)``; labels ``(B,)``."""
+                labels: Any = None, guidance: Any = None, cond: Any = None) -> torch.Tensor:
+        """g(x, v, t, d) with the shape of x. t, d, guidance: scalars or ``(B,)``; labels ``(B,)``;
+        cond ``(B, cond_dim)``."""
         t, d, labels, guidance = self._prepare(x, t, d, labels, guidance)
         n = x.shape[0]
-        c = F.silu(self.cond(t, d, labels, guidance))
+        c = F.silu(self.cond(t, d, labels, guidance, cond))
         h = F.silu(self.inp(_inputs(x.reshape(n, -1), v.reshape(n, -1), t, self.path_features)) + self.cond_proj[0](c))
         for layer, proj in zip(self.layers, self.cond_proj[1:]):
             h = F.silu(layer(h) + proj(c))
@@ -329,6 +418,7 @@ class ConvSideNet(_SideNetBase):
         offset_log_sign: add sign(d) and log(|d| + 1e-4) to the offset features.
         path_features: also read x0_hat = x - t v and eps_hat = x + (1 - t) v (4C input channels).
         base_perception: the training-free perception the SideNet corrects (see :class:`MLPSideNet`).
+        cond_dim: size of a per-sample conditioning vector (``forward(..., cond=)``), or None.
     """
 
     def __init__(
@@ -345,16 +435,27 @@ class ConvSideNet(_SideNetBase):
         offset_log_sign: bool = True,
         path_features: bool = False,
         base_perception: str = "anchor-only",
+        cond_dim: Optional[int] = None,
     ):
         super().__init__()
-        self.path_features = bool(path_features)
-        self._config = dict(in_channels=int(in_channels), base_channels=int(base_channels),
-                            time_embed_dim=int(time_embed_dim), num_layers=int(num_layers),
-                            num_classes=None if num_classes is None else int(num_classes),
-                            num_heads=int(num_heads), guidance=bool(guidance), res_blocks=int(res_blocks),
-                            max_freq=float(max_freq), offset_log_sign=bool(offset_log_sign),
+        me = "ConvSideNet"
+        in_channels, base_channels = _whole(me, "in_channels", in_channels, 1), _whole(me, "base_channels", base_channels, 1)
+        time_embed_dim = _whole(me, "time_embed_dim", time_embed_dim, 2)  # one cos/sin pair at least
+        num_layers, res_blocks = _whole(me, "num_layers", num_layers, 1), _whole(me, "res_blocks", res_blocks, 0)
+        num_heads = _whole(me, "num_heads", num_heads, 1)
+        if base_channels % num_heads:
+            raise ValueError(f"ConvSideNet: base_channels {base_channels} must be divisible by num_heads {num_heads}")
+        self.path_features = _flag(me, "path_features", path_features)
+        self._config = dict(in_channels=in_channels, base_channels=base_channels,
+                            time_embed_dim=time_embed_dim, num_layers=num_layers,
+                            num_classes=_classes(me, num_classes),
+                            num_heads=num_heads, guidance=_flag(me, "guidance", guidance), res_blocks=res_blocks,
+                            max_freq=_positive(me, "max_freq", max_freq),
+                            offset_log_sign=_flag(me, "offset_log_sign", offset_log_sign),
                             path_features=self.path_features, base_perception=_check_base(base_perception))
-        self.cond = _Conditioning(time_embed_dim, time_embed_dim, max_freq, offset_log_sign, num_classes, guidance)
+        self._config = _with_cond_dim(self._config, cond_dim)
+        num_classes, max_freq = self._config["num_classes"], self._config["max_freq"]
+        self.cond = _Conditioning(time_embed_dim, time_embed_dim, max_freq, offset_log_sign, num_classes, guidance, cond_dim)
         self.conv_in = nn.Conv2d((4 if path_features else 2) * in_channels, base_channels, 3, padding=1)
         self.blocks = nn.ModuleList()
         for _ in range(num_layers):
@@ -366,29 +467,161 @@ class ConvSideNet(_SideNetBase):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    @classmethod
+    def min_tensor_count(cls, config: Mapping) -> int:
+        """``2 * num_layers * (res_blocks + 1)``: every ResBlock and attention block has weights
+        and biases."""
+        layers = _whole("ConvSideNet", "num_layers", cls._argument(config, "num_layers"), 1)
+        return 2 * layers * (_whole("ConvSideNet", "res_blocks", cls._argument(config, "res_blocks"), 0) + 1)
+
     def forward(self, x: torch.Tensor, v: torch.Tensor, t: Any, d: Any,
-                labels: Any = None, guidance: Any = None) -> torch.Tensor:
-        """g(x, v, t, d) with the shape of x ``(B, C, H, W)``."""
+                labels: Any = None, guidance: Any = None, cond: Any = None) -> torch.Tensor:
+        """g(x, v, t, d) with the shape of x ``(B, C, H, W)``; cond ``(B, cond_dim)``."""
         if x.ndim != 4:
             raise ValueError(f"ConvSideNet: expected states of shape (B, C, H, W), got {tuple(x.shape)}")
         t, d, labels, guidance = self._prepare(x, t, d, labels, guidance)
-        c = F.silu(self.cond(t, d, labels, guidance))
+        c = F.silu(self.cond(t, d, labels, guidance, cond))
         h = self.conv_in(_inputs(x, v, t, self.path_features))
         for block in self.blocks:
             h = block(h, c) if isinstance(block, ResBlock) else block(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-SIDENETS: dict[str, type] = {"MLPSideNet": MLPSideNet, "ConvSideNet": ConvSideNet}
+class TokenBlock(nn.Module):
+    """h + MLP(AdaLN(h, c)), then h + Attention(LN(h)): one layer of :class:`TokenSideNet`."""
+
+    def __init__(self, width: int, cond_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.modulation = nn.Linear(cond_dim, 2 * width)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.SiLU(), nn.Linear(2 * width, width))
+        self.norm2 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.modulation(c)[:, None, :].chunk(2, dim=-1)
+        h = h + self.mlp(self.norm1(h) * (1 + scale) + shift)
+        b, n, w = h.shape
+        q, k, v = self.qkv(self.norm2(h)).reshape(b, n, 3, self.num_heads, w // self.num_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v)
+        return h + self.proj(a.transpose(1, 2).reshape(b, n, w))
 
 
-def build_sidenet(config: dict) -> nn.Module:
-    """Rebuild a SideNet from its :meth:`config` dict (``{"class": name, **kwargs}``)."""
-    config = dict(config)
-    name = config.pop("class", None)
-    if name not in SIDENETS:
+class TokenSideNet(_SideNetBase):
+    """SideNet for token states ``(B, N, D)``, such as a Flux pipeline's packed latents.
+
+    Linear(concat(x, v)) per token -> ``num_layers`` x :class:`TokenBlock` (an MLP whose
+    LayerNorm takes its scale and shift from the conditioning embedding, AdaLN, then global
+    multi-head self-attention over the N tokens) -> LayerNorm, Linear to D, zero-initialised
+    (g = 0 until trained). The network carries no positional encoding: it is equivariant under a
+    permutation of the tokens and works for any N, so it needs no image size. The conditioning
+    embedding is that of the other SideNets (t, d, label, guidance scale, ``cond``).
+
+    Args:
+        token_dim: D (4 C for Flux's 2x2-packed latents of C channels).
+        width: token width inside the network.
+        time_embed_dim: conditioning dimension.
+        num_layers: number of blocks.
+        num_heads: attention heads (must divide ``width``).
+        num_classes, guidance, cond_dim, max_freq, offset_log_sign, path_features,
+            base_perception: as for :class:`ConvSideNet`.
+    """
+
+    def __init__(
+        self,
+        token_dim: int,
+        width: int = 128,
+        time_embed_dim: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_classes: Optional[int] = None,
+        guidance: bool = False,
+        cond_dim: Optional[int] = None,
+        max_freq: float = 1000.0,
+        offset_log_sign: bool = True,
+        path_features: bool = False,
+        base_perception: str = "anchor-only",
+    ):
+        super().__init__()
+        me = "TokenSideNet"
+        token_dim, width = _whole(me, "token_dim", token_dim, 1), _whole(me, "width", width, 1)
+        time_embed_dim = _whole(me, "time_embed_dim", time_embed_dim, 2)  # one cos/sin pair at least
+        num_layers, num_heads = _whole(me, "num_layers", num_layers, 1), _whole(me, "num_heads", num_heads, 1)
+        if width % num_heads:
+            raise ValueError(f"TokenSideNet: width {width} must be divisible by num_heads {num_heads}")
+        self.path_features = _flag(me, "path_features", path_features)
+        self._config = _with_cond_dim(dict(
+            token_dim=token_dim, width=width, time_embed_dim=time_embed_dim, num_layers=num_layers,
+            num_heads=num_heads, num_classes=_classes(me, num_classes), guidance=_flag(me, "guidance", guidance),
+            max_freq=_positive(me, "max_freq", max_freq), offset_log_sign=_flag(me, "offset_log_sign", offset_log_sign),
+            path_features=self.path_features, base_perception=_check_base(base_perception)), cond_dim)
+        num_classes, max_freq = self._config["num_classes"], self._config["max_freq"]
+        self.cond = _Conditioning(time_embed_dim, time_embed_dim, max_freq, offset_log_sign, num_classes, guidance, cond_dim)
+        self.inp = nn.Linear((4 if path_features else 2) * token_dim, width)
+        self.blocks = nn.ModuleList(TokenBlock(width, time_embed_dim, num_heads) for _ in range(num_layers))
+        self.norm_out = nn.LayerNorm(width)
+        self.out = nn.Linear(width, token_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @classmethod
+    def min_tensor_count(cls, config: Mapping) -> int:
+        """``2 * num_layers``: each block has at least its AdaLN projection (weight and bias)."""
+        return 2 * _whole("TokenSideNet", "num_layers", cls._argument(config, "num_layers"), 1)
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor, t: Any, d: Any,
+                labels: Any = None, guidance: Any = None, cond: Any = None) -> torch.Tensor:
+        """g(x, v, t, d) with the shape of x ``(B, N, D)``; cond ``(B, cond_dim)``."""
+        if x.ndim != 3:
+            raise ValueError(f"TokenSideNet: expected token states of shape (B, N, D), got {tuple(x.shape)}")
+        t, d, labels, guidance = self._prepare(x, t, d, labels, guidance)
+        c = F.silu(self.cond(t, d, labels, guidance, cond))
+        features = _inputs(x.transpose(1, 2), v.transpose(1, 2), t, self.path_features).transpose(1, 2)
+        h = self.inp(features)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.out(self.norm_out(h))
+
+
+SIDENETS: dict[str, type] = {"MLPSideNet": MLPSideNet, "ConvSideNet": ConvSideNet, "TokenSideNet": TokenSideNet}
+
+
+def sidenet_class(config: Any) -> type:
+    """The SideNet class a config names, after checking the config's keys (no module is built).
+
+    Raises:
+        TypeError: ``config`` is not a mapping.
+        ValueError: unknown class, unknown keys, or a required argument missing (each named).
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"build_sidenet: config must be a dict {{'class': name, **arguments}}, got {type(config).__name__}")
+    name = config.get("class")
+    if not isinstance(name, str) or name not in SIDENETS:
         raise ValueError(f"build_sidenet: unknown SideNet class {name!r}; known: {', '.join(SIDENETS)}")
-    return SIDENETS[name](**config)
+    cls = SIDENETS[name]
+    params = inspect.signature(cls.__init__).parameters
+    valid = [p for p in params if p != "self"]
+    unknown = sorted(set(config) - set(valid) - {"class"})
+    if unknown:
+        raise ValueError(f"build_sidenet: {name} has no argument(s) {', '.join(unknown)}; its arguments are {', '.join(valid)}")
+    missing = [p for p in valid if params[p].default is inspect.Parameter.empty and p not in config]
+    if missing:
+        raise ValueError(f"build_sidenet: {name} needs the argument(s) {', '.join(missing)}")
+    return cls
+
+
+def build_sidenet(config: Mapping) -> nn.Module:
+    """Rebuild a SideNet from its :meth:`config` dict (``{"class": name, **kwargs}``).
+
+    Every value is checked by the constructor (a ValueError names the argument): integer sizes
+    >= 1 (``embed_dim``/``time_embed_dim`` >= 2, ``res_blocks`` >= 0), ``num_classes`` None or
+    >= 1, ``max_freq`` finite and > 0, flags True or False, ``num_heads`` dividing
+    ``base_channels``.
+    """
+    cls = sidenet_class(config)
+    return cls(**{k: v for k, v in config.items() if k != "class"})
 
 
 def count_parameters(module: Any) -> int:

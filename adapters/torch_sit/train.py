@@ -2,6 +2,8 @@
 
     python -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/ring2d --iters 2000
     torchrun --nproc_per_node=2 -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/ring2d
+    python -m adapters.torch_sit.train --backbone diffusers --model PATH --prompt-embeddings emb.safetensors \
+        --latent-size 64 --guidance-scale 7.0 --out runs/sd3     (a diffusers SD3/Flux transformer)
 
 Every :class:`~adapters.torch_sit.chain.ChainConfig` field is a flag (``--chain-length``,
 ``--intervals``, ``--batch``/``--batch-size``, ``--lr``, ``--ema-decay none``, ...), and the
@@ -23,18 +25,30 @@ Output directory:
 
 Resuming: ``--resume``, or automatically when the output directory holds a checkpoint (the run
 says so). The SideNet architecture and the recipe default to the checkpoint's; an explicitly
-different architecture is refused, naming the differing keys. ``--no-resume`` starts afresh and
-overwrites.
+different architecture is refused, naming the differing keys, and so is ``--iters`` below the
+checkpoint's step (resuming never rolls back). ``--no-resume`` starts afresh: the previous run's
+files in the output directory (checkpoint, history, exported SideNet, summary, log) are removed
+first, so the two runs never mix. Temporary files left by a killed checkpoint write
+(``.<name>.<random>.tmp``, this module's names only) are removed on every start.
+
+What training refuses: every recipe field out of its range (NaN and infinities included) and
+the other arguments, before anything is written; a checkpoint holding NaN/inf values; a NaN/inf
+loss, gradient or weight during training, which stops the run at that iteration with a
+FloatingPointError naming it (the weights are not updated from it, and nothing non-finite is
+ever written: the last checkpoint stays the last good one).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import dataclasses
+import io
 import json
 import math
 import os
+import re
 import sys
 import time
 import typing
@@ -47,9 +61,9 @@ import torch.distributed as dist
 
 from .backbones import Backbone, CountingBackbone, backbone_names, get_backbone
 from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
+from .checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
 from .digits import DIGITS_GUIDANCE_SCALE
-from .sidenet import SIDENETS, build_sidenet, count_parameters, sidenet_report
+from .sidenet import BASES, SIDENETS, build_sidenet, count_parameters, sidenet_report
 
 __all__ = ["train", "TrainResult", "TrainingInterrupted", "default_sidenet_config", "recipe_for", "RECIPES", "main",
            "build_parser"]
@@ -75,21 +89,29 @@ class TrainResult:
 
 def default_sidenet_config(backbone: Any, arch: Optional[str] = None, **overrides: Any) -> dict:
     """The default SideNet config for a backbone: an MLP for vector states, a ConvSideNet for
-    ``(C, H, W)`` states, class-conditional when the backbone is; ``overrides`` replace defaults."""
+    ``(C, H, W)`` states, a TokenSideNet for token states ``(N, D)``, class-conditional when the
+    backbone is and reading a conditioning vector when it declares ``cond_dim``; ``overrides``
+    replace defaults."""
     shape = tuple(backbone.state_shape)
-    arch = arch or ("mlp" if len(shape) == 1 else "conv")
+    arch = arch or {1: "mlp", 2: "token"}.get(len(shape), "conv")
+    cond = {} if getattr(backbone, "cond_dim", None) is None else {"cond_dim": backbone.cond_dim}
     if arch == "mlp":
-        net = SIDENETS["MLPSideNet"](int(math.prod(shape)), num_classes=backbone.num_classes)
+        net = SIDENETS["MLPSideNet"](int(math.prod(shape)), num_classes=backbone.num_classes, **cond)
     elif arch == "conv":
         if len(shape) != 3:
             raise ValueError(f"--arch conv needs (C, H, W) states; backbone {backbone.name!r} has {shape}")
-        net = SIDENETS["ConvSideNet"](shape[0], num_classes=backbone.num_classes)
+        net = SIDENETS["ConvSideNet"](shape[0], num_classes=backbone.num_classes, **cond)
+    elif arch == "token":
+        if len(shape) != 2:
+            raise ValueError(f"--arch token needs (N, D) token states; backbone {backbone.name!r} has {shape}")
+        net = SIDENETS["TokenSideNet"](shape[1], num_classes=backbone.num_classes, **cond)
     else:
-        raise ValueError(f"arch: 'mlp' or 'conv', got {arch!r}")
+        raise ValueError(f"arch: 'mlp', 'conv' or 'token', got {arch!r}")
     cfg = net.config()
-    unknown = sorted(set(overrides) - set(cfg))
+    valid = [p for p in inspect.signature(type(net).__init__).parameters if p != "self"]
+    unknown = sorted(set(overrides) - set(valid))
     if unknown:
-        raise ValueError(f"SideNet {cfg['class']}: unknown architecture settings {unknown}; valid: {sorted(set(cfg) - {'class'})}")
+        raise ValueError(f"SideNet {cfg['class']}: unknown architecture settings {unknown}; valid: {sorted(valid)}")
     cfg.update(overrides)
     return build_sidenet(cfg).config()  # normalised (types as the constructor stores them)
 
@@ -103,6 +125,9 @@ RECIPES: dict[str, dict] = {
                                   batch_size=256, ema_decay=0.99),
                        sidenet=dict(path_features=True)),
     "gmm-32d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
+                               batch_size=256, ema_decay=0.99),
+                    sidenet=dict(path_features=True)),
+    "gmm-64d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
                                batch_size=256, ema_decay=0.99),
                     sidenet=dict(path_features=True)),
     # The digits SiT (adapters.torch_sit.digits, docs/digits.md): an MLP SideNet on the 64 pixels (an 8 x 8
@@ -160,6 +185,80 @@ def _read_log(path: Path, upto: int) -> list[dict]:
         return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
 
 
+#: The names this module and :func:`~adapters.torch_sit.checkpoint.atomic_write` write in an
+#: output directory: the files of a run, and the temporary files of an atomic write
+#: (``.<name>.<8 random characters>.tmp``, left behind only by a killed process).
+RUN_FILES = ("checkpoint.safetensors", "checkpoint.json", "sidenet.safetensors", "sidenet.json", "summary.json",
+             "log.csv")
+_TEMP_NAME = re.compile(r"^\.(?:%s)\.[a-z0-9_]{8}\.tmp$" % "|".join(re.escape(n) for n in RUN_FILES))
+_HISTORY_NAME = re.compile(r"^checkpoint-\d{8}\.safetensors$")
+_HISTORY_TEMP_NAME = re.compile(r"^\.checkpoint-\d{8}\.safetensors\.[a-z0-9_]{8}\.tmp$")
+
+
+def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any, interrupt_after: Any) -> Path:
+    """The checks of :func:`train`'s arguments, before anything is loaded or written."""
+    if not isinstance(cfg, ChainConfig):
+        raise TypeError(f"cfg: expected a ChainConfig, got {type(cfg).__name__}")
+    cfg.validate()  # the fields may have been changed after construction
+    if out is None or not str(out).strip():
+        raise ValueError(f"out: the output directory is empty ({out!r}); give a directory, e.g. runs/<name>")
+    if resume not in (None, True, False):
+        raise ValueError(f"resume: True, False or None (automatic), got {resume!r}")
+    if isinstance(ckpt_every, bool) or not isinstance(ckpt_every, int) or ckpt_every < 0:
+        raise ValueError(f"ckpt_every: an integer >= 0 (0: checkpoint at the end only), got {ckpt_every!r}")
+    if interrupt_after is not None and (not isinstance(interrupt_after, int) or interrupt_after < 1):
+        raise ValueError(f"interrupt_after: an integer >= 1 or None, got {interrupt_after!r}")
+    return Path(out)
+
+
+def _check_finite_checkpoint(ck: Any) -> None:
+    """Refuse to resume from a checkpoint holding NaN/inf weights, EMA weights or optimiser state."""
+    parts = {"model": ck.model, "ema": ck.ema or {},
+             "optim": {f"{i}.{k}": v for i, st in (ck.optimizer or {}).get("state", {}).items()
+                       for k, v in st.items() if isinstance(v, torch.Tensor)}}
+    for part, tensors in parts.items():
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(
+                    f"checkpoint {ck.path}: {part}.{name} holds NaN/inf values; it cannot be resumed. Start afresh "
+                    "(--no-resume, resume=False) or restore an older checkpoint (history/ with --keep-history)."
+                )
+
+
+def _remove_temp_files(out: Path) -> list[Path]:
+    """Remove the temporary files a killed atomic write left in ``out`` and ``out/history``
+    (only this project's own temporary names). Returns the removed paths."""
+    found = [p for p in out.glob(".*.tmp") if _TEMP_NAME.match(p.name)]
+    found += [p for p in (out / "history").glob(".*.tmp") if _HISTORY_TEMP_NAME.match(p.name)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def _remove_previous_run(out: Path) -> list[Path]:
+    """A fresh start in ``out``: remove the files of the run that was there (checkpoint, history,
+    exported SideNet, summary, log), so that none of them is mistaken for the new run's."""
+    found = [out / n for n in RUN_FILES if (out / n).is_file()]
+    found += [p for p in (out / "history").glob("checkpoint-*.safetensors") if _HISTORY_NAME.match(p.name)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def _refuse_non_finite(state: dict, what: str) -> None:
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise FloatingPointError(f"{what}: NaN/inf in {', '.join(bad)}; nothing written")
+
+
+def _log_text(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, LOG_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
 def train(
     cfg: ChainConfig,
     *,
@@ -179,20 +278,27 @@ def train(
     Args:
         cfg: the recipe (``cfg.iters`` optimiser steps in total, counting resumed ones).
         backbone: a registered name (``"gmm-ring2d"``, ``"gmm-32d"``) or a :class:`Backbone`.
-        out: output directory.
+        out: output directory (not empty).
         sidenet_config: the architecture (``sidenet.config()`` form). None: the checkpoint's when
             resuming, else :func:`default_sidenet_config`. Given and different from a
             checkpoint's: refused (:class:`~adapters.torch_sit.checkpoint.ArchitectureMismatch`).
         resume: True: resume (a checkpoint must exist); False: start afresh; None: resume when
-            ``out`` holds a checkpoint.
+            ``out`` holds a checkpoint. A fresh start removes the previous run's files from ``out``
+            (checkpoint, history, exported SideNet, summary, log).
         ckpt_every: checkpoint every this many iterations (0: only at the end).
         keep_history: keep every checkpoint under ``out/history``.
         device: torch device (default: ``cuda:<LOCAL_RANK>`` when available, else CPU).
         progress: tqdm progress bar on rank 0.
         interrupt_after: raise :class:`TrainingInterrupted` after this iteration (tests).
         log: where rank 0's messages go.
+
+    Raises:
+        ValueError: an invalid argument or recipe field (named), before anything is written; a
+            checkpoint with NaN/inf values; ``cfg.iters`` below the checkpoint's step.
+        FloatingPointError: a NaN/inf loss, gradient or weight, naming the iteration; the run
+            stops there, and no non-finite weights are ever written.
     """
-    out = Path(out)
+    out = _check_arguments(cfg, out, resume, ckpt_every, interrupt_after)
     rank, world, dev, initialised = _dist_setup(device)
     say = log if rank == 0 else (lambda *a, **k: None)
     try:
@@ -205,6 +311,12 @@ def train(
         ck = None
         if ckpt_path is not None and resume is not False:
             ck = load_checkpoint(ckpt_path, sidenet_config=sidenet_config)
+            _check_finite_checkpoint(ck)
+            if cfg.iters < ck.step:
+                raise ValueError(
+                    f"iters: {cfg.iters} is below the step of the checkpoint {ckpt_path} ({ck.step}); resuming cannot "
+                    f"go back. Pass iters >= {ck.step}, or start afresh (--no-resume) or in another directory."
+                )
             say(f"resuming from {ckpt_path} at step {ck.step} (of {cfg.iters})")
             diffs = {k: (ck.config.get(k), v) for k, v in cfg.to_dict().items() if ck.config.get(k) != v}
             if diffs:
@@ -213,6 +325,9 @@ def train(
             sidenet_config = ck.sidenet_config
         elif sidenet_config is None:
             sidenet_config = default_sidenet_config(bb)
+        if sidenet_config.get("guidance") and cfg.guidance_scale is None:
+            raise ValueError("ChainConfig.guidance_scale: the SideNet is conditioned on the guidance scale "
+                             "(architecture guidance=True) but the recipe has none; set guidance_scale (--guidance-scale)")
 
         torch.manual_seed(cfg.seed)
         module = build_sidenet(sidenet_config).to(dev)
@@ -245,6 +360,7 @@ def train(
 
         def save(step: int) -> None:
             if rank == 0:
+                _refuse_non_finite(module.state_dict(), f"checkpoint at step {step}")
                 save_checkpoint(out, sidenet=module, step=step, sidenet_config=sidenet_config,
                                 config=cfg.to_dict(), optimizer=trainer.optimizer, ema=trainer.ema,
                                 extra={"backbone": bb.name, "world_size": world}, history=keep_history)
@@ -252,14 +368,18 @@ def train(
                 dist.barrier()
 
         log_path = out / "log.csv"
-        rows: list[dict] = []
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            rows = _read_log(log_path, start) if ck is not None else []
-            with open(log_path, "w", newline="") as fh:
-                w = csv.DictWriter(fh, LOG_FIELDS)
-                w.writeheader()
-                w.writerows(rows)
+            for p in _remove_temp_files(out):
+                say(f"removed {p}, a temporary file left by an interrupted write")
+            if ck is None:
+                removed = _remove_previous_run(out)
+                if removed:
+                    say(f"starting afresh in {out}: removed the previous run's files "
+                        + ", ".join(str(p.relative_to(out)) for p in removed))
+            atomic_write(log_path, _log_text(_read_log(log_path, start) if ck is not None else []))
+        if world > 1:
+            dist.barrier()
         say(sidenet_report(module, bb))
         say(f"training {cfg.iters - start} iterations on {world} process(es), device {dev}, global batch {cfg.batch_size}")
 
@@ -318,10 +438,11 @@ def train(
         }
         if rank == 0:
             weights = trainer.ema if trainer.ema is not None else None
+            _refuse_non_finite(weights if weights is not None else module.state_dict(), "the exported SideNet")
             save_sidenet(module, out / "sidenet.safetensors", state=weights,
                          extra={"weights": "ema" if weights is not None else "model", "backbone": bb.name,
                                 "steps": cfg.iters})
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
             say(f"done: {summary['iterations']} iterations in {wall:.1f} s; backbone calls "
                 f"{counted.calls} per process ({summary['backbone_calls_all_processes']} over {world} process(es)); "
                 f"final loss {summary['final_loss']}")
@@ -340,7 +461,7 @@ def train(
 
 _ARCH_FLAGS = {  # SideNet config key (flag --key-with-dashes) -> type
     "hidden": int, "depth": int, "embed_dim": int, "base_channels": int, "time_embed_dim": int,
-    "num_layers": int, "num_heads": int, "res_blocks": int, "max_freq": float,
+    "num_layers": int, "num_heads": int, "res_blocks": int, "max_freq": float, "width": int,
 }
 
 
@@ -348,21 +469,45 @@ def _optional_float(s: str) -> Optional[float]:
     return None if s.lower() in ("none", "off", "null") else float(s)
 
 
+def _directory(s: str) -> Path:
+    if not s.strip():
+        raise argparse.ArgumentTypeError("empty path; give an output directory, e.g. runs/<name>")
+    return Path(s)
+
+
+def _int_at_least(low: int):
+    def parse(s: str) -> int:
+        value = int(s)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m adapters.torch_sit.train",
                                 description="Chain-train a BA-solver SideNet on a frozen backbone.")
     p.add_argument("--backbone", required=True, help=f"registered backbone: {', '.join(backbone_names())}")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", required=True, type=_directory, help="output directory")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
                    help="resume from OUT/checkpoint.safetensors (default: automatically when it exists)")
     g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start afresh even if OUT holds a checkpoint (it is overwritten)")
-    p.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N iterations (0: at the end only)")
+    p.add_argument("--ckpt-every", type=_int_at_least(0), default=0, help="checkpoint every N iterations (0: at the end only)")
     p.add_argument("--keep-history", action="store_true", help="keep every checkpoint in OUT/history")
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads per process")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    d = p.add_argument_group("--backbone diffusers (a Stable Diffusion 3 / Flux transformer)")
+    d.add_argument("--model", default=None, help="local diffusers pipeline (or transformer) directory")
+    d.add_argument("--prompt-embeddings", default=None,
+                   help="file of python -m adapters.diffusers_flow.embeddings (the prompts chains are conditioned on)")
+    d.add_argument("--latent-size", type=int, default=None, help="latent height = width to train at (SD3 default: sample_size)")
+    d.add_argument("--model-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="dtype the transformer runs in")
 
     c = p.add_argument_group("recipe (ChainConfig; defaults: the checkpoint's when resuming, else the dataclass's)")
     hints = typing.get_type_hints(ChainConfig)
@@ -379,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"(default {f.default!r}{'; none to disable' if conv is _optional_float else ''})")
 
     a = p.add_argument_group("SideNet architecture (defaults: the checkpoint's when resuming)")
-    a.add_argument("--arch", choices=("mlp", "conv"), default=None, help="mlp for vector states, conv for (C, H, W)")
+    a.add_argument("--arch", choices=("mlp", "conv", "token"), default=None,
+                   help="mlp for vector states, conv for (C, H, W), token for (N, D) token states (Flux)")
     for key, typ in _ARCH_FLAGS.items():
         a.add_argument("--" + key.replace("_", "-"), dest="arch_" + key, type=typ, default=None)
     a.add_argument("--offset-log-sign", dest="arch_offset_log_sign", action=argparse.BooleanOptionalAction, default=None,
@@ -388,13 +534,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also feed x0_hat = x - t v and eps_hat = x + (1 - t) v (linear-path flows)")
     a.add_argument("--sidenet-guidance", dest="arch_guidance", action=argparse.BooleanOptionalAction, default=None,
                    help="condition the SideNet on the guidance scale")
+    a.add_argument("--base-perception", dest="arch_base_perception", choices=BASES, default=None,
+                   help="the training-free perception the SideNet corrects: anchor-only (the paper's v + d g) or "
+                        "polynomial (the anchor polynomial + d g; a zero SideNet is then exactly the polynomial)")
     return p
 
 
+def _backbone_from_args(args: argparse.Namespace) -> "str | Backbone":
+    """The backbone name, or the built backbone when it takes options (``--backbone diffusers``)."""
+    given = {k: getattr(args, k) for k in ("model", "prompt_embeddings", "latent_size") if getattr(args, k) is not None}
+    if args.backbone != "diffusers":
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise SystemExit(f"{flags}: only for --backbone diffusers")
+        return args.backbone
+    for k in ("model", "prompt_embeddings"):
+        if k not in given:
+            raise SystemExit(f"--backbone diffusers needs --{k.replace('_', '-')}")
+    return get_backbone("diffusers", dtype=args.model_dtype, **given)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line. Recipe precedence: the backbone's recipe (``RECIPES``), then the
+    checkpoint's when resuming, then the flags given. Invalid flag values (a recipe field out of
+    its range, an empty ``--out``, a negative ``--ckpt-every``) are reported by the parser
+    (exit status 2) before anything is loaded or written."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    backbone = _backbone_from_args(args)
     chain_fields = {f.name for f in dataclasses.fields(ChainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in chain_fields}
     recipe_cfg, recipe_sidenet = recipe_for(args.backbone) if args.backbone in RECIPES else (ChainConfig(), None)
@@ -402,12 +571,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ckpt = find_checkpoint(args.out) if args.resume is not False else None
     if ckpt is not None:
         base.update(load_checkpoint(ckpt).config)
-    cfg = ChainConfig.from_dict({**base, **overrides})
+    try:
+        cfg = ChainConfig.from_dict({**base, **overrides})
+    except ValueError as err:
+        parser.error(str(err))
 
     arch = {k[5:]: v for k, v in vars(args).items() if k.startswith("arch_") and v is not None}
     sidenet_config = recipe_sidenet if ckpt is None else None
-    if arch or args.arch:
-        bb = get_backbone(args.backbone)
+    if arch or args.arch or not isinstance(backbone, str):
+        bb = get_backbone(args.backbone) if isinstance(backbone, str) else backbone
         if ckpt is not None:
             saved = load_checkpoint(ckpt).sidenet_config
             same_class = args.arch is None or default_sidenet_config(bb, args.arch)["class"] == saved["class"]
@@ -418,7 +590,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             chosen = args.arch or recipe.get("arch")  # a recipe may name its architecture ("arch")
             recipe_arch = recipe.get("sidenet", {}) if (chosen or "mlp") == recipe.get("arch", "mlp") else {}
             sidenet_config = default_sidenet_config(bb, chosen, **{**recipe_arch, **arch})
-    train(cfg, backbone=args.backbone, out=args.out, sidenet_config=sidenet_config, resume=args.resume,
+    train(cfg, backbone=backbone, out=args.out, sidenet_config=sidenet_config, resume=args.resume,
           ckpt_every=args.ckpt_every, keep_history=args.keep_history, device=args.device,
           progress=not args.no_progress)
     return 0

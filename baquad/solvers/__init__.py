@@ -31,7 +31,7 @@ Every method, BA-solver included, is registered as a :class:`baquad.methods.Meth
 its options and declares its NFE cost; :func:`nfe_per_steps` and :func:`steps_for_nfe` read the
 cost from the registry (a method that declares none is refused, naming it).
 
-BA-solver (docs: "Counting NFE"), N = number of intervals: the initial anchor is one
+BA-solver (docs/algorithm.md#counting-nfe), N = number of intervals: the initial anchor is one
 NFE and every bi-anchor interval one more.  ``final="single"`` (scheme B, default): the
 last interval is single-anchor and needs no call, so N intervals = N NFE.  ``final="bi"``
 (scheme A): N intervals = N + 1 NFE (a budget of N NFE buys N - 1 intervals).

@@ -8,8 +8,8 @@ One step ``t_i -> t_{i+1}`` (decreasing) has ``h = lambda_{i+1} - lambda_i > 0``
 
 Sources: diffusers ``DPMSolverMultistepScheduler`` (``use_flow_sigmas=True``,
 ``prediction_type="flow_prediction"``), SANA ``diffusion/model/dpm_solver.py`` and
-LuChengTHU ``dpm_solver_pytorch.py``; the rules as written out in
-``shared/reference/baseline-solvers.md`` section 1.
+LuChengTHU ``dpm_solver_pytorch.py``; the formulas as written out in
+docs/baselines.md#dpm-solver.
 
 The helpers here (grid check with the t = 1 clamp, ``lambda``, accurate ``phi_k``, the
 per-step order rule) are shared with :mod:`baquad.solvers.unipc`.
@@ -18,6 +18,7 @@ per-step order rule) are shared with :mod:`baquad.solvers.unipc`.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Sequence
 
 __all__ = ["dpmpp", "dpmpp_2m", "dpmpp_3m", "flow_grid", "step_orders", "phi", "T1_CLAMP"]
@@ -158,7 +159,9 @@ def step_orders(
 
 
 def _check_order(order: int, allowed: tuple[int, ...] = (1, 2, 3)) -> int:
-    if isinstance(order, bool) or int(order) != order or int(order) not in allowed:
+    """``order`` as an int, or a ValueError naming the option and the allowed values (None,
+    strings, floats other than whole numbers and bools included)."""
+    if isinstance(order, bool) or not isinstance(order, numbers.Real) or order != int(order) or int(order) not in allowed:
         raise ValueError(f"order must be one of {allowed}, got {order!r}")
     return int(order)
 

@@ -57,7 +57,7 @@ def euler(
     """Forward Euler: ``x_{i+1} = x_i + h_i v(t_i, x_i)``, ``h_i = t_{i+1} - t_i``.
 
     N steps cost N NFE.  In flow variables this is also DDIM / DPM-Solver(++)-1 / UniP-1
-    (baseline-solvers.md section 0).
+    (docs/baselines.md#euler).
     """
     grid = check_grid(ts)
     x = x0

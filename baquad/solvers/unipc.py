@@ -6,13 +6,15 @@ Convention and notation as in :mod:`baquad.solvers.dpmpp`: ``t = 1`` noise, ``t 
 
 Sources: diffusers ``UniPCMultistepScheduler`` (``use_flow_sigmas=True``,
 ``prediction_type="flow_prediction"``, ``predict_x0=True``), Wan2.1
-``FlowUniPCMultistepScheduler`` and wl-zhao/UniPC ``uni_pc.py``; the rules as written out in
-``shared/reference/baseline-solvers.md`` section 2.
+``FlowUniPCMultistepScheduler`` and wl-zhao/UniPC ``uni_pc.py``; the formulas as written out in
+docs/baselines.md#unipc.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Iterable
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -63,6 +65,21 @@ def unipc_coefficients(
     else:
         rho_c = [float(v) for v in np.linalg.solve(r_mat, np.array(b))]
     return big_b, rho_p, rho_c
+
+
+def _step_indices(steps: Any, n: int) -> set[int]:
+    """``disable_corrector`` as a set of 0-based step indices, or a ValueError naming it (a single
+    int, floats such as 0.5, negative indices and non-iterables are refused). Indices at or past
+    the number of steps are allowed and never apply, as in diffusers, so one list serves grids
+    of any length."""
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
+        raise ValueError(f"disable_corrector must be a collection of step indices (e.g. (0, 1)), got {steps!r}")
+    out = set()
+    for k in steps:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+            raise ValueError(f"disable_corrector: {k!r} is not a step index (an integer >= 0)")
+        out.add(int(k))
+    return out
 
 
 def unipc(
@@ -119,9 +136,9 @@ def unipc(
     order = _check_order(order)
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
-    skip = {int(k) for k in disable_corrector}
     grid = flow_grid(ts)
     n = len(grid) - 1
+    skip = _step_indices(disable_corrector, n)
     orders = step_orders(n, order, lower_order_final, grid[-1] == 0.0, diffusers_last_two=False)
     lams = [lam(t) for t in grid]
     x = x0
