@@ -21,7 +21,6 @@ weights it was computed with, so a stale reference (other weights or guidance) i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -30,12 +29,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as st_save
 
 from ._cli import HelpFormatter
 from .digits import (DIGITS_GUIDANCE_INTERVAL, DIGITS_GUIDANCE_SCALE, STATE_SHAPE, digits_sit_backbone,
                      shipped_path)
+from .safefile import InvalidFile, read_header, read_tensors, serialise
 from .shipped import sha256_file, verified, write_with_sum
 
 __all__ = ["ReferenceSet", "reference_noise", "reference_labels", "solve_reference", "build_reference",
@@ -114,7 +112,7 @@ def build_reference(n: int = 2000, guidance_scale: float = DIGITS_GUIDANCE_SCALE
                                 atol=rtol * 1e-2, progress=bar.update)
     err = (ref[:check] - tight).flatten(1).norm(dim=1)
     wall = time.perf_counter() - t0
-    meta = {"format": _FORMAT, "version": 1, "n": n, "seed": seed, "guidance_scale": float(guidance_scale),
+    meta = {"format": _FORMAT, "n": n, "seed": seed, "guidance_scale": float(guidance_scale),
             "guidance_interval": list(DIGITS_GUIDANCE_INTERVAL), "rtol": rtol, "atol": rtol, "method": "DOP853",
             "network_dtype": "float64", "backbone_sha256": sha256_file(weights_file),
             "tolerance_check": {"samples": check, "rtol": rtol * 1e-2, "mean_error": float(err.mean()),
@@ -129,7 +127,8 @@ def save_reference(ref: ReferenceSet, path: "str | Path") -> str:
     tensors = {"noise": ref.noise, "labels": ref.labels, "reference": ref.reference, "noise_b": ref.noise_b,
                "reference_b": ref.reference_b}
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    return write_with_sum(Path(path), st_save(tensors, metadata={"baquad": json.dumps(ref.meta, sort_keys=True)}))
+    meta = {k: v for k, v in ref.meta.items() if k != "version"}
+    return write_with_sum(Path(path), serialise(tensors, meta))
 
 
 def load_reference(path: "str | Path | None" = None, *, required: Optional[bool] = None) -> ReferenceSet:
@@ -138,16 +137,15 @@ def load_reference(path: "str | Path | None" = None, *, required: Optional[bool]
     path = shipped_path("reference") if path is None else Path(path)
     if required is None:
         required = path.resolve().parent == shipped_path("reference").parent
-    path = verified(path, required=required)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = json.loads((f.metadata() or {}).get("baquad", "{}"))
-            t = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    header = read_header(verified(path, required=required))
+    meta = header.meta
     if meta.get("format") != _FORMAT:
-        raise ValueError(f"{path}: not a digits reference set (format {meta.get('format')!r})")
-    return ReferenceSet(t["noise"], t["labels"], t["reference"], t["noise_b"], t["reference_b"], meta)
+        raise InvalidFile(f"{header.path}: not a digits reference set (format {meta.get('format')!r})")
+    t = read_tensors(header)
+    names = ("noise", "labels", "reference", "noise_b", "reference_b")
+    if sorted(t) != sorted(names):
+        raise InvalidFile(f"{header.path}: a reference set holds the tensors {', '.join(names)}; this one {', '.join(sorted(t))}")
+    return ReferenceSet(*(t[k] for k in names), meta)
 
 
 def build_parser() -> argparse.ArgumentParser:

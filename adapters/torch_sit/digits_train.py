@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ._cli import HelpFormatter
 from .chain import step_generator
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .safefile import InvalidFile, atomic_write, read_header, read_tensors, serialise
 from .digits import (DIGITS_SIT_CONFIG, DigitsClassifier, load_digits_split, save_model, shipped_path,
                      sit_config_dict)
 from .sit import SiT, SiTConfig
@@ -112,6 +112,55 @@ def flow_matching_batch(images: torch.Tensor, labels: torch.Tensor, recipe: Back
     return (1 - tb) * x + tb * eps, t, y, eps - x
 
 
+CHECKPOINT_NAME = "checkpoint.safetensors"
+_CKPT_FORMAT = "baquad-digits-backbone-checkpoint"
+
+
+def save_backbone_checkpoint(out: Path, model: SiT, opt: torch.optim.Optimizer, step: int, arch: dict,
+                             recipe: dict) -> Path:
+    """Write ``out/checkpoint.safetensors`` atomically (:mod:`.safefile`): the SiT's weights
+    (``model.<name>``), AdamW's tensors (``optim.<param index>.<name>``), and in the header the
+    step, the architecture, the recipe and AdamW's param groups."""
+    sd = opt.state_dict()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    other: dict = {}
+    for idx, state in sd["state"].items():
+        for name, val in state.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{idx}.{name}"] = val.detach().cpu().contiguous().clone()
+            else:
+                other.setdefault(str(idx), {})[name] = val
+    meta = {"format": _CKPT_FORMAT, "step": int(step), "config": arch, "recipe": recipe,
+            "param_groups": sd["param_groups"], "state_other": other}
+    path = Path(out) / CHECKPOINT_NAME
+    atomic_write(path, serialise(tensors, meta))
+    return path
+
+
+def load_backbone_checkpoint(path: Path, arch: dict) -> tuple[int, dict, dict]:
+    """``(step, model state, optimizer state)`` of a backbone checkpoint, refused (naming the
+    differing settings) when its architecture is not ``arch``."""
+    header = read_header(path)
+    meta = header.meta
+    if meta.get("format") != _CKPT_FORMAT:
+        raise InvalidFile(f"{path}: not a digits backbone checkpoint (format {meta.get('format')!r})")
+    diff = sorted(k for k in set(arch) | set(meta["config"]) if arch.get(k) != meta["config"].get(k))
+    if diff:
+        raise ValueError(f"{path}: the checkpoint's SiT differs from the requested one in {', '.join(diff)}; "
+                         "use the same architecture flags, or another --out (or --no-resume)")
+    tensors = read_tensors(header)
+    model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for idx, extra in meta.get("state_other", {}).items():
+        state.setdefault(int(idx), {}).update(extra)
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else dict(g) for g in meta["param_groups"]]
+    return int(meta["step"]), model, {"state": state, "param_groups": groups}
+
+
 def train_backbone(out: "str | Path", recipe: BackboneRecipe = BackboneRecipe(),
                    config: SiTConfig = DIGITS_SIT_CONFIG, *, ckpt_every: int = 500, resume: Optional[bool] = None,
                    progress: bool = True, log: Callable[..., None] = print) -> Path:
@@ -121,23 +170,21 @@ def train_backbone(out: "str | Path", recipe: BackboneRecipe = BackboneRecipe(),
     torch.manual_seed(recipe.seed)
     model = SiT(config, zero_init=True, generator=torch.Generator().manual_seed(recipe.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.999), weight_decay=0.0)
-    arch = {"class": "SiT", **sit_config_dict(config)}
+    arch = sit_config_dict(config)
     start = 0
-    ckpt = find_checkpoint(out)
-    if resume is True and ckpt is None:
+    ckpt = out / CHECKPOINT_NAME
+    if resume is True and not ckpt.is_file():
         raise FileNotFoundError(f"resume: no checkpoint in {out}")
-    if ckpt is not None and resume is not False:
-        ck = load_checkpoint(ckpt, sidenet_config=arch)
-        model.load_state_dict(ck.model)
-        opt.load_state_dict(ck.optimizer)
-        start = ck.step
+    if ckpt.is_file() and resume is not False:
+        start, weights, opt_state = load_backbone_checkpoint(ckpt, arch)
+        model.load_state_dict(weights)
+        opt.load_state_dict(opt_state)
         log(f"resuming from {ckpt} at step {start} of {recipe.iters}")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"digits SiT: {n_params:,} parameters; {images.shape[0]} training images; {recipe.iters - start} iterations")
 
     def save(step: int) -> None:
-        save_checkpoint(out, sidenet=model, step=step, sidenet_config=arch, config=dataclasses.asdict(recipe),
-                        optimizer=opt, extra={"what": "digits SiT backbone"})
+        save_backbone_checkpoint(out, model, opt, step, arch, dataclasses.asdict(recipe))
 
     model.train()
     bar = _progress(recipe.iters, "backbone", progress, start)
@@ -169,7 +216,7 @@ def train_backbone(out: "str | Path", recipe: BackboneRecipe = BackboneRecipe(),
              "torch_threads": torch.get_num_threads(), "final_loss": last_loss,
              "command": "python -m adapters.torch_sit.digits_train backbone"}
     path = out / shipped_path("backbone").name
-    digest = save_model(path, model.eval(), "backbone", sit_config_dict(config), dataclasses.asdict(recipe), report)
+    digest = save_model(path, model.eval(), "backbone", arch, dataclasses.asdict(recipe), report)
     log(f"done: {done} iterations in {wall:.0f} s ({done / max(wall, 1e-9):.2f} it/s); wrote {path} (sha256 {digest})")
     return path
 
