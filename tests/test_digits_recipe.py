@@ -1,6 +1,7 @@
 """The digits SideNet trains through the same entry point as every backbone
 (``python -m adapters.torch_sit.train --backbone digits-sit``): the recipe's MLP SideNet,
-conditioned on the class and on the guidance scale, with chains guided at the demo's scale."""
+conditioned on the class and on the guidance scale, with chains guided over a range of scales that
+holds the demo's."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_train_command_runs_the_digits_recipe(tmp_path):
     cfg = net.config()
     assert cfg["class"] == "MLPSideNet" and cfg["dim"] == 64 and cfg["num_classes"] == 10 and cfg["guidance"]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["config"]["guidance_scale"] == DIGITS_GUIDANCE_SCALE
+    assert summary["config"]["guidance_scale"] <= DIGITS_GUIDANCE_SCALE <= summary["config"]["guidance_max"]
     assert summary["backbone"] == "digits-sit" and summary["backbone_calls_per_process"] == 3 * 3
     # the guidance scale reaches the network: a trained SideNet answers differently at another scale
     x, v = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)

@@ -163,6 +163,7 @@ def save_model(path: "str | os.PathLike", module: nn.Module, kind: str, config: 
     ``report`` (wall time, accuracies, the command) and the digest. Returns the digest."""
     path = Path(path)
     meta = {"format": f"baquad-digits-{kind}", "config": config, "recipe": recipe or {}}
+    meta = json.loads(json.dumps(meta, sort_keys=True))  # one key order, whatever built the dicts
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in module.state_dict().items()}
     digest = write_with_sum(path, serialise(tensors, meta))
     sidecar = {**meta, "report": report or {}, "sha256": digest}
