@@ -86,6 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "reference solutions use a tenth of it")
     p.add_argument("--sidenet", default=None, help="trained SideNet (default runs/<flow>/sidenet.safetensors)")
     p.add_argument("--nfe", type=int, default=10)
+    p.add_argument("--shift", type=float, default=1.0, help="time shift of the uniform grid, t' = s t / (1 + (s - 1) t)")
     p.add_argument("--rule", default="gauss-lobatto-4")
     p.add_argument("--final", default="single", choices=("single", "bi"), help="NFE scheme B (single) or A (bi)")
     p.add_argument("--cuts", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="window boundaries in (0, 1)")
@@ -165,7 +166,7 @@ def backbone_problem(args: argparse.Namespace) -> Problem:
         from adapters.torch_sit.digits import shipped_path
         from adapters.torch_sit.shipped import verified
 
-        sidenet_path = str(verified(shipped_path("sidenet")))
+        sidenet_path = shown(verified(shipped_path("sidenet")))
     else:
         sidenet_path = args.sidenet or f"runs/{args.backbone}/sidenet.safetensors"
     field = bb.vfield(**cond)
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     prob = backbone_problem(args) if args.backbone else mixture_problem(args)
     side, oracle, score, sidenet_path = prob.side, prob.oracle, prob.score, prob.sidenet_path
-    ts = nfe_grid("ba-solver", args.nfe, final=args.final)
+    ts = nfe_grid("ba-solver", args.nfe, "uniform", args.shift, final=args.final)
     edges = [0.0, *cuts, 1.0 + 1e-12]
 
     def run(perception: Perception) -> Any:
@@ -222,7 +223,9 @@ def main(argv=None) -> int:
     text = "\n".join([
         f"# Where the learned perception's error enters (`{prob.name}`)", "",
         f"Command: `{command('analysis.error_source', argv)}`", "",
-        f"BA-solver {args.rule}, NFE {args.nfe} (scheme {'B' if args.final == 'single' else 'A'}), uniform grid, "
+        f"BA-solver {args.rule}, NFE {args.nfe} (scheme {'B' if args.final == 'single' else 'A'}), "
+        f"{'uniform grid' if args.shift == 1 else f'uniform grid shifted by {args.shift:g}'} "
+        f"({', '.join(f'{t:.3g}' for t in ts)}), "
         f"{args.n} noises (seed {args.seed}), SideNet `{sidenet_path}`. An interval uses the oracle or the SideNet "
         "by the window its midpoint lies in. Errors |x - x_ref| at t = 0 against DOP853 from the same noise."
         + (f" {prob.note}" if prob.note else ""), "",

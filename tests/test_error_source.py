@@ -81,3 +81,35 @@ def test_script_end_rows_equal_independent_solves(tmp_path):
         assert row(name) == pytest.approx(np.linalg.norm(x - ref, axis=1).mean(), rel=1e-3), name
     # the oracle is far better than anchor-only at 4 NFE, so the swap rows are not all the same
     assert row("oracle everywhere") < 0.2 * row("SideNet everywhere")
+
+
+@pytest.mark.slow
+def test_backbone_rows_equal_independent_solves(tmp_path):
+    """--backbone digits-sit with an untrained (zero-output) SideNet: its row is the anchor-only
+    BA-solver, and the reference comes from torchdiffeq's dopri5 here, not from baquad."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    pytest.importorskip("sklearn")
+    from adapters.torch_sit.checkpoint import save_sidenet
+    from adapters.torch_sit.digits import DIGITS_GUIDANCE_SCALE, digits_sit_backbone
+    from adapters.torch_sit.sidenet import MLPSideNet
+
+    path = save_sidenet(MLPSideNet(64, hidden=16, depth=2, embed_dim=8, num_classes=10, guidance=True),
+                        tmp_path / "untrained.safetensors")
+    n = 6
+    assert main(["--backbone", "digits-sit", "--sidenet", str(path), "--nfe", "3", "--n", str(n), "--seed", "5",
+                 "--cuts", "0.5", "--oracle-rtol", "1e-6", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "error_source_digits-sit.md").read_text()
+    assert "mode switches" not in md
+    row = lambda name: float(re.search(rf"^\| {re.escape(name)} \| ([0-9.e+-]+) \+-", md, re.M).group(1))
+
+    bb = digits_sit_backbone(dtype=torch.float64)
+    labels = torch.arange(n) % 10
+    field = bb.vfield(labels=labels, guidance_scale=DIGITS_GUIDANCE_SCALE)
+    x0 = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with torch.no_grad():
+        ref = torchdiffeq.odeint(lambda t, x: field(float(t), x), x0, torch.tensor([1.0, 0.0], dtype=torch.float64),
+                                 method="dopri5", rtol=1e-9, atol=1e-9)[-1]
+        x = baquad.solve(field, x0, np.linspace(1.0, 0.0, 4), perception=AnchorOnly()).x
+    want = (x - ref).flatten(1).norm(dim=1).mean().item()
+    assert row("SideNet everywhere") == pytest.approx(want, rel=1e-3)
+    assert row("oracle everywhere") < 0.5 * row("SideNet everywhere")

@@ -43,12 +43,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save as st_save
 from torch import nn
 
 from .backbones import register_backbone
-from .checkpoint import atomic_write
+from .safefile import InvalidFile, atomic_write, read_header, read_tensors, serialise
 from .shipped import WEIGHTS_DIR, verified, write_with_sum
 from .sit import SiT, SiTConfig
 from .sit_backbone import GuidedSiT, SiTBackbone
@@ -57,6 +55,7 @@ __all__ = [
     "DIGITS_SIT_CONFIG",
     "DIGITS_GUIDANCE_SCALE",
     "DIGITS_GUIDANCE_INTERVAL",
+    "DIGITS_GRID_SHIFT",
     "STATE_SHAPE",
     "HELD_OUT_EVERY",
     "load_digits_split",
@@ -76,6 +75,9 @@ DIGITS_SIT_CONFIG = SiTConfig(depth=3, hidden_size=32, num_heads=2, patch_size=2
                               projector_dim=1)
 #: the demo's classifier-free guidance scale
 DIGITS_GUIDANCE_SCALE = 1.5
+#: the demo's time grids: uniform grids shifted by t' = s t / (1 + (s - 1) t), the same for every
+#: solver (s < 1 puts more steps near t = 0, where the field of this model changes fastest)
+DIGITS_GRID_SHIFT = 0.4
 #: guidance on the whole path (module docstring)
 DIGITS_GUIDANCE_INTERVAL = (0.0, 1.0)
 #: one state: one channel of 8 x 8 pixels
@@ -154,38 +156,34 @@ class DigitsClassifier(nn.Module):
 
 def save_model(path: "str | os.PathLike", module: nn.Module, kind: str, config: dict, recipe: Optional[dict] = None,
                report: Optional[dict] = None) -> str:
-    """Write a module's weights as safetensors atomically, recording the SHA-256 in the
-    directory's ``SHA256SUMS``. The header holds ``{"format": "baquad-digits-<kind>", "config",
-    "recipe"}`` only (what determines the weights, so a rerun on the same machine writes the same
-    bytes); the JSON sidecar (``.json``) adds ``report`` (wall time, accuracies, the command) and
-    the digest. Returns the digest."""
+    """Write a module's weights as a baquad safetensors file (:mod:`.safefile`: atomic, with a
+    content hash) and record its SHA-256 in the directory's ``SHA256SUMS``. The header holds
+    ``{"format": "baquad-digits-<kind>", "config", "recipe"}`` only (what determines the weights,
+    so a rerun on the same machine writes the same bytes); the JSON sidecar (``.json``) adds
+    ``report`` (wall time, accuracies, the command) and the digest. Returns the digest."""
     path = Path(path)
-    meta = {"format": f"baquad-digits-{kind}", "version": 1, "config": config, "recipe": recipe or {}}
+    meta = {"format": f"baquad-digits-{kind}", "config": config, "recipe": recipe or {}}
+    meta = json.loads(json.dumps(meta, sort_keys=True))  # one key order, whatever built the dicts
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in module.state_dict().items()}
-    digest = write_with_sum(path, st_save(tensors, metadata={"baquad": json.dumps(meta, sort_keys=True)}))
+    digest = write_with_sum(path, serialise(tensors, meta))
     sidecar = {**meta, "report": report or {}, "sha256": digest}
     atomic_write(path.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
     return digest
 
 
 def load_model_file(path: "str | os.PathLike", kind: str, *, required: bool = True) -> tuple[dict, dict]:
-    """``(tensors, header)`` of a file written by :func:`save_model`, verified first
-    (:func:`~adapters.torch_sit.shipped.verified`; ``required``: it must have a manifest entry).
+    """``(tensors, header metadata)`` of a file written by :func:`save_model`: its SHA-256 checked
+    first (:func:`~adapters.torch_sit.shipped.verified`; ``required``: it must have a manifest
+    entry), then read with :mod:`.safefile` (content hash checked).
 
     Raises:
         ChecksumError: corrupted, truncated or unlisted file (naming it).
-        ValueError: not a ``baquad-digits-<kind>`` file.
+        InvalidFile (a ValueError): unreadable, or not a ``baquad-digits-<kind>`` file.
     """
-    path = verified(path, required=required)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = json.loads((f.metadata() or {}).get("baquad", "{}"))
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
-    if meta.get("format") != f"baquad-digits-{kind}":
-        raise ValueError(f"{path}: not a digits {kind} file (format {meta.get('format')!r})")
-    return tensors, meta
+    header = read_header(verified(path, required=required))
+    if header.meta.get("format") != f"baquad-digits-{kind}":
+        raise InvalidFile(f"{header.path}: not a digits {kind} file (format {header.meta.get('format')!r})")
+    return read_tensors(header), header.meta
 
 
 def _resolve(path: "str | os.PathLike | None", kind: str) -> tuple[Path, bool]:

@@ -2,6 +2,7 @@
 
     python -m adapters.torch_sit.digits_train backbone --out runs/digits-sit
     python -m adapters.torch_sit.digits_train classifier --out runs/digits-classifier
+    python -m adapters.torch_sit.digits_train evaluate --weights runs/digits-sit/digits_sit.safetensors
 
 Both train on the training split of :func:`~adapters.torch_sit.digits.load_digits_split` only
 (the held-out digits are never seen), on the CPU by default, seeded: iteration i draws its batch
@@ -43,12 +44,13 @@ import torch.nn.functional as F
 
 from ._cli import HelpFormatter
 from .chain import step_generator
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .safefile import InvalidFile, atomic_write, read_header, read_tensors, serialise
 from .digits import (DIGITS_SIT_CONFIG, DigitsClassifier, load_digits_split, save_model, shipped_path,
                      sit_config_dict)
 from .sit import SiT, SiTConfig
 
-__all__ = ["BackboneRecipe", "ClassifierRecipe", "train_backbone", "train_classifier", "classifier_accuracy", "main"]
+__all__ = ["BackboneRecipe", "ClassifierRecipe", "train_backbone", "train_classifier", "classifier_accuracy",
+           "evaluate_backbone", "main"]
 
 
 @dataclass
@@ -110,6 +112,55 @@ def flow_matching_batch(images: torch.Tensor, labels: torch.Tensor, recipe: Back
     return (1 - tb) * x + tb * eps, t, y, eps - x
 
 
+CHECKPOINT_NAME = "checkpoint.safetensors"
+_CKPT_FORMAT = "baquad-digits-backbone-checkpoint"
+
+
+def save_backbone_checkpoint(out: Path, model: SiT, opt: torch.optim.Optimizer, step: int, arch: dict,
+                             recipe: dict) -> Path:
+    """Write ``out/checkpoint.safetensors`` atomically (:mod:`.safefile`): the SiT's weights
+    (``model.<name>``), AdamW's tensors (``optim.<param index>.<name>``), and in the header the
+    step, the architecture, the recipe and AdamW's param groups."""
+    sd = opt.state_dict()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    other: dict = {}
+    for idx, state in sd["state"].items():
+        for name, val in state.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{idx}.{name}"] = val.detach().cpu().contiguous().clone()
+            else:
+                other.setdefault(str(idx), {})[name] = val
+    meta = {"format": _CKPT_FORMAT, "step": int(step), "config": arch, "recipe": recipe,
+            "param_groups": sd["param_groups"], "state_other": other}
+    path = Path(out) / CHECKPOINT_NAME
+    atomic_write(path, serialise(tensors, meta))
+    return path
+
+
+def load_backbone_checkpoint(path: Path, arch: dict) -> tuple[int, dict, dict]:
+    """``(step, model state, optimizer state)`` of a backbone checkpoint, refused (naming the
+    differing settings) when its architecture is not ``arch``."""
+    header = read_header(path)
+    meta = header.meta
+    if meta.get("format") != _CKPT_FORMAT:
+        raise InvalidFile(f"{path}: not a digits backbone checkpoint (format {meta.get('format')!r})")
+    diff = sorted(k for k in set(arch) | set(meta["config"]) if arch.get(k) != meta["config"].get(k))
+    if diff:
+        raise ValueError(f"{path}: the checkpoint's SiT differs from the requested one in {', '.join(diff)}; "
+                         "use the same architecture flags, or another --out (or --no-resume)")
+    tensors = read_tensors(header)
+    model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for idx, extra in meta.get("state_other", {}).items():
+        state.setdefault(int(idx), {}).update(extra)
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else dict(g) for g in meta["param_groups"]]
+    return int(meta["step"]), model, {"state": state, "param_groups": groups}
+
+
 def train_backbone(out: "str | Path", recipe: BackboneRecipe = BackboneRecipe(),
                    config: SiTConfig = DIGITS_SIT_CONFIG, *, ckpt_every: int = 500, resume: Optional[bool] = None,
                    progress: bool = True, log: Callable[..., None] = print) -> Path:
@@ -119,23 +170,21 @@ def train_backbone(out: "str | Path", recipe: BackboneRecipe = BackboneRecipe(),
     torch.manual_seed(recipe.seed)
     model = SiT(config, zero_init=True, generator=torch.Generator().manual_seed(recipe.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.999), weight_decay=0.0)
-    arch = {"class": "SiT", **sit_config_dict(config)}
+    arch = sit_config_dict(config)
     start = 0
-    ckpt = find_checkpoint(out)
-    if resume is True and ckpt is None:
+    ckpt = out / CHECKPOINT_NAME
+    if resume is True and not ckpt.is_file():
         raise FileNotFoundError(f"resume: no checkpoint in {out}")
-    if ckpt is not None and resume is not False:
-        ck = load_checkpoint(ckpt, sidenet_config=arch)
-        model.load_state_dict(ck.model)
-        opt.load_state_dict(ck.optimizer)
-        start = ck.step
+    if ckpt.is_file() and resume is not False:
+        start, weights, opt_state = load_backbone_checkpoint(ckpt, arch)
+        model.load_state_dict(weights)
+        opt.load_state_dict(opt_state)
         log(f"resuming from {ckpt} at step {start} of {recipe.iters}")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"digits SiT: {n_params:,} parameters; {images.shape[0]} training images; {recipe.iters - start} iterations")
 
     def save(step: int) -> None:
-        save_checkpoint(out, sidenet=model, step=step, sidenet_config=arch, config=dataclasses.asdict(recipe),
-                        optimizer=opt, extra={"what": "digits SiT backbone"})
+        save_backbone_checkpoint(out, model, opt, step, arch, dataclasses.asdict(recipe))
 
     model.train()
     bar = _progress(recipe.iters, "backbone", progress, start)
@@ -167,7 +216,7 @@ def train_backbone(out: "str | Path", recipe: BackboneRecipe = BackboneRecipe(),
              "torch_threads": torch.get_num_threads(), "final_loss": last_loss,
              "command": "python -m adapters.torch_sit.digits_train backbone"}
     path = out / shipped_path("backbone").name
-    digest = save_model(path, model.eval(), "backbone", sit_config_dict(config), dataclasses.asdict(recipe), report)
+    digest = save_model(path, model.eval(), "backbone", arch, dataclasses.asdict(recipe), report)
     log(f"done: {done} iterations in {wall:.0f} s ({done / max(wall, 1e-9):.2f} it/s); wrote {path} (sha256 {digest})")
     return path
 
@@ -226,6 +275,36 @@ def train_classifier(out: "str | Path", recipe: ClassifierRecipe = ClassifierRec
     return path
 
 
+def evaluate_backbone(weights: "str | Path | None" = None, guidance: Sequence[float] = (1.0, 1.5, 2.0, 3.0),
+                      n: int = 500, steps: int = 100, seed: int = 0, log: Callable[..., None] = print) -> list[dict]:
+    """Quality of a digits SiT (None: the shipped one): ``n`` samples with labels ``i mod 10`` by
+    ``steps`` uniform Euler steps at each guidance scale, scored by the shipped classifier (class
+    accuracy) and by the Fréchet distance of its features to the held-out real digits."""
+    import baquad
+
+    from .digits import digits_sit_backbone, load_digits_classifier
+    from .metrics import frechet_distance_of_features
+
+    bb, clf = digits_sit_backbone(weights), load_digits_classifier()
+    with torch.no_grad():
+        real = clf.features(load_digits_split("held-out")[0]).double().numpy()
+        train_feats = clf.features(load_digits_split("train")[0]).double().numpy()
+    log(f"Fréchet distance, training split vs held-out real digits: {frechet_distance_of_features(train_feats, real):.3f}")
+    x0 = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    y = torch.arange(n) % 10
+    ts = [1.0 - k / steps for k in range(steps + 1)]
+    rows = []
+    for s in guidance:
+        with torch.no_grad():
+            x = baquad.solve(bb.vfield(labels=y, guidance_scale=s), x0, ts, method="euler").x
+            acc = float((clf(x).argmax(1) == y).double().mean())
+            fd = frechet_distance_of_features(clf.features(x).double().numpy(), real)
+        rows.append({"guidance": s, "accuracy": acc, "frechet_held_out": fd})
+        log(f"guidance {s:g}: Euler {steps} steps, {n} samples: class accuracy {100 * acc:.1f}%, Fréchet distance "
+            f"to the held-out digits {fd:.2f}")
+    return rows
+
+
 def _add_recipe_flags(p: argparse.ArgumentParser, recipe_cls: type) -> None:
     for f in dataclasses.fields(recipe_cls):
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=f.default)
@@ -250,7 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("classifier", help="train the feature classifier", formatter_class=HelpFormatter)
     c.add_argument("--out", type=Path, required=True, help="output directory (weights, SHA256SUMS)")
     _add_recipe_flags(c, ClassifierRecipe)
-    for q in (b, c):
+    e = sub.add_parser("evaluate", help="class accuracy and Fréchet distance of a digits SiT's Euler samples",
+                       formatter_class=HelpFormatter)
+    e.add_argument("--weights", type=Path, default=None, help="a digits_sit.safetensors (default: the shipped one)")
+    e.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0], help="guidance scales")
+    e.add_argument("--n", type=int, default=500, help="samples per guidance scale")
+    e.add_argument("--steps", type=int, default=100, help="Euler steps")
+    for q in (b, c, e):
         q.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the same bytes on every rerun on one machine)")
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -265,9 +350,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                            mlp_ratio=args.mlp_ratio)
         train_backbone(args.out, recipe, config, ckpt_every=args.ckpt_every, resume=args.resume,
                        progress=not args.no_progress)
-    else:
+    elif args.what == "classifier":
         recipe = ClassifierRecipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierRecipe)})
         train_classifier(args.out, recipe, progress=not args.no_progress)
+    else:
+        evaluate_backbone(args.weights, args.guidance, args.n, args.steps)
     return 0
 
 

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint import atomic_write
+from .safefile import atomic_write
 
 __all__ = ["WEIGHTS_DIR", "SUMS_NAME", "ChecksumError", "sha256_file", "read_sums", "verified", "write_with_sum",
            "shipped_file"]
