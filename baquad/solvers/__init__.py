@@ -21,6 +21,7 @@ method             options (defaults first)                               NFE fo
                    ``lower_order_final="min"|"diffusers"|"none"``
 ``dpm++2m``        as ``dpm++`` with ``order=2``                          N
 ``dpm++3m``        as ``dpm++`` with ``order=3``                          N
+``adams``          ``order=2|1`` (Adams-Bashforth in t; any direction)      N
 ``unipc``          ``order=2|1|3``, ``variant="bh2"|"bh1"``,              N
                    ``lower_order_final``, ``disable_corrector=()``
 ``ba-solver``      (:mod:`baquad.bianchor`) ``rule``, ``perception``,      N | N + 1
@@ -44,6 +45,7 @@ from typing import Any, Callable
 
 from ..bianchor import BA_SOLVER
 from ..methods import Method, nfe_per_steps, register_method, steps_for_nfe
+from .adams import adams_bashforth
 from .dpmpp import dpmpp, dpmpp_2m, dpmpp_3m
 from .fixed import euler, heun, midpoint, rk4
 from .unipc import unipc
@@ -61,6 +63,7 @@ __all__ = [
     "dpmpp_2m",
     "dpmpp_3m",
     "unipc",
+    "adams_bashforth",
 ]
 
 
@@ -86,6 +89,7 @@ _BASELINES: dict[str, tuple[Callable[..., Any], Callable[..., tuple[int, int]]]]
     "dpm++2m": (dpmpp_2m, _one_per_step),
     "dpm++3m": (dpmpp_3m, _one_per_step),
     "unipc": (unipc, _one_per_step),
+    "adams": (adams_bashforth, _one_per_step),
 }
 
 #: method name -> registered :class:`~baquad.methods.Method`, BA-solver first.
