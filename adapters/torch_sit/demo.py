@@ -328,8 +328,17 @@ def _sample_command(args: argparse.Namespace) -> int:
 
 
 #: ``baquad demo <name>``: the demos (the first is the default)
+def _edit_command(args: argparse.Namespace) -> int:
+    from .edit import run_edit
+
+    run_edit(args)
+    return 0
+
+
 DEMOS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "sample": ("sample digits with BA-solver and the baselines and compare them (default)", _sample_command),
+    "edit": ("invert held-out digits with BA-solver and regenerate them under other labels (paper Fig. 6); "
+             "round-trip table against Euler, Adams-Bashforth 2 and DOP853, with and without guidance", _edit_command),
 }
 
 
@@ -354,6 +363,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the shipped one")
     p.add_argument("--reference", type=Path, default=None,
                    help="a reference set file (python -m adapters.torch_sit.digits_reference) instead of the shipped one")
+    e = p.add_argument_group("edit")
+    e.add_argument("--digits", type=int, nargs="+", default=None,
+                   help="edit: indices of the held-out digits in the edit grid (default the first ten)")
+    e.add_argument("--nfe", type=int, default=10, help="edit: BA-solver's NFE per direction in the edit grid")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (one thread is fastest on 2 shared cores: 82 s against 270 s with 2, see docs/digits.md)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
@@ -366,6 +379,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--n: need at least 2 samples (a Fréchet distance needs a covariance), got {args.n}")
     if args.threads < 1:
         raise SystemExit(f"--threads: need at least 1, got {args.threads}")
+    if args.nfe < 2:
+        raise SystemExit(f"--nfe: BA-solver needs at least 2 calls per direction, got {args.nfe}")
     if not (args.shift > 0 and np.isfinite(args.shift)):
         raise SystemExit(f"--shift: must be a positive number, got {args.shift}")
     if not args.guidance >= 1.0:
