@@ -452,7 +452,8 @@ def train(
         if rank == 0 and progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.iters, initial=start, desc="chain", dynamic_ncols=True, file=sys.stderr)
+            bar = tqdm(total=cfg.iters, initial=start, desc="chain", dynamic_ncols=True, file=sys.stderr,
+                       disable=None)  # off when not a terminal
         lo, hi = rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world
         t_start = time.perf_counter()
         last: dict = {}
