@@ -18,7 +18,8 @@ by the method and the fit would be meaningless.
 :func:`empirical_order` runs a method (a ``baquad.solve`` method name with its options, or any
 solve callable) over a range of step counts on a flow, measures the error against the flow's
 exact solution (``flow.exact``) or a tight :func:`~baquad.reference.reference_solve`, and fits
-the slope with :func:`fit_order`.
+the slope with :func:`fit_order`, over all points and over the smallest steps alone, warning
+when the two disagree (a pre-asymptotic fit).
 
 Symbolic part (needs sympy)
 ---------------------------
@@ -54,7 +55,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from numbers import Integral, Real
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -182,28 +183,107 @@ def fit_order(
 # Empirical order of a solver on a flow
 
 
-class EmpiricalOrder(NamedTuple):
+@dataclass(frozen=True, eq=False)
+class EmpiricalOrder:
     """What :func:`empirical_order` returns; unpacks as ``fit, step_sizes, errors``.
 
     Attributes:
-        fit: the :class:`OrderFit` of ``errors`` against ``step_sizes``.
-        step_sizes: ``|t1 - t0| / n`` for every step count ``n``.
+        fit: the :class:`OrderFit` of ``errors`` against ``step_sizes``, over all points.
+        step_sizes: ``|t1 - t0| / n`` for every step count ``n`` (in the order given).
         errors: the error of the final state at every step count.
+        tail: the :class:`OrderFit` over the ``tail`` smallest distinct step sizes only: the
+            asymptotic order when the larger steps are pre-asymptotic (equal to ``fit`` when
+            there are no more points than that).
+        t0, t1: the start and end time the method integrated over (``empirical_order``'s
+            defaults are the flow-matching generation span 1 -> 0).
+        pre_asymptotic: True when the points do not follow one power law (see
+            :func:`empirical_order`; a ``UserWarning`` with the numbers was issued).
     """
 
     fit: OrderFit
     step_sizes: np.ndarray
     errors: np.ndarray
+    tail: OrderFit
+    t0: float
+    t1: float
+    pre_asymptotic: bool = False
+
+    def __iter__(self):
+        return iter((self.fit, self.step_sizes, self.errors))
 
     @property
     def order(self) -> float:
-        """The fitted order (``fit.order``)."""
+        """The fitted order over all points (``fit.order``)."""
         return self.fit.order
 
     @property
     def residual(self) -> float:
         """The RMS deviation of the points from the fitted line (``fit.residual``)."""
         return self.fit.residual
+
+    @property
+    def tail_order(self) -> float:
+        """The fitted order over the smallest steps (``tail.order``)."""
+        return self.tail.order
+
+    def summary(self) -> str:
+        """One line: both fits, the span and the step sizes."""
+        return (f"order {self.fit.order:.2f} (residual {self.fit.residual:.2f}) over {self.fit.n_points} step sizes "
+                f"{_sizes(self.step_sizes)}; {self.tail.order:.2f} (residual {self.tail.residual:.2f}) over the "
+                f"{self.tail.n_points} smallest; t {self.t0:g} -> {self.t1:g}")
+
+
+def _sizes(h: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:.3g}" for v in h) + "]"
+
+
+#: how many of the smallest step sizes the tail fit uses, and when the two fits disagree
+TAIL_POINTS = 3
+ORDER_TOLERANCE = 0.25
+RESIDUAL_TOLERANCE = 0.25
+
+
+def _tail_fit(h: np.ndarray, e: np.ndarray, points: int) -> OrderFit:
+    """The fit over the points whose step size is among the ``points`` smallest distinct ones."""
+    keep = h <= np.unique(h)[: max(2, points)].max()
+    return fit_order(h[keep], e[keep])
+
+
+def _check_fit(fit: OrderFit, tail: OrderFit, h: np.ndarray, e: np.ndarray, counts: list) -> bool:
+    """Warn (UserWarning) when the points do not follow one power law; returns whether it did."""
+    gap = abs(fit.order - tail.order)
+    if gap <= ORDER_TOLERANCE and fit.residual <= RESIDUAL_TOLERANCE:
+        return False
+    import warnings
+
+    warnings.warn(
+        f"empirical_order: the errors do not follow one power law over step counts {counts}: order "
+        f"{fit.order:.2f} with residual {fit.residual:.2f} over all {fit.n_points} points, but "
+        f"{tail.order:.2f} (residual {tail.residual:.2f}) over the {tail.n_points} smallest steps "
+        f"(step sizes {_sizes(h)}, errors [{', '.join(f'{v:.3g}' for v in e)}]). The larger steps are "
+        "pre-asymptotic (or the smallest errors reach round-off or the reference's tolerance): read "
+        "result.tail.order, or measure at smaller steps. (Warned when the two orders differ by more than "
+        f"{ORDER_TOLERANCE} or the residual exceeds {RESIDUAL_TOLERANCE}.)",
+        UserWarning,
+        stacklevel=3,
+    )
+    return True
+
+
+def _as_state(x0: Any) -> Any:
+    """``x0`` as an array: a Python or numpy scalar, a 0-d array/tensor or a list becomes a float
+    array of at least one dimension (a scalar ODE is integrated as a one-element state)."""
+    if hasattr(x0, "detach") and hasattr(x0, "reshape"):  # a torch tensor
+        return x0.reshape(1) if x0.ndim == 0 else x0
+    if isinstance(x0, np.ndarray) and x0.ndim > 0:
+        return x0
+    if isinstance(x0, (bool, np.bool_)) or isinstance(x0, (str, bytes)):
+        raise TypeError(f"x0: expected a real number or an array of states, got {x0!r}")
+    try:
+        arr = np.asarray(x0, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"x0: expected a real number or an array of states, got {type(x0).__name__}") from err
+    return arr.reshape(1) if arr.ndim == 0 else arr
 
 
 def _error_value(value: Any, n: int) -> float:
@@ -273,7 +353,16 @@ def empirical_order(
     For every ``n`` in ``step_counts`` the method integrates ``flow`` from ``x0`` at ``t0`` to
     ``t1`` over ``n`` intervals (uniform unless ``grid`` is given); the error of the final state
     against the exact solution is recorded and :func:`fit_order` fits ``log e`` against
-    ``log(|t1 - t0| / n)``.
+    ``log(|t1 - t0| / n)``, over all points (``result.fit``) and over the 3 smallest distinct
+    step sizes (``result.tail``). The default span is **t0 = 1.0 -> t1 = 0.0**, flow-matching
+    generation (noise to data); pass ``t0``/``t1`` for any other ODE.
+
+    An order is only meaningful in the asymptotic range, where e = C h^p holds. When the two fits
+    differ by more than 0.25 in order, or the points scatter about the line by more than 0.25 in
+    natural-log units (the residual), a ``UserWarning`` gives both orders and the errors, and
+    ``result.pre_asymptotic`` is True: the larger steps are still pre-asymptotic (a higher-order
+    term dominates there; the small-step order ``result.tail.order`` is the asymptotic one), or
+    the smallest errors have reached round-off or the reference tolerance.
 
     Args:
         method: a method name of :func:`baquad.solve` (``"ba-solver"``, ``"euler"``, ``"rk4"``,
@@ -287,7 +376,10 @@ def empirical_order(
             ``"trajectory"`` truth gives the exact solution via ``flow.exact(t1, x0, t0)``.
         step_counts: numbers of intervals (at least 2 distinct).
         x0: initial state (default: 8 seeded standard-normal states of dimension ``flow.dim``).
-        t0, t1: start and end time (either order). Ignored when ``grid`` is given.
+            A scalar (a Python or numpy number, a 0-d array or tensor) is integrated as a
+            one-element state, so ``flow`` gets ``x`` of shape ``(1,)``.
+        t0, t1: start and end time (either order; default 1.0 -> 0.0, they must differ).
+            Ignored when ``grid`` is given.
         grid: ``grid(n) -> ts``, a strictly monotone grid of ``n + 1`` times; it fixes ``t0`` and
             ``t1`` (all grids must share their endpoints). The step size reported is still
             ``|t1 - t0| / n``.
@@ -297,7 +389,8 @@ def empirical_order(
         error: ``"max"`` (max absolute entry, default), ``"rms"``, or ``error(x, exact)``.
 
     Returns:
-        :class:`EmpiricalOrder` ``(fit, step_sizes, errors)``.
+        :class:`EmpiricalOrder`, unpacking as ``(fit, step_sizes, errors)``, with ``tail``, the
+        span ``t0``, ``t1`` and ``pre_asymptotic``; ``result.summary()`` states it in one line.
 
     Raises:
         ValueError: fewer than 2 distinct step counts, a step count that is not a whole number
@@ -328,8 +421,10 @@ def empirical_order(
     if x0 is None:
         dim = getattr(flow, "dim", None)
         if not dim:
-            raise ValueError("x0: required when the flow has no `dim` attribute")
+            raise ValueError("x0: required when the flow has no `dim` attribute; pass the initial state "
+                             "(an array of states, or a number for a scalar ODE)")
         x0 = np.random.default_rng(0).standard_normal((8, int(dim)))
+    x0 = _as_state(x0)
 
     if exact is None:
         if "trajectory" in getattr(flow, "truth", ()) and hasattr(flow, "exact"):
@@ -376,11 +471,13 @@ def empirical_order(
     e = np.asarray(errors)
     try:
         fit = fit_order(h, e)
+        tail = _tail_fit(h, e, TAIL_POINTS)
     except ValueError as err:
         raise ValueError(
             f"empirical_order: cannot fit step counts {counts} with errors {e.tolist()}: {err}"
         ) from err
-    return EmpiricalOrder(fit, h, e)
+    warned = _check_fit(fit, tail, h, e, counts)
+    return EmpiricalOrder(fit, h, e, tail, start, end, warned)
 
 
 # ---------------------------------------------------------------------------------------------

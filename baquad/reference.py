@@ -16,6 +16,7 @@ broadcast by the flattened system into a wrong "reference").
 
 from __future__ import annotations
 
+import contextlib
 import math
 from numbers import Real
 from typing import Any, Callable
@@ -24,6 +25,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 from ._backend import all_finite, describe, dtype_kind, is_array, is_torch, same_array_kind, to_numpy
+from ._convention import float_time_error
 from .grids import check_grid
 
 __all__ = ["reference_solve"]
@@ -70,6 +72,15 @@ def _check_tolerance(name: str, value: Any, minimum: float, strict: bool) -> flo
     return float(value)
 
 
+def _no_grad(torch_state: bool) -> Any:
+    """``torch.no_grad()`` for a torch state (torch imported only then), else a null context."""
+    if not torch_state:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.no_grad()
+
+
 class _CheckedField:
     """``fun(t, y)`` for scipy: calls ``vfield`` on the unflattened state and checks its output."""
 
@@ -97,13 +108,13 @@ class _CheckedField:
     def __call__(self, t: float, y: np.ndarray) -> np.ndarray:
         self.calls += 1
         x = self.state(y)
-        if self.torch:
-            import torch
-
-            with torch.no_grad():
-                v = self.vfield(torch.tensor(t, dtype=self.dtype, device=self.device), x)
-        else:
-            v = self.vfield(float(t), x)
+        try:
+            with _no_grad(self.torch):
+                v = self.vfield(float(t), x)
+        except (AttributeError, TypeError) as err:
+            if self.calls == 1:
+                raise float_time_error(err, float(t), "reference_solve") from err
+            raise
         if not same_array_kind(v, x, self.dtype):
             raise _FieldError(
                 f"{self._where(t)} returned {describe(v)}{' on ' + str(v.device) if is_torch(v) else ''}; expected "
@@ -132,11 +143,13 @@ def reference_solve(
     at every time of ``ts``.
 
     Args:
-        vfield: velocity field called as ``vfield(t, x)``. For a numpy ``x0`` it gets a
-            numpy array and a Python float ``t``; for a torch ``x0`` it gets a tensor on
-            ``x0``'s device and a 0-dim tensor ``t`` (torchdiffeq convention). It must return
+        vfield: velocity field called as ``vfield(t, x)`` with ``t`` a Python float (as
+            ``baquad.solve`` calls it) and ``x`` a numpy array for a numpy ``x0``, a tensor on
+            ``x0``'s device for a torch ``x0`` (called under ``torch.no_grad()``). It must return
             an array of the same type, shape, dtype and device as the ``x`` it gets, with
-            finite entries.
+            finite entries. A field written for tensor times (torchdiffeq's convention) whose
+            first call fails with an AttributeError or TypeError gets an error naming the fix,
+            ``lambda t, x: f(torch.tensor(t), x)``.
         x0: initial state at ``ts[0]``, any shape (normally ``(B, d)``), numpy or torch, of a
             real floating dtype (an integer state is integrated in float64), finite.
         ts: strictly monotone times (increasing or decreasing), length >= 1.

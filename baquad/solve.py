@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from . import _backend as B
+from ._convention import float_time_error
 from .grids import check_grid
 from .methods import get_method, method_names
 from .perception import Perception, PerceptionWrapper
@@ -144,19 +145,28 @@ class _Where:
 
 
 class CountedField:
-    """Wraps ``vfield``: counts calls, checks each output, optionally runs it in ``field_dtype``."""
+    """Wraps ``vfield``: counts calls, checks each output, optionally runs it in ``field_dtype``.
+    With ``float_time=True`` (``solve``: the field gets the float times), an AttributeError or
+    TypeError of the first call is re-raised naming the time convention (:mod:`._convention`)."""
 
-    def __init__(self, vfield: Callable, template: Array, where: _Where, field_dtype: Any = None):
+    def __init__(self, vfield: Callable, template: Array, where: _Where, field_dtype: Any = None,
+                 float_time: bool = False):
         self.vfield = vfield
         self.template = template
         self.where = where
         self.field_dtype = field_dtype
+        self.float_time = float_time
         self.calls = 0
 
     def __call__(self, t: float, x: Array) -> Array:
         self.calls += 1
         xin = x if self.field_dtype is None else _cast(x, self.field_dtype)
-        out = self.vfield(t, xin)
+        try:
+            out = self.vfield(t, xin)
+        except (AttributeError, TypeError) as err:
+            if self.float_time and self.calls == 1 and isinstance(t, float):
+                raise float_time_error(err, t, "baquad.solve") from err
+            raise
         expected_dtype = x.dtype if self.field_dtype is None else xin.dtype
         if (
             not B.is_array(out)
@@ -287,7 +297,7 @@ def solve(
     _validate_x0(x0)
 
     where = _Where(grid)
-    field = CountedField(vfield, x0, where, resolve_field_dtype(field_dtype, x0))
+    field = CountedField(vfield, x0, where, resolve_field_dtype(field_dtype, x0), float_time=True)
     counted = {k: CountedPerception(v, where) for k, v in opts.items() if isinstance(v, Perception)}
     states = [x0] if save_states else None
     gaps: list = []

@@ -41,6 +41,8 @@ NOT_REFERENCES = {
     ("adapters/torch_sit/demo.py", "demo.md"): "the table `baquad demo` writes under its --out",
     ("docs/digits.md", "demo.md"): "the table `baquad demo` writes under its --out",
     ("tests/test_demo.py", "demo.md"): "the table `baquad demo` writes under its --out",
+    ("adapters/torch_sit/edit.py", "edit.md"): "the table `baquad demo edit` writes under its --out",
+    ("tests/test_edit.py", "edit.md"): "the table `baquad demo edit` writes under its --out",
 }
 
 

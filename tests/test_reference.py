@@ -40,8 +40,8 @@ def test_matches_analytic_torch_and_preserves_dtype() -> None:
     out = reference_solve(field, x0, ts)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
     assert out.shape == (3, 5, 2)
-    # called with tensors in float64 (default field_dtype)
-    assert seen["types"] == (torch.Tensor, torch.Tensor, torch.float64)
+    # called with a float time and a float64 tensor state (default field_dtype), as baquad.solve
+    assert seen["types"] == (float, torch.Tensor, torch.float64)
     want = truth_tx(x0.double().numpy(), 1.0, ts.double().numpy())
     np.testing.assert_allclose(out.double().numpy(), want, rtol=1e-6)
     reference_solve(field, x0, ts, field_dtype="input")

@@ -193,7 +193,7 @@ def test_parameter_counts_and_report():
     nm = sum(p.numel() for p in mlp.parameters())
     assert f"{nm:,}" in rep and "1,001,000" in rep and f"{100 * nm / 1_001_000:.3g}%" in rep
     assert "analytic" in sidenet_report(mlp, get_backbone("gmm-ring2d"))
-    wrapped = Backbone.from_module(nn.Linear(2, 2), "lin", (2,))
+    wrapped = Backbone.from_module(nn.Linear(2, 2), "lin", (2,), probe=False)  # not a field: counts only
     assert "6 parameters" in sidenet_report(mlp, wrapped)
 
 

@@ -103,7 +103,7 @@ def compute_prompt_embeddings(pipe: Any, prompts: Sequence[str], negative_prompt
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="encode prompts", file=sys.stderr)
+        batches = tqdm(batches, desc="encode prompts", file=sys.stderr, disable=None)  # off when not a terminal
     for start in batches:
         batch = prompts[start:start + batch_size]
         if kind == "cfg-pair":

@@ -224,7 +224,8 @@ def compute_features(source: "str | os.PathLike | np.ndarray", extractor: Featur
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=n, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr,
+                   disable=None)  # off when not a terminal
     for images in batches:
         out = extractor(images)
         for k in FEATURE_KEYS:

@@ -454,7 +454,7 @@ def sample(cfg: SampleConfig, *, device: Optional[str] = None, progress: bool = 
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(mine), desc=f"sampling (rank 0 of {world})", unit="batch", dynamic_ncols=True,
-                       file=sys.stderr)
+                       file=sys.stderr, disable=None)  # off when not a terminal
         t0 = time.perf_counter()
         for written, mb in enumerate(mine, start=1):
             images, labels = generate(mb)

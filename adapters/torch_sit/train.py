@@ -501,7 +501,7 @@ def _run_iterations(run: _Run, ckpt_every: int, progress: bool) -> tuple[dict, f
     if rank == 0 and progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.iters, initial=run.start, desc="chain", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=cfg.iters, initial=run.start, desc="chain", dynamic_ncols=True, file=sys.stderr, disable=None)
     lo, hi = rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world
     dtype = next(run.module.parameters()).dtype
     t_start = time.perf_counter()
@@ -732,7 +732,12 @@ def backbone_from_factory(spec: str, parser: Optional[argparse.ArgumentParser] =
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         fail(f"--backbone {spec!r}: cannot import {attr!r} from {module_name!r} ({err})")
-    bb = factory(**kwargs)
+    try:
+        bb = factory(**kwargs)
+    except ValueError as err:  # a bad option, or the wrap-time probe of Backbone.from_module
+        if parser is None:
+            raise
+        parser.error(f"--backbone {spec}: {err}")
     if not isinstance(bb, Backbone):
         fail(f"--backbone {spec!r}: the factory returned {type(bb).__name__}, not a Backbone; wrap your model with "
              "Backbone.from_module(model, name, state_shape, num_classes=...)")
