@@ -169,6 +169,29 @@ unit_time = _number(float, 0.0, False, 1.0)
 sample_count = _number(int, 2, False)
 
 
+def open_unit_time(text: str) -> float:
+    """argparse ``type=``: a time strictly inside (0, 1) (a window boundary)."""
+    import argparse
+
+    value = _number(float, 0.0, True, 1.0)(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type=``: any finite number."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
 def generation_step(text: str) -> float:
     """argparse ``type=`` of an interval size h of generation (t: 1 -> 0): finite, in [-1, 0)."""
     try:

@@ -32,13 +32,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from baquad.perception import Perception, PerceptionWrapper
 
-from ._common import Score, Scorer, command, markdown_table, output_paths, pyplot, save_figure, shown
+from ._common import (ArgumentParser, Score, Scorer, command, finite_float, flow_with_density,
+                      markdown_table, non_negative_int, open_unit_time, output_paths, positive_float, positive_int,
+                      pyplot, resolve_out, sample_count, save_figure, shown)
 
 
 class WindowedPerception(PerceptionWrapper):
@@ -76,24 +79,30 @@ class WindowedPerception(PerceptionWrapper):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--flow", default=None, help="Gaussian-mixture flow (gmm-ring2d, gmm-32d); gmm-ring2d when "
-                   "--backbone is not given")
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--flow", default=None, type=flow_with_density,
+                   help="Gaussian-mixture flow (gmm-ring2d, gmm-32d, gmm-64d); gmm-ring2d when --backbone is not given")
     p.add_argument("--backbone", default=None, help="a registered backbone instead of a mixture (e.g. digits-sit)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale of a class-conditional backbone "
+    p.add_argument("--guidance", type=finite_float, default=None, help="guidance scale of a class-conditional backbone "
                    "(default: its documented default)")
-    p.add_argument("--oracle-rtol", type=float, default=1e-7, help="DOP853 rtol = atol of a backbone's oracle; its "
-                   "reference solutions use a tenth of it")
+    p.add_argument("--oracle-rtol", type=positive_float, default=1e-7, help="DOP853 rtol = atol of a backbone's oracle; "
+                   "its reference solutions use a tenth of it")
     p.add_argument("--sidenet", default=None, help="trained SideNet (default runs/<flow>/sidenet.safetensors)")
-    p.add_argument("--nfe", type=int, default=10)
-    p.add_argument("--shift", type=float, default=1.0, help="time shift of the uniform grid, t' = s t / (1 + (s - 1) t)")
+    p.add_argument("--nfe", type=positive_int, default=10)
+    p.add_argument("--shift", type=positive_float, default=1.0, help="time shift of the uniform grid, t' = s t / (1 + (s - 1) t)")
     p.add_argument("--rule", default="gauss-lobatto-4")
     p.add_argument("--final", default="single", choices=("single", "bi"), help="NFE scheme B (single) or A (bi)")
-    p.add_argument("--cuts", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="window boundaries in (0, 1)")
-    p.add_argument("--n", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--out", default="analysis/figures")
-    return p.parse_args(argv)
+    p.add_argument("--cuts", type=open_unit_time, nargs="+", default=[0.25, 0.5, 0.75], help="window boundaries in (0, 1)")
+    p.add_argument("--n", type=sample_count, default=1024)
+    p.add_argument("--seed", type=non_negative_int, default=1234)
+    p.add_argument("--out", default=None, help="output directory (default analysis/figures)")
+    args = p.parse_args(argv)
+    resolve_out(args)
+    if args.flow is not None and args.backbone is not None:
+        p.error("--flow and --backbone: give one of them")
+    if args.sidenet is not None and not Path(args.sidenet).is_file():
+        p.error(f"argument --sidenet: {args.sidenet} does not exist")
+    return args
 
 
 class Problem(NamedTuple):

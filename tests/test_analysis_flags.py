@@ -36,6 +36,8 @@ NON_NEGATIVE_INT = (lambda v: v >= 0, True)
 POSITIVE = (lambda v: math.isfinite(v) and v > 0, False)
 UNIT_TIME = (lambda v: math.isfinite(v) and 0 <= v <= 1, False)
 GENERATION_STEP = (lambda v: math.isfinite(v) and -1 <= v < 0, False)
+OPEN_UNIT_TIME = (lambda v: math.isfinite(v) and 0 < v < 1, False)
+FINITE = (lambda v: math.isfinite(v), False)
 
 #: (script, flag, kind)
 FLAGS = [
@@ -57,6 +59,13 @@ FLAGS = [
     ("overhead", "--steps", POSITIVE_INT),
     ("overhead", "--repeats", POSITIVE_INT),
     ("overhead", "--threads", POSITIVE_INT),
+    ("error_source", "--nfe", POSITIVE_INT),
+    ("error_source", "--n", AT_LEAST_2),
+    ("error_source", "--seed", NON_NEGATIVE_INT),
+    ("error_source", "--shift", POSITIVE),
+    ("error_source", "--oracle-rtol", POSITIVE),
+    ("error_source", "--cuts", OPEN_UNIT_TIME),
+    ("error_source", "--guidance", FINITE),
 ]
 
 WORDS = st.sampled_from(["", " ", "a", "a,b", "3,4", "ten", "1/2", "0x10", "1_0_", "--", "None", "true"])
@@ -146,6 +155,9 @@ def test_quick_runs_never_write_into_the_committed_figures(tmp_path, monkeypatch
     (["chain_bias", "--sidenet", "SIDENET", "--h", "0.1"], r"argument --h: must be a finite number in \[-1, 0\)"),
     (["sidenet_ablation", "SIDENET", "--nfe", "1"], "--nfe: the largest budget must be >= 2"),
     (["prediction_drift", "--steps", "a,b"], "argument --steps: expected an integer, got 'a,b'"),
+    (["error_source", "--flow", "linear-2d"], "argument --flow: 'linear-2d' has no exact density"),
+    (["error_source", "--flow", "gmm-32d", "--backbone", "digits-sit"], "--flow and --backbone: give one of them"),
+    (["error_source", "--sidenet", "nowhere.safetensors"], "does not exist"),
 ])
 def test_bad_choices_are_refused_with_a_message_before_anything_is_written(argv, pattern, inputs, tmp_path,
                                                                           monkeypatch, capsys):
