@@ -116,6 +116,23 @@ METHODS: dict[str, Spec] = {
         "g = 0 and no terminal anchor: every node gets the start velocity, Euler",
         _O1, (32, 64, 128), style=dict(color="C4", marker="X", linestyle="--"),
     ),
+    "ba-polynomial-gl3": Spec(
+        "BA GL3 polynomial", "ba-solver", dict(rule="gauss-lobatto-3"), "3",
+        "the midpoint node is in the backward half: quadratic interpolation of three anchors, "
+        "error O(h^3), local O(h^4) (GL4's node at 0.28 is forward-only: linear extrapolation, order 2)",
+        _O2, (16, 32, 64), style=dict(color="C3", marker="d", linestyle=":"),
+    ),
+    "ba-anchor-only-gl3": Spec(
+        "BA GL3 anchor-only", "ba-solver", dict(rule="gauss-lobatto-3", perception="anchor-only"), "1",
+        "g = 0 gives the midpoint node (weight 2/3) the end anchor's velocity: h (v0 + 5 v1) / 6, "
+        "a first-order rule; anchor-only is order 2 only for rules symmetric in their use of the anchors",
+        _O1, (32, 64, 128), style=dict(color="C4", marker="p", linestyle=":"),
+    ),
+    "ba-anchor-only-gl2": Spec(
+        "BA GL2 anchor-only", "ba-solver", dict(rule="gauss-lobatto-2", perception="anchor-only"), "2",
+        "no interior nodes: the trapezoid rule on the predicted end state, Heun with state reuse",
+        _O2, (16, 32, 64), style=dict(color="C4", marker="h", linestyle="-."),
+    ),
     "euler": Spec("Euler", "euler", {}, "1", "", _O1, (32, 64, 128), style=dict(color="C5", marker="o")),
     "heun": Spec("Heun", "heun", {}, "2", "", _O2, (16, 32, 64), style=dict(color="C6", marker="s")),
     "rk4": Spec("RK4", "rk4", {}, "4", "", (8, 12, 16, 24, 32), (8, 12, 16), style=dict(color="C7", marker="^")),
