@@ -350,7 +350,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="; ".join(f"{k}: {v[0]}" for k, v in DEMOS.items()))
     p.add_argument("--n", type=int, default=2000,
                    help="samples per solver and NFE (the shipped reference covers up to 2000 at the default "
-                        "guidance; other values are solved once and cached in --out)")
+                        "guidance; other values are solved once and cached in --out); edit: the number of held-out "
+                        "digits in the round-trip table (all 355 when larger)")
     p.add_argument("--guidance", type=float, default=DIGITS_GUIDANCE_SCALE,
                    help="classifier-free guidance scale (1 = none)")
     p.add_argument("--shift", type=float, default=DIGITS_GRID_SHIFT,

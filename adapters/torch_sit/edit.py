@@ -153,11 +153,11 @@ def _plot_edits(cells: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
     save_figure(fig, path, dpi=110)
 
 
-def report(rows: Sequence[RoundTrip], args: argparse.Namespace) -> str:
+def report(rows: Sequence[RoundTrip], args: argparse.Namespace, n: int) -> str:
     from analysis._common import markdown_table
 
     lines = ["# baquad demo edit: round trips by inversion", "",
-             f"{args.n} held-out digits, inverted from t = 0 to t = 1 under their true label and regenerated under the "
+             f"{n} held-out digits, inverted from t = 0 to t = 1 under their true label and regenerated under the "
              f"same label; grids: uniform with shift {args.shift:g} (reversed for the inversion); NFE per direction. "
              "Reconstruction error: mean |x_rec - x_0|_2 over the digits (64 pixels in [-1, 1]), +- its standard error.",
              ""]
@@ -184,21 +184,21 @@ def run_edit(args: argparse.Namespace, log: Callable[..., None] = print) -> list
     sidenet_file = shipped_path("sidenet") if args.sidenet is None else args.sidenet
     sidenet = load_sidenet(verified(sidenet_file, required=args.sidenet is None))
     images, labels = load_digits_split("held-out")
-    pick = torch.arange(len(labels))[: args.n]
+    digits = [int(d) for d in args.digits] if args.digits else list(range(min(10, len(labels))))
+    if any(not 0 <= d < len(labels) for d in digits):
+        raise SystemExit(f"--digits: indices into the {len(labels)} held-out digits, got {digits}")
+    pick = torch.arange(len(labels))[: args.n]  # --n above the held-out count: all of them
     x0, y = images[pick], labels[pick]
     rows = []
     for g in (args.guidance, 1.0) if args.guidance != 1.0 else (1.0,):
         rows += round_trip(backbone, sidenet, x0, y, g, args.shift, progress=args.progress,
                            reference_backbone=reference_backbone)
-    text = report(rows, args)
+    text = report(rows, args, len(pick))
     print(text)
     (args.out / "edit.md").write_text(text + "\n")
-    (args.out / "edit.json").write_text(json.dumps({"settings": {"n": args.n, "guidance": args.guidance,
+    (args.out / "edit.json").write_text(json.dumps({"settings": {"n": len(pick), "guidance": args.guidance,
                                                                  "shift": args.shift, "nfe": args.nfe},
                                                     "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
-    digits = [int(d) for d in args.digits] if args.digits else list(range(min(10, len(labels))))
-    if any(not 0 <= d < len(labels) for d in digits):
-        raise SystemExit(f"--digits: indices into the {len(labels)} held-out digits, got {digits}")
     idx = torch.tensor(digits)
     cells = edit_grid(backbone, sidenet, images[idx], labels[idx], nfe=args.nfe, guidance=args.guidance, shift=args.shift)
     _plot_edits(cells, labels[idx], args.out / "edits.png")
