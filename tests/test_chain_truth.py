@@ -222,7 +222,7 @@ def test_residual_sidenet_chain_loss_equals_the_written_out_formula(loss_norm):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
     # and it differs from the anchor-only SideNet's loss (the base matters)
     net.base_perception = "anchor-only"
-    assert abs(float(chain_losses(net, RecordingBackbone(), X0, 1.0, cfg, times=TIMES)[0]) - float(want)) > 1e-3
+    assert abs(float(chain_losses(net, RecordingBackbone(), X0, 1.0, cfg, times=TIMES)[0].detach()) - float(want.detach())) > 1e-3
 
 
 def test_per_chain_guidance_scales_over_a_range():
