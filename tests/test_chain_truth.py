@@ -82,8 +82,9 @@ class ClosedFormSideNet(nn.Module):
         return g
 
 
-def expected_chain_loss(net, x0, times, labels, scale, cfg) -> torch.Tensor:
-    """Chain training's loss written out from its formulas, one sample and one interval at a time."""
+def expected_chain_loss(net, x0, times, labels, scale, cfg, weight=lambda t0, t1: 1.0) -> torch.Tensor:
+    """Chain training's loss written out from its formulas, one sample and one interval at a time;
+    ``weight(t0, t1)`` multiplies an interval's terms (the normaliser stays the number of terms)."""
     per_pair = []
     for i in range(x0.shape[0]):
         label = None if labels is None else int(labels[i])
@@ -115,8 +116,8 @@ def expected_chain_loss(net, x0, times, labels, scale, cfg) -> torch.Tensor:
             res_f = v + h * g(x, v, t, h) - v1  # forward loss (Eq. 11)
             res_b = v1 - h * g(x_pred, v1, t1, -h) - v  # backward loss, from the terminal anchor
             scale_n = {"v": 1.0, "h": abs(h), "g": h * h}[cfg.loss_norm]
-            per_pair.append(cfg.forward_weight * res_f.pow(2).mean() / scale_n
-                            + cfg.backward_weight * res_b.pow(2).mean() / scale_n)
+            per_pair.append(weight(float(t), float(t1)) * (cfg.forward_weight * res_f.pow(2).mean() / scale_n
+                                                           + cfg.backward_weight * res_b.pow(2).mean() / scale_n))
             x, v, t = x1, v1, t1
     return torch.stack(per_pair).sum() / len(per_pair)
 
@@ -160,6 +161,37 @@ def test_chain_loss_and_gradient_equal_the_written_out_formulas(loss_norm, state
     trainer.step(Batch(X0, TIMES[0], TIMES, labels))
     for p, b in zip(net.parameters(), expected_grad):
         torch.testing.assert_close(p.grad, b, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("state_update", ["predictor", "corrector"])
+def test_window_weights_multiply_the_terms_of_the_intervals_whose_midpoint_they_hold(state_update):
+    """Midpoints of TIMES' intervals: 0.85, 0.575, 0.225 (sample 0), 0.8, 0.3 (sample 1), 0.95,
+    0.725, 0.375 (sample 2). The windows weight [0.5, 0.8] by 3 and [0.7, 1] by 0.5 (0.725 and 0.8
+    get both: 1.5) and [0, 0.25] by 0 (drops 0.225)."""
+    windows = [[0.5, 0.8, 3.0], [0.7, 1.0, 0.5], [0.0, 0.25, 0.0]]
+
+    def weight(t0, t1):
+        mid = 0.5 * (t0 + t1)
+        return (3.0 if 0.5 <= mid <= 0.8 else 1.0) * (0.5 if mid >= 0.7 else 1.0) * (0.0 if mid <= 0.25 else 1.0)
+
+    assert [weight(1.0, 0.7), weight(0.7, 0.45), weight(0.45, 0.0), weight(0.9, 0.55)] == [0.5, 3.0, 0.0, 1.5]
+    cfg = ChainConfig(chain_length=3, loss_norm="h", state_update=state_update, grad_clip=None, batch_size=3,
+                      window_weights=windows)
+    net = ClosedFormSideNet()
+    loss, stats = chain_losses(net, RecordingBackbone(), X0, 1.0, cfg, times=TIMES)
+    want = expected_chain_loss(net, X0, TIMES, None, None, cfg, weight)
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-14)
+    for a, b in zip(torch.autograd.grad(loss, list(net.parameters())), torch.autograd.grad(want, list(net.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+    unweighted = expected_chain_loss(net, X0, TIMES, None, None, cfg)
+    assert abs(float(want.detach()) - float(unweighted.detach())) > 1e-3  # the weights change the loss
+
+
+@pytest.mark.parametrize("bad", [[], [[0.5, 0.5, 1.0]], [[0.2, 1.1, 1.0]], [[-0.1, 0.5, 1.0]], [[0.1, 0.5, -1.0]],
+                                 [[0.1, 0.5, float("nan")]], [[0.1, 0.5]], "0.5,1,3", [[0.1, 0.5, True]], [0.1, 0.5, 2.0]])
+def test_bad_window_weights_are_refused(bad):
+    with pytest.raises(ValueError, match="ChainConfig.window_weights: must be None or a non-empty list of"):
+        ChainConfig(window_weights=bad)
 
 
 def lagrange_prediction(anchors, s):

@@ -99,6 +99,11 @@ class ChainConfig:
             one more no-gradient SideNet call per interval; the anchor velocity stays f(x~)).
     Loss
         forward_weight, backward_weight: weights of L_f and L_b.
+        window_weights: ``[[lo, hi, w], ...]``: the loss terms of an interval whose midpoint time
+            lies in [lo, hi] are multiplied by w (by the product of the w of every window that
+            holds it); the normaliser stays the number of terms. None (default): every term
+            weighs 1. For weighting the windows of t where ``analysis.error_source`` finds the
+            error (e.g. ``[[0.5, 1.0, 3.0]]``).
         loss_norm: ``"v"``: squared error of the velocity (as above); ``"h"``: divided by |h| (weights small
             offsets more than "v" and less than "g"); ``"g"``: divided by h^2,
             i.e. regression of g on (v_{k+1} - v_k) / h.
@@ -144,6 +149,7 @@ class ChainConfig:
     state_update: str = "predictor"
     forward_weight: float = 1.0
     backward_weight: float = 1.0
+    window_weights: Optional[list] = None
     loss_norm: str = "v"
     guidance_scale: Optional[float] = None
     guidance_max: Optional[float] = None
@@ -195,6 +201,7 @@ class ChainConfig:
             self._bad("start_min", f"must be <= start_max = {self.start_max}")
         self._check_real("forward_weight", 0.0)
         self._check_real("backward_weight", 0.0)
+        self._check_window_weights()
         if self.forward_weight + self.backward_weight == 0:
             self._bad("forward_weight", "forward_weight and backward_weight must not both be 0")
         self._check_real("guidance_scale", 0.0, optional=True)
@@ -225,6 +232,27 @@ class ChainConfig:
             self._bad("state_update", f"must be one of {STATE_UPDATES}")
         if self.loss_norm not in LOSS_NORMS:
             self._bad("loss_norm", f"must be one of {LOSS_NORMS}")
+
+    def _check_window_weights(self) -> None:
+        """``window_weights``: None or a non-empty list of [lo, hi, w] with 0 <= lo < hi <= 1 and a
+        finite w >= 0, stored as a list of lists of floats (its JSON form)."""
+        value = self.window_weights
+        if value is None:
+            return
+        why = "must be None or a non-empty list of [lo, hi, w] with 0 <= lo < hi <= 1 and a finite weight w >= 0"
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+            self._bad("window_weights", why)
+        out = []
+        for item in value:
+            if isinstance(item, (str, bytes)) or not isinstance(item, (list, tuple)) or len(item) != 3 or any(
+                    isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v)
+                    for v in item):
+                self._bad("window_weights", why)
+            lo, hi, w = (float(v) for v in item)
+            if not (0.0 <= lo < hi <= 1.0) or w < 0.0:
+                self._bad("window_weights", why)
+            out.append([lo, hi, w])
+        self.window_weights = out
 
     def _bad(self, name: str, why: str) -> None:
         raise ValueError(f"ChainConfig.{name}: {why} (got {getattr(self, name)!r})")
@@ -524,6 +552,10 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     lf = res_f.pow(2).mean(dim=dims) if dims else res_f.pow(2)
     lb = res_b.pow(2).mean(dim=dims) if dims else res_b.pow(2)
     mask = valid.to(lf.dtype)
+    if cfg.window_weights:  # weight each interval's terms by the windows holding its midpoint
+        mid = 0.5 * (t0 + t1)
+        for lo, hi, w in cfg.window_weights:
+            mask = torch.where((mid >= lo) & (mid <= hi), mask * w, mask)
     sum_f, sum_b = (lf * mask).sum(), (lb * mask).sum()
     count = float(valid.sum())
     denom = count if normalizer is None else float(normalizer)

@@ -658,6 +658,11 @@ win. A run resumes from OUT automatically and checkpoints every --ckpt-every ite
         flag = "--" + f.name.replace("_", "-")
         names = [flag] + (["--batch"] if f.name == "batch_size" else [])
         hint = hints[f.name]
+        if f.name == "window_weights":
+            c.add_argument(*names, dest=f.name, type=_window_weights, default=argparse.SUPPRESS,
+                           help="JSON list of [lo, hi, w]: loss terms of intervals whose midpoint lies in [lo, hi] "
+                                "weigh w, e.g. '[[0.5, 1, 3]]' (default none)")
+            continue
         if hint is bool:
             c.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=f"(default {f.default})")
@@ -682,6 +687,22 @@ win. A run resumes from OUT automatically and checkpoints every --ckpt-every ite
                    help="the training-free perception the SideNet corrects: anchor-only (the paper's v + d g) or "
                         "polynomial (the anchor polynomial + d g; a zero SideNet is then exactly the polynomial)")
     return p
+
+
+def _window_weights(text: str) -> Any:
+    """argparse ``type=`` of ``--window-weights``: 'none' or a JSON list of [lo, hi, w] (checked by
+    ChainConfig, which names what is wrong)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"expected a JSON list of [lo, hi, w] such as '[[0.5, 1, 3]]', got {text!r}")
+    try:
+        ChainConfig(window_weights=value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("ChainConfig.window_weights: ", ""))
+    return value
 
 
 def _backbone_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backbone:
