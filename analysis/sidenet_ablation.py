@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     euler100 = score(baquad.solve(flow, x0, uniform(100), method="euler").x)
     top = max(args.nfe)
 
-    header = (["run", *SHOWN, "net", "path features"] + [f"B, NFE {n}" for n in args.nfe] + [f"A, NFE {top}"]
+    header = (["run", *SHOWN, "window weights", "net", "base", "path features"] + [f"B, NFE {n}" for n in args.nfe] + [f"A, NFE {top}"]
               + [f"median B, NFE {top}", f"median A, NFE {top}"])
     rows, commands = [], []
     for path, sidenet in runs:
@@ -79,13 +79,19 @@ def main(argv=None) -> int:
         scores.append(score(baquad.solve(flow, x0, uniform(top - 1), perception=perception, final="bi").x))
         name = path.parent.name
         net = f"{arch['class']} {arch.get('hidden', '?')}x{arch.get('depth', '?')}, {count_parameters(sidenet):,} p."
-        rows.append([name, *(str(cfg[k]) for k in SHOWN), net, str(arch.get("path_features", False))]
+        windows = cfg.get("window_weights")
+        base = arch.get("base_perception", "anchor-only")
+        rows.append([name, *(str(cfg[k]) for k in SHOWN), "-" if not windows else json.dumps(windows), net, base,
+                     str(arch.get("path_features", False))]
                     + [f"{s.err:.4f}" for s in scores] + [f"{scores[-2].median:.4f}", f"{scores[-1].median:.4f}"])
         flags = " ".join(f"--{k.replace('_', '-')} {cfg[k]}" for k in
                          ("intervals", "exp_rate", "h_min", "h_max", "loss_norm", "start", "state_update", "iters",
                           "batch_size", "ema_decay", "chain_length", "seed"))
         pf = "--path-features" if arch.get("path_features") else "--no-path-features"
         pf += "".join(f" --{k.replace('_', '-')} {arch[k]}" for k in ("hidden", "depth", "embed_dim") if k in arch)
+        pf += f" --base-perception {base}"
+        if windows:
+            pf += f" --window-weights '{json.dumps(windows)}'"
         commands.append(f"python -m adapters.torch_sit.train --backbone {args.flow} --out runs/ablation/{name} "
                         f"--no-resume {flags} {pf}")
 
