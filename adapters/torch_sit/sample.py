@@ -64,6 +64,7 @@ import torch.distributed as dist
 from ._cli import HelpFormatter
 from .backbones import Backbone, backbone_names, get_backbone
 from .checkpoint import atomic_write
+from .distributed import dist_setup
 from .decode import LATENT_SCALE, SDVAEDecoder, UpsampleDecoder, to_uint8
 from .npz import NpyInfo, write_npz
 from .shards import MicroBatch, ShardInvalid, micro_batches, read_shard, shard_path, write_shard
@@ -242,28 +243,6 @@ class SampleConfig:
         return kw
 
 
-def _dist_setup(device: Optional[str]) -> tuple[int, int, torch.device, bool]:
-    """(rank, world, device, initialised_here); starts the process group under torchrun
-    (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{local}")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    initialised = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        initialised = True
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    return rank, world, dev, initialised
-
-
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -418,7 +397,7 @@ def sample(cfg: SampleConfig, *, device: Optional[str] = None, progress: bool = 
     """
     cfg.validate()
     out = Path(cfg.out)
-    rank, world, dev, initialised = _dist_setup(device)
+    rank, world, dev, initialised = dist_setup(device)
     say = (lambda msg: log(msg)) if rank == 0 else (lambda msg: None)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = False

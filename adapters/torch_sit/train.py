@@ -64,6 +64,7 @@ import torch.distributed as dist
 from .backbones import Backbone, CountingBackbone, backbone_names, get_backbone
 from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
 from .checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
+from .distributed import dist_setup
 from .sidenet import BASES, SIDENETS, build_sidenet, count_parameters, sidenet_report, size_ratio
 
 __all__ = ["train", "TrainResult", "default_sidenet_config", "recipe_for", "RECIPES", "main",
@@ -220,28 +221,6 @@ def recipe_for(backbone: "str | Backbone", *, iters: Optional[int] = None, batch
     return ChainConfig(**chain), default_sidenet_config(bb, recipe.get("arch"), **recipe["sidenet"])
 
 
-def _dist_setup(device: Optional[str]) -> tuple[int, int, torch.device, bool]:
-    """(rank, world, device, initialised_here). Starts the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{local}")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    initialised = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        initialised = True
-    if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    return rank, world, dev, initialised
-
-
 def _read_log(path: Path, upto: int) -> list[dict]:
     if not path.is_file():
         return []
@@ -365,7 +344,7 @@ def train(
             stops there, and no non-finite weights are ever written.
     """
     out = _check_arguments(cfg, out, resume, ckpt_every)
-    rank, world, dev, initialised = _dist_setup(device)
+    rank, world, dev, initialised = dist_setup(device)
     say = log if rank == 0 else (lambda *a, **k: None)
     try:
         run = _start_run(cfg, backbone, out, sidenet_config, resume, keep_history, rank, world, dev, say)
