@@ -146,14 +146,15 @@ class ArgumentParser(argparse.ArgumentParser):
         return parsed
 
 
-def _number(kind: type, low: float, low_open: bool, high: Optional[float] = None) -> Any:
+def _number(kind: type, low: float, low_open: bool, high: Optional[float] = None, high_open: bool = False) -> Any:
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if not np.isfinite(value) or (value <= low if low_open else value < low) or (high is not None and value > high):
-            bound = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not np.isfinite(value) or (value <= low if low_open else value < low) or too_high:
+            bound = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f" and {'<' if high_open else '<='} {high:g}")
             raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text!r}")
         return value
 
@@ -169,20 +170,12 @@ unit_time = _number(float, 0.0, False, 1.0)
 sample_count = _number(int, 2, False)
 
 
-def open_unit_time(text: str) -> float:
-    """argparse ``type=``: a time strictly inside (0, 1) (a window boundary)."""
-    import argparse
-
-    value = _number(float, 0.0, True, 1.0)(text)
-    if value >= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text!r}")
-    return value
+#: a time strictly inside (0, 1) (a window boundary)
+open_unit_time = _number(float, 0.0, True, 1.0, high_open=True)
 
 
 def finite_float(text: str) -> float:
     """argparse ``type=``: any finite number."""
-    import argparse
-
     try:
         value = float(text)
     except ValueError:

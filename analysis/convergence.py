@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import re
 import sys
@@ -54,7 +53,7 @@ import numpy as np
 from baquad.flows import FLOW_NAMES, GaussianMixtureFlow, get_flow
 from baquad.order import EmpiricalOrder, empirical_order
 
-from ._common import command, markdown_table, output_paths, pyplot, resolve_out, save_figure, shown
+from ._common import command, finite_float, markdown_table, output_paths, pyplot, resolve_out, save_figure, shown
 
 ORACLE_TOL = dict(oracle_rtol=1e-13, oracle_atol=1e-14)
 FLOW_SOLVER_OPTIONS = dict(lower_order_final="none")
@@ -331,16 +330,6 @@ def step_counts(text: str) -> list[int]:
     return counts
 
 
-def finite_time(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    return value
-
-
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flow", default=None, choices=FLOW_NAMES, help="built-in flow (default gaussian-2d)")
@@ -352,8 +341,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="with --field: module:function, exact(t1, x0, t0) -> x(t1) (default: a DOP853 reference)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated method keys (default all): {', '.join(METHODS)}")
-    parser.add_argument("--t0", type=finite_time, default=None, help="start time (default 0.9 for a flow, 0 for --field)")
-    parser.add_argument("--t1", type=finite_time, default=None, help="end time (default 0.1 for a flow, 1 for --field)")
+    parser.add_argument("--t0", type=finite_float, default=None, help="start time (default 0.9 for a flow, 0 for --field)")
+    parser.add_argument("--t1", type=finite_float, default=None, help="end time (default 0.1 for a flow, 1 for --field)")
     parser.add_argument("--steps", type=step_counts, default=None,
                         help="comma-separated step counts for every method (default: per method)")
     parser.add_argument("--quick", action="store_true", help="3 step counts per method (a smoke run, under runs/quick)")

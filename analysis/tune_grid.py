@@ -46,8 +46,9 @@ def main(argv=None) -> int:
     from adapters.torch_sit.checkpoint import set_sidenet_grid
     from adapters.torch_sit.perception import NeuralPerception
 
-    sidenet = load_flow_sidenet(args.sidenet, get_flow(args.flow))
-    problem = setup_problem(args.flow, args.n, args.seed)
+    flow = get_flow(args.flow)
+    sidenet = load_flow_sidenet(args.sidenet, flow)  # checked before the reference solve
+    problem = setup_problem(flow, args.n, args.seed)
     x0 = torch.from_numpy(problem.noise)
     perception = NeuralPerception(sidenet)
 
