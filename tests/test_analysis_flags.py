@@ -1,7 +1,7 @@
 """The analysis scripts refuse bad flags at parse time and never write where they must not.
 
 - A property test over the numeric flags of nfe_sweep, prediction_drift, sidenet_ablation,
-  chain_bias and overhead: every out-of-range value (negative, zero where the flag must be
+  chain_bias, overhead, error_source and tune_grid: every out-of-range value (negative, zero where the flag must be
   positive, NaN, infinities, numbers that are not integers, words) ends the command with
   argparse's exit status 2 and a message naming the flag, and nothing is written: not in the
   working directory (where ``runs/`` would go), not in the committed ``analysis/figures/``.
@@ -66,6 +66,9 @@ FLAGS = [
     ("error_source", "--oracle-rtol", POSITIVE),
     ("error_source", "--cuts", OPEN_UNIT_TIME),
     ("error_source", "--guidance", FINITE),
+    ("tune_grid", "--n", AT_LEAST_2),
+    ("tune_grid", "--seed", NON_NEGATIVE_INT),
+    ("tune_grid", "--nfe", POSITIVE_INT),
 ]
 
 WORDS = st.sampled_from(["", " ", "a", "a,b", "3,4", "ten", "1/2", "0x10", "1_0_", "--", "None", "true"])
@@ -100,7 +103,8 @@ def inputs(tmp_path_factory):
 
 
 def base_argv(script: str, sidenet: Path) -> list[str]:
-    return {"sidenet_ablation": [str(sidenet)], "chain_bias": ["--sidenet", str(sidenet)]}.get(script, [])
+    return {"sidenet_ablation": [str(sidenet)], "chain_bias": ["--sidenet", str(sidenet)],
+            "tune_grid": ["--sidenet", str(sidenet)]}.get(script, [])
 
 
 def figures_state() -> dict:
@@ -125,7 +129,7 @@ def test_out_of_range_numeric_flags_are_refused_at_parse_time(script, flag, kind
     # one value alone: sidenet_ablation's scheme-A column needs a largest budget >= 2
     good = data.draw(good_values(AT_LEAST_2 if (script, flag) == ("sidenet_ablation", "--nfe") else kind), label="good")
     args = module.parse_args(base_argv(script, inputs) + [f"{flag}={good!r}"] + (["--out", str(tmp_path)]
-                                                                                  if script not in ("overhead", "chain_bias") else []))
+                                                                                  if script not in ("overhead", "chain_bias", "tune_grid") else []))
     got = getattr(args, flag.lstrip("-").replace("-", "_"))
     assert (got[0] if isinstance(got, list) else got) == good
     assert list(tmp_path.iterdir()) == []
