@@ -160,7 +160,7 @@ RECIPES: dict[str, dict] = {
                                   batch_size=256, ema_decay=0.99),
                        sidenet=dict(path_features=True)),
     # On the higher-dimensional mixtures the SideNet is a residual on the training-free polynomial
-    # perception (README, "The learned perception on harder flows"): on gmm-32d, 4096 noises, 10 NFE,
+    # perception (docs/results.md, "What was tried on the 32-D mixture"): on gmm-32d, 4096 noises, 10 NFE,
     # mean 0.103 / median 0.029 against 0.125 / 0.069 for the plain SideNet. On the ring the plain
     # one stays: the residual one measured 0.0101 against 0.0043 there (10 NFE, uniform grid).
     "gmm-32d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
