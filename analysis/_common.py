@@ -299,11 +299,11 @@ def setup_problem(flow: Any, n: int, seed: int, *, times: Sequence[float] = (1.0
 
 def load_flow_sidenet(path: "str | os.PathLike", flow: Any, flag: str = "--sidenet") -> Any:
     """A trained SideNet for the states of ``flow`` (``(B, flow.dim)``), loaded with
-    ``adapters.torch_sit.checkpoint.load_sidenet``; SystemExit naming ``flag`` when the adapter
+    ``adapters.torch_sit.sidenet.checkpoint.load_sidenet``; SystemExit naming ``flag`` when the adapter
     cannot be imported, the file is missing or unreadable, or the SideNet is for states of another
     shape."""
     try:
-        from adapters.torch_sit.checkpoint import load_sidenet
+        from adapters.torch_sit.sidenet.checkpoint import load_sidenet
     except ImportError as err:
         raise SystemExit(
             f"{flag}: cannot import adapters.torch_sit ({err}). The SideNet needs torch and the "

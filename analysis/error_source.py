@@ -122,8 +122,8 @@ def mixture_problem(args: argparse.Namespace) -> Problem:
     """An analytic mixture: its exact field, DOP853 at 1e-9 as the oracle, 1e-10 as the reference."""
     import torch
 
-    from adapters.torch_sit.checkpoint import load_sidenet
-    from adapters.torch_sit.perception import NeuralPerception
+    from adapters.torch_sit.sidenet.checkpoint import load_sidenet
+    from adapters.torch_sit.sidenet.perception import NeuralPerception
     from baquad.flows import get_flow
     from baquad.perception import Oracle
     from baquad.reference import reference_solve
@@ -157,8 +157,8 @@ def backbone_problem(args: argparse.Namespace) -> Problem:
     import torch
 
     from adapters.torch_sit.backbones import get_backbone
-    from adapters.torch_sit.checkpoint import load_sidenet
-    from adapters.torch_sit.perception import NeuralPerception
+    from adapters.torch_sit.sidenet.checkpoint import load_sidenet
+    from adapters.torch_sit.sidenet.perception import NeuralPerception
     from baquad.perception import Oracle
     from baquad.reference import reference_solve
 
@@ -172,8 +172,8 @@ def backbone_problem(args: argparse.Namespace) -> Problem:
         if guidance is not None:
             cond["guidance_scale"] = float(guidance)
     if args.sidenet is None and args.backbone == "digits-sit":
-        from adapters.torch_sit.digits import shipped_path
-        from adapters.torch_sit.shipped import verified
+        from adapters.torch_sit.digits.model import shipped_path
+        from adapters.torch_sit.digits.shipped import verified
 
         sidenet_path = shown(verified(shipped_path("sidenet")))
     else:

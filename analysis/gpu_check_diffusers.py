@@ -45,8 +45,8 @@ from adapters.diffusers_flow import tiny
 from adapters.diffusers_flow.backbone import DiffusersBackbone
 from adapters.diffusers_flow.embeddings import PromptEmbeddings, save_prompt_embeddings
 from adapters.torch_sit.backbones import Backbone
-from adapters.torch_sit.chain import ChainConfig, ChainTrainer, sample_batch
-from adapters.torch_sit.sidenet import ConvSideNet, TokenSideNet
+from adapters.torch_sit.sidenet.chain import ChainConfig, ChainTrainer, sample_batch
+from adapters.torch_sit.sidenet.networks import ConvSideNet, TokenSideNet
 
 SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
@@ -115,7 +115,7 @@ def bf16_conditioned_bi_anchor(device: torch.device) -> dict:
 
 
 def train_cli(device: torch.device, iters: int) -> dict:
-    from adapters.torch_sit import train as train_module
+    from adapters.torch_sit.sidenet import train as train_module
 
     work = Path(tempfile.mkdtemp())
     tiny.sd3_transformer().save_pretrained(work / "transformer")

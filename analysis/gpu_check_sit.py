@@ -36,12 +36,12 @@ import torch
 
 import baquad
 from baquad.perception import Perception
-from adapters.torch_sit.chain import ChainConfig, ChainTrainer, sample_batch
-from adapters.torch_sit.checkpoint import atomic_write
-from adapters.torch_sit.paper_sidenet import paper_sidenet
-from adapters.torch_sit.perception import NeuralPerception
-from adapters.torch_sit.sidenet import ConvSideNet, count_parameters
-from adapters.torch_sit.sit_backbone import repa_sit_backbone, tiny_sit_config
+from adapters.torch_sit.sidenet.chain import ChainConfig, ChainTrainer, sample_batch
+from adapters.torch_sit.sidenet.checkpoint import atomic_write
+from adapters.torch_sit.sidenet.paper import paper_sidenet
+from adapters.torch_sit.sidenet.perception import NeuralPerception
+from adapters.torch_sit.sidenet.networks import ConvSideNet, count_parameters
+from adapters.torch_sit.sit.backbone import repa_sit_backbone, tiny_sit_config
 
 from ._common import command, markdown_table
 

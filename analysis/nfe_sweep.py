@@ -132,7 +132,7 @@ def train_or_load(args, flow: Any):
         summary_path = path.with_name("summary.json")
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         return load_flow_sidenet(path, flow), summary, path
-    from adapters.torch_sit.train import recipe_for, train
+    from adapters.torch_sit.sidenet.train import recipe_for, train
 
     cfg, sidenet_config = recipe_for(flow_name, iters=args.iters, batch_size=args.batch, quick=args.quick)
     out = Path(args.train_out or f"runs/{flow_name}")
@@ -189,8 +189,8 @@ def main(argv=None) -> int:
     from baquad.flows import get_flow
     from baquad.perception import AnchorOnly, Oracle, Perception
     from baquad.schedules import default_grid, grid_from_spec, nfe_grid, steps_for_nfe
-    from adapters.torch_sit.perception import NeuralPerception
-    from adapters.torch_sit.sidenet import count_parameters
+    from adapters.torch_sit.sidenet.perception import NeuralPerception
+    from adapters.torch_sit.sidenet.networks import count_parameters
 
     set_threads(2)
     flow = get_flow(args.flow)

@@ -68,7 +68,7 @@ class _TorchBridge(PerceptionWrapper):
 def load_sidenet_perception(path: str, flow: Any) -> Perception:
     """A numpy-facing perception from a SideNet trained for ``flow``'s states, or SystemExit saying
     what failed (:func:`analysis._common.load_flow_sidenet`)."""
-    from adapters.torch_sit.perception import NeuralPerception
+    from adapters.torch_sit.sidenet.perception import NeuralPerception
 
     return _TorchBridge(NeuralPerception(load_flow_sidenet(path, flow)))
 

@@ -7,7 +7,7 @@ noises, mean |x(0) - x_ref(0)| against the DOP853 reference (rtol 1e-10), scheme
 single-anchor) at each NFE and scheme A at the largest, plus the medians at the largest; Euler at
 100 NFE is printed as the bar.
 The recipe of each run is read from the ``summary.json`` beside its weights (written by
-``adapters.torch_sit.train``), so the table states what differs, and the command that retrains
+``adapters.torch_sit.sidenet.train``), so the table states what differs, and the command that retrains
 each row is printed under it. Writes ``<out>/sidenet_ablation_<flow>.md``. Every flag and every
 SideNet (present, with its summary.json, for the flow's states) is checked before any solve.
 """
@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         summary = existing_file("sidenets", path).with_name("summary.json")
         if not summary.is_file():
             raise SystemExit(f"sidenets: {path} has no summary.json beside it (the recipe the table reads); "
-                             "pass the sidenet.safetensors of a run directory written by adapters.torch_sit.train")
+                             "pass the sidenet.safetensors of a run directory written by adapters.torch_sit.sidenet.train")
     return args
 
 
@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     import torch
 
     import baquad
-    from adapters.torch_sit.perception import NeuralPerception
-    from adapters.torch_sit.sidenet import count_parameters
+    from adapters.torch_sit.sidenet.perception import NeuralPerception
+    from adapters.torch_sit.sidenet.networks import count_parameters
     from baquad.flows import get_flow
     from baquad.schedules import uniform
 

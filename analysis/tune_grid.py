@@ -8,7 +8,7 @@ the sweep, from calibration noises drawn with a seed other than the sweep's (7 a
 scored against DOP853 solutions of the same noises. The chosen grid is the one with the smallest
 mean over the NFEs of log(mean trajectory error): one rule for every budget, not a grid per NFE
 picked on the noises it is then scored on. ``--save`` records it in the SideNet file
-(``adapters.torch_sit.checkpoint.set_sidenet_grid``), after which ``baquad.schedules.default_grid``
+(``adapters.torch_sit.sidenet.checkpoint.set_sidenet_grid``), after which ``baquad.schedules.default_grid``
 and the sweep's default rows use it; the weights are unchanged.
 """
 
@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     import baquad
     from baquad.flows import get_flow
     from baquad.schedules import grid_from_spec, steps_for_nfe
-    from adapters.torch_sit.checkpoint import set_sidenet_grid
-    from adapters.torch_sit.perception import NeuralPerception
+    from adapters.torch_sit.sidenet.checkpoint import set_sidenet_grid
+    from adapters.torch_sit.sidenet.perception import NeuralPerception
 
     flow = get_flow(args.flow)
     sidenet = load_flow_sidenet(args.sidenet, flow)  # checked before the reference solve

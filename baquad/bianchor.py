@@ -26,7 +26,7 @@ public halves around the backbone call, ``predict`` (step 1) and ``correct`` (st
 terminal anchor), for callers that receive the anchor later, such as a diffusers scheduler whose
 pipeline makes the call between two of its steps.
 
-Times are Python floats for sampling. For chain training (:mod:`adapters.torch_sit.chain`) the
+Times are Python floats for sampling. For chain training (:mod:`adapters.torch_sit.sidenet.chain`) the
 same step runs with per-sample times: ``t`` a ``(B,)`` array, one time per batch row, and h
 broadcast over the rows, so every sample integrates its own interval; the perception then gets
 ``(B,)`` times and ``(m, B)`` offsets and must declare ``per_sample_times = True``. This is the

@@ -42,8 +42,8 @@ def tiny_round_trip(work: Path) -> None:
     from adapters.diffusers_flow.backbone import load_diffusers_backbone
     from adapters.diffusers_flow.embeddings import PromptEmbeddings, save_prompt_embeddings
     from adapters.diffusers_flow.tiny import sd3_transformer
-    from adapters.torch_sit import train
-    from adapters.torch_sit.checkpoint import load_sidenet
+    from adapters.torch_sit.sidenet import train
+    from adapters.torch_sit.sidenet.checkpoint import load_sidenet
 
     torch.set_num_threads(1)
     sd3_transformer(seed=0).save_pretrained(work / "transformer")  # stands in for your model's directory

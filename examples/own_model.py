@@ -32,9 +32,9 @@ from torch import nn
 
 import baquad
 from adapters.torch_sit.backbones import Backbone
-from adapters.torch_sit.checkpoint import load_sidenet, set_sidenet_grid
-from adapters.torch_sit.perception import NeuralPerception
-from adapters.torch_sit.train import recipe_for, train
+from adapters.torch_sit.sidenet.checkpoint import load_sidenet, set_sidenet_grid
+from adapters.torch_sit.sidenet.perception import NeuralPerception
+from adapters.torch_sit.sidenet.train import recipe_for, train
 from baquad.reference import reference_solve
 from baquad.schedules import default_grid, nfe_grid
 

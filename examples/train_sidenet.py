@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 import baquad
-from adapters.torch_sit.perception import NeuralPerception
-from adapters.torch_sit.train import recipe_for, train
+from adapters.torch_sit.sidenet.perception import NeuralPerception
+from adapters.torch_sit.sidenet.train import recipe_for, train
 from baquad.flows import get_flow
 from baquad.reference import reference_solve
 

@@ -30,7 +30,7 @@ def stop_training_after():
     """``with stop_training_after(n): train(...)``: the run stops with ``TrainingInterrupted``
     after iteration n, as a crash would stop it (through the training module's private
     ``_after_step`` hook), and the block checks that it did."""
-    train_module = importlib.import_module("adapters.torch_sit.train")
+    train_module = importlib.import_module("adapters.torch_sit.sidenet.train")
 
     @contextlib.contextmanager
     def stop(n: int):

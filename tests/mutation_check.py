@@ -54,8 +54,8 @@ class Mutant:
     what: str
 
 
-CHAIN = "adapters/torch_sit/chain.py"
-TRAIN = "adapters/torch_sit/train.py"
+CHAIN = "adapters/torch_sit/sidenet/chain.py"
+TRAIN = "adapters/torch_sit/sidenet/train.py"
 BIANCHOR = "baquad/bianchor.py"
 
 MUTANTS = (
@@ -102,7 +102,7 @@ MUTANTS = (
     # core numerics
     Mutant("backward-node-set-excludes-midpoint", BIANCHOR, "0.5 <= c < 1.0", "0.5 < c < 1.0", CORE_TESTS,
            "the midpoint node is taken from the forward perception"),
-    Mutant("perception-offset-dropped", "adapters/torch_sit/perception.py", "return v.unsqueeze(0) + d * g",
+    Mutant("perception-offset-dropped", "adapters/torch_sit/sidenet/perception.py", "return v.unsqueeze(0) + d * g",
            "return v.unsqueeze(0) + g", CORE_TESTS, "v_hat = v + g instead of v + d g (Eq. 5)"),
     Mutant("predictor-weights-unused", BIANCHOR, "x_pred = x + hx * _weighted_sum(weights, u)",
            "x_pred = x + hx * v", CORE_TESTS, "the predictor is an Euler step"),

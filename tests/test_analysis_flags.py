@@ -179,8 +179,8 @@ def test_bad_choices_are_refused_with_a_message_before_anything_is_written(argv,
 
 def test_a_sidenet_for_other_states_is_refused_by_every_script(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    from adapters.torch_sit.checkpoint import save_sidenet
-    from adapters.torch_sit.sidenet import MLPSideNet
+    from adapters.torch_sit.sidenet.checkpoint import save_sidenet
+    from adapters.torch_sit.sidenet.networks import MLPSideNet
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()

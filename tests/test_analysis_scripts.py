@@ -126,8 +126,8 @@ def test_sidenet_option(tmp_path, capsys):
     with pytest.raises(SystemExit, match="does not exist"):
         prediction_drift.main(["--quick", "--sidenet", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)])
     try:
-        from adapters.torch_sit.checkpoint import save_sidenet
-        from adapters.torch_sit.sidenet import MLPSideNet
+        from adapters.torch_sit.sidenet.checkpoint import save_sidenet
+        from adapters.torch_sit.sidenet.networks import MLPSideNet
     except ImportError as err:  # pragma: no cover - the torch adapter is optional
         pytest.skip(f"adapters.torch_sit not importable: {err}")
     # an untrained SideNet has a zero output layer, g = 0: it must reproduce anchor-only
@@ -185,8 +185,8 @@ def test_nfe_sweep_quick_runs_end_to_end_and_scores_euler_independently(tmp_path
     # the SideNet row scores the weights written to disk (what --sidenet loads later), solved here
     torch = pytest.importorskip("torch")
     import baquad
-    from adapters.torch_sit.checkpoint import load_sidenet
-    from adapters.torch_sit.perception import NeuralPerception
+    from adapters.torch_sit.sidenet.checkpoint import load_sidenet
+    from adapters.torch_sit.sidenet.perception import NeuralPerception
 
     x0 = np.random.default_rng(7).standard_normal((64, 2))
     side = NeuralPerception(load_sidenet(tmp_path / "run" / "sidenet.safetensors"))

@@ -1,4 +1,4 @@
-"""Chain training (adapters/torch_sit/chain.py; paper Sec. 3.2.3, docs/algorithm.md#chain-training).
+"""Chain training (adapters/torch_sit/sidenet/chain.py; paper Sec. 3.2.3, docs/algorithm.md#chain-training).
 
 Truths used: a chain written out here interval by interval from the algorithm's formulas
 (nodes and weights from baquad.rules), call counts of a wrapped backbone, autograd's own
@@ -16,7 +16,7 @@ from torch import nn
 
 from baquad.rules import get_rule
 from adapters.torch_sit.backbones import Backbone, CountingBackbone, get_backbone
-from adapters.torch_sit.chain import (
+from adapters.torch_sit.sidenet.chain import (
     ChainConfig,
     ChainTrainer,
     chain_losses,
@@ -25,7 +25,7 @@ from adapters.torch_sit.chain import (
     sample_times,
     valid_pairs,
 )
-from adapters.torch_sit.sidenet import MLPSideNet
+from adapters.torch_sit.sidenet.networks import MLPSideNet
 
 
 def small_mlp(seed: int = 0, hidden: int = 32, random_out: bool = True) -> MLPSideNet:
@@ -315,7 +315,7 @@ def test_loss_decreases_on_the_ring():
 def test_conv_sidenet_chain_with_labels_on_image_states():
     field = lambda t, x, **cond: torch.tanh(x) * (1 + t.view(-1, 1, 1, 1)) - 0.3 * x.flip(-1)
     bb = CountingBackbone(Backbone("toy-image", field, (3, 8, 8), num_classes=5))
-    from adapters.torch_sit.sidenet import ConvSideNet
+    from adapters.torch_sit.sidenet.networks import ConvSideNet
 
     torch.manual_seed(0)
     net = ConvSideNet(3, base_channels=16, time_embed_dim=32, num_layers=1, num_heads=2, res_blocks=1, num_classes=5)

@@ -3,7 +3,7 @@
 Truths used:
 - the chain loss written out here sample by sample and interval by interval from the formulas
   of chain training (paper Sec. 3.2.3, Algorithm 2, Eqs. 5, 7, 8, 11; the module docstring of
-  ``adapters.torch_sit.chain``), with the Gauss-Legendre-3 nodes and weights in closed form
+  ``adapters.torch_sit.sidenet.chain``), with the Gauss-Legendre-3 nodes and weights in closed form
   (c = 1/2 -+ sqrt(15)/10, 1/2; w = 5/18, 8/18, 5/18), a backbone and a SideNet whose outputs
   are closed-form expressions, and no code of the package in the loop;
 - the definition of the exponential moving average, e_0 = w_0, e_n = beta e_{n-1} + (1 - beta) w_n,
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from adapters.torch_sit.backbones import Backbone
-from adapters.torch_sit.chain import Batch, ChainConfig, ChainTrainer, chain_losses, sample_batch
-from adapters.torch_sit.checkpoint import load_sidenet
-from adapters.torch_sit.sidenet import MLPSideNet
-from adapters.torch_sit.train import train
+from adapters.torch_sit.sidenet.chain import Batch, ChainConfig, ChainTrainer, chain_losses, sample_batch
+from adapters.torch_sit.sidenet.checkpoint import load_sidenet
+from adapters.torch_sit.sidenet.networks import MLPSideNet
+from adapters.torch_sit.sidenet.train import train
 
 GL3_NODES = (0.5 - math.sqrt(15.0) / 10.0, 0.5, 0.5 + math.sqrt(15.0) / 10.0)
 GL3_WEIGHTS = (5.0 / 18.0, 8.0 / 18.0, 5.0 / 18.0)
@@ -404,7 +404,7 @@ def test_guidance_conditioned_sidenet_trains_and_receives_the_scale(tmp_path):
     cfg = ChainConfig(iters=4, batch_size=8, chain_length=2, guidance_scale=2.5, lr=1e-2, seed=1)
 
     torch.manual_seed(cfg.seed)
-    from adapters.torch_sit.sidenet import build_sidenet
+    from adapters.torch_sit.sidenet.networks import build_sidenet
 
     init = build_sidenet(arch).state_dict()
     real_forward = MLPSideNet.forward

@@ -2,7 +2,7 @@
 
 Truths used: the safetensors layout itself (8-byte little-endian header length, JSON header with
 each tensor's dtype, shape and byte range, then the raw bytes), read here with ``struct`` and
-``json``; a SHA-256 written out here from the definition in adapters/torch_sit/safefile.py's
+``json``; a SHA-256 written out here from the definition in adapters/torch_sit/files.py's
 docstring (fed field by field as length + bytes), used both to check the stored hash against the
 file's raw bytes and to craft files whose header lies with a VALID hash (so the structural checks,
 not the hash, must catch them); the pre-hash (version 1) layout written by hand; an uninterrupted
@@ -25,10 +25,10 @@ from hypothesis import given, settings, strategies as st
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from adapters.torch_sit import checkpoint as ckpt_mod
-from adapters.torch_sit import safefile as safefile_mod
-from adapters.torch_sit.chain import ChainConfig
-from adapters.torch_sit.checkpoint import (
+from adapters.torch_sit.sidenet import checkpoint as ckpt_mod
+from adapters.torch_sit import files as safefile_mod
+from adapters.torch_sit.sidenet.chain import ChainConfig
+from adapters.torch_sit.sidenet.checkpoint import (
     InvalidFile,
     UnverifiedFileWarning,
     find_checkpoint,
@@ -37,8 +37,8 @@ from adapters.torch_sit.checkpoint import (
     save_checkpoint,
     save_sidenet,
 )
-from adapters.torch_sit.sidenet import MLPSideNet
-from adapters.torch_sit.train import train
+from adapters.torch_sit.sidenet.networks import MLPSideNet
+from adapters.torch_sit.sidenet.train import train
 
 ST_DTYPES = {"F32": "torch.float32", "F64": "torch.float64", "U8": "torch.uint8", "I64": "torch.int64"}
 

@@ -16,10 +16,10 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
 from adapters.torch_sit.cli import main  # noqa: E402
-from adapters.torch_sit.demo import EULER_NFES, NFES, SOLVERS  # noqa: E402
-from adapters.torch_sit.digits import (DIGITS_GRID_SHIFT, DIGITS_GUIDANCE_SCALE, load_digits_classifier,  # noqa: E402
+from adapters.torch_sit.digits.demo import EULER_NFES, NFES, SOLVERS  # noqa: E402
+from adapters.torch_sit.digits.model import (DIGITS_GRID_SHIFT, DIGITS_GUIDANCE_SCALE, load_digits_classifier,  # noqa: E402
                                        load_digits_sit)
-from adapters.torch_sit.digits_reference import load_reference  # noqa: E402
+from adapters.torch_sit.digits.reference import load_reference  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

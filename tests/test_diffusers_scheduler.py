@@ -28,9 +28,9 @@ pytest.importorskip("transformers")  # without it the SD3/Flux pipeline classes 
 
 import baquad  # noqa: E402
 from adapters.diffusers_flow import BASolverScheduler  # noqa: E402
-from adapters.torch_sit.checkpoint import ArchitectureMismatch, save_sidenet  # noqa: E402
-from adapters.torch_sit.perception import NeuralPerception  # noqa: E402
-from adapters.torch_sit.sidenet import ConvSideNet, TokenSideNet  # noqa: E402
+from adapters.torch_sit.sidenet.checkpoint import ArchitectureMismatch, save_sidenet  # noqa: E402
+from adapters.torch_sit.sidenet.perception import NeuralPerception  # noqa: E402
+from adapters.torch_sit.sidenet.networks import ConvSideNet, TokenSideNet  # noqa: E402
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler  # noqa: E402
 
 from adapters.diffusers_flow.tiny import (  # noqa: E402

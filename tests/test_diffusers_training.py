@@ -27,9 +27,9 @@ from adapters.diffusers_flow.backbone import load_diffusers_backbone  # noqa: E4
 from adapters.diffusers_flow.embeddings import (  # noqa: E402
     PromptEmbeddings, load_prompt_embeddings, main as embed_main, save_prompt_embeddings,
 )
-from adapters.torch_sit import train as train_cli  # noqa: E402
-from adapters.torch_sit.chain import ChainConfig, sample_batch  # noqa: E402
-from adapters.torch_sit.checkpoint import load_sidenet  # noqa: E402
+from adapters.torch_sit.sidenet import train as train_cli  # noqa: E402
+from adapters.torch_sit.sidenet.chain import ChainConfig, sample_batch  # noqa: E402
+from adapters.torch_sit.sidenet.checkpoint import load_sidenet  # noqa: E402
 from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402
 
 from adapters.diffusers_flow.tiny import flux_pipeline, sd3_pipeline, sd3_transformer  # noqa: E402
@@ -218,7 +218,7 @@ def test_trained_sidenet_lowers_the_5_step_error(tmp_path, capsys):
 def test_flux_training_to_sampling_round_trip(tmp_path):
     """Train a few iterations on a tiny Flux transformer (token states, pooled conditioning), then
     sample with the SideNet in an unchanged Flux pipeline."""
-    from adapters.torch_sit.sidenet import TokenSideNet
+    from adapters.torch_sit.sidenet.networks import TokenSideNet
 
     pipe = flux_pipeline(FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True))
     pipe.transformer.save_pretrained(tmp_path / "transformer")

@@ -16,12 +16,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from adapters.torch_sit import digits  # noqa: E402
-from adapters.torch_sit.checkpoint import load_sidenet  # noqa: E402
-from adapters.torch_sit.digits import (DIGITS_GUIDANCE_SCALE, load_digits_classifier, load_digits_sit,  # noqa: E402
+from adapters.torch_sit.digits import model as digits  # noqa: E402
+from adapters.torch_sit.sidenet.checkpoint import load_sidenet  # noqa: E402
+from adapters.torch_sit.digits.model import (DIGITS_GUIDANCE_SCALE, load_digits_classifier, load_digits_sit,  # noqa: E402
                                        load_digits_split)
-from adapters.torch_sit.digits_reference import load_reference  # noqa: E402
-from adapters.torch_sit.shipped import WEIGHTS_DIR, ChecksumError, verified  # noqa: E402
+from adapters.torch_sit.digits.reference import load_reference  # noqa: E402
+from adapters.torch_sit.digits.shipped import WEIGHTS_DIR, ChecksumError, verified  # noqa: E402
 
 SHIPPED = ["digits_sit.safetensors", "digits_classifier.safetensors", "digits_sidenet.safetensors",
            "digits_reference.safetensors"]
@@ -130,8 +130,8 @@ def test_backbone_training_resumes_exactly(tmp_path):
     uninterrupted ones (batches come from the (seed, step) generator; AdamW state is restored)."""
     from safetensors.torch import load_file
 
-    from adapters.torch_sit.digits import DIGITS_SIT_CONFIG
-    from adapters.torch_sit.digits_train import BackboneRecipe, train_backbone
+    from adapters.torch_sit.digits.model import DIGITS_SIT_CONFIG
+    from adapters.torch_sit.digits.train import BackboneRecipe, train_backbone
 
     cfg = DIGITS_SIT_CONFIG.replace(depth=1, hidden_size=16)
     recipe = dict(batch_size=8, warmup_iters=1, decay_fraction=0.0)

@@ -12,9 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from adapters.torch_sit.checkpoint import load_sidenet  # noqa: E402
-from adapters.torch_sit.digits import DIGITS_GUIDANCE_SCALE  # noqa: E402
-from adapters.torch_sit.train import main  # noqa: E402
+from adapters.torch_sit.sidenet.checkpoint import load_sidenet  # noqa: E402
+from adapters.torch_sit.digits.model import DIGITS_GUIDANCE_SCALE  # noqa: E402
+from adapters.torch_sit.sidenet.train import main  # noqa: E402
 
 
 def test_train_command_runs_the_digits_recipe(tmp_path):

@@ -38,10 +38,10 @@ NOT_REFERENCES = {
     ("analysis/_common.py", "out/stem.md"): "a placeholder: the table an analysis script writes under --out",
     ("docs/imagenet.md", "evaluations/README.md"): "a file of the openai/guided-diffusion repository, cited with it",
     ("README.md", "runs/demo/demo.md"): "the table `baquad demo` writes under its --out (default runs/demo)",
-    ("adapters/torch_sit/demo.py", "demo.md"): "the table `baquad demo` writes under its --out",
+    ("adapters/torch_sit/digits/demo.py", "demo.md"): "the table `baquad demo` writes under its --out",
     ("docs/digits.md", "demo.md"): "the table `baquad demo` writes under its --out",
     ("tests/test_demo.py", "demo.md"): "the table `baquad demo` writes under its --out",
-    ("adapters/torch_sit/edit.py", "edit.md"): "the table `baquad demo edit` writes under its --out",
+    ("adapters/torch_sit/digits/edit.py", "edit.md"): "the table `baquad demo edit` writes under its --out",
     ("tests/test_edit.py", "edit.md"): "the table `baquad demo edit` writes under its --out",
 }
 

@@ -1,4 +1,4 @@
-"""Editing by inversion (``baquad demo edit``, adapters/torch_sit/edit.py).
+"""Editing by inversion (``baquad demo edit``, adapters/torch_sit/digits/edit.py).
 
 Truths: the flow map is a bijection, so a tight DOP853 inversion followed by regeneration under
 the same label returns the input (a property of the ODE, independent of BA-solver); the Gaussian
@@ -32,8 +32,8 @@ def test_ba_solver_inversion_with_the_oracle_matches_the_exact_inverse_map():
 
 @pytest.mark.slow
 def test_reference_round_trip_returns_the_input_on_the_digits_model():
-    from adapters.torch_sit.digits import digits_sit_backbone, load_digits_split
-    from adapters.torch_sit.edit import generate, invert
+    from adapters.torch_sit.digits.model import digits_sit_backbone, load_digits_split
+    from adapters.torch_sit.digits.edit import generate, invert
 
     backbone = digits_sit_backbone(dtype=torch.float64)
     images, labels = load_digits_split("held-out")
@@ -45,7 +45,7 @@ def test_reference_round_trip_returns_the_input_on_the_digits_model():
 
 
 def test_edit_command_at_reduced_size_writes_the_table_and_the_picture(tmp_path, monkeypatch):
-    from adapters.torch_sit import edit
+    from adapters.torch_sit.digits import edit
     from adapters.torch_sit.cli import main
 
     small = (("BA-solver + SideNet", "ba-solver", 3), ("Euler", "euler", 4), ("Adams-Bashforth 2", "adams", 4))

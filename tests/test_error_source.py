@@ -62,8 +62,8 @@ def test_windowed_perception_rejects_a_probe_outside_the_grid():
 
 
 def test_script_end_rows_equal_independent_solves(tmp_path):
-    from adapters.torch_sit.checkpoint import save_sidenet
-    from adapters.torch_sit.sidenet import MLPSideNet
+    from adapters.torch_sit.sidenet.checkpoint import save_sidenet
+    from adapters.torch_sit.sidenet.networks import MLPSideNet
 
     # an untrained SideNet (zero output layer) is the anchor-only perception
     path = save_sidenet(MLPSideNet(2, hidden=16, depth=2, embed_dim=8), tmp_path / "untrained.safetensors")
@@ -89,9 +89,9 @@ def test_backbone_rows_equal_independent_solves(tmp_path):
     BA-solver, and the reference comes from torchdiffeq's dopri5 here, not from baquad."""
     torchdiffeq = pytest.importorskip("torchdiffeq")
     pytest.importorskip("sklearn")
-    from adapters.torch_sit.checkpoint import save_sidenet
-    from adapters.torch_sit.digits import DIGITS_GUIDANCE_SCALE, digits_sit_backbone
-    from adapters.torch_sit.sidenet import MLPSideNet
+    from adapters.torch_sit.sidenet.checkpoint import save_sidenet
+    from adapters.torch_sit.digits.model import DIGITS_GUIDANCE_SCALE, digits_sit_backbone
+    from adapters.torch_sit.sidenet.networks import MLPSideNet
 
     path = save_sidenet(MLPSideNet(64, hidden=16, depth=2, embed_dim=8, num_classes=10, guidance=True),
                         tmp_path / "untrained.safetensors")

@@ -19,9 +19,9 @@ import torch
 from scipy.spatial.distance import cdist
 from scipy.stats import entropy
 
-from adapters.torch_sit import evaluate as ev
-from adapters.torch_sit import metrics as M
-from adapters.torch_sit.npz import NpyInfo, iter_npz_array, write_npz
+from adapters.torch_sit.imagenet import evaluate as ev
+from adapters.torch_sit.imagenet import metrics as M
+from adapters.torch_sit.imagenet.npz import NpyInfo, iter_npz_array, write_npz
 from _tiny_image import ToyExtractor
 
 

@@ -22,9 +22,9 @@ from baquad.perception import AnchorPolynomial, Perception
 from baquad.rules import get_rule
 from baquad.schedules import nfe_grid
 from adapters.torch_sit.backbones import get_backbone
-from adapters.torch_sit.chain import ChainConfig, sample_times, simulate_chain
-from adapters.torch_sit.perception import NeuralPerception
-from adapters.torch_sit.sidenet import MLPSideNet
+from adapters.torch_sit.sidenet.chain import ChainConfig, sample_times, simulate_chain
+from adapters.torch_sit.sidenet.perception import NeuralPerception
+from adapters.torch_sit.sidenet.networks import MLPSideNet
 
 # ---------------------------------------------------------------------------------------------
 # the chain's simulation is baquad.solve, sample by sample

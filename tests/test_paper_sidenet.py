@@ -1,4 +1,4 @@
-"""The paper's SideNet size (adapters/torch_sit/paper_sidenet.py).
+"""The paper's SideNet size (adapters/torch_sit/sidenet/paper.py).
 
 Truths used: Table 4 (input 4 channels, base 128, time embedding 256, 4 layers at 256 px and 8
 at 512 px), the paper's "about 6M parameters" and REPA SiT-XL/2's 683,242,512 parameters, and a
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from adapters.torch_sit.backbones import get_backbone
-from adapters.torch_sit.paper_sidenet import paper_sidenet, paper_sidenet_config
-from adapters.torch_sit.sidenet import build_sidenet
+from adapters.torch_sit.sidenet.paper import paper_sidenet, paper_sidenet_config
+from adapters.torch_sit.sidenet.networks import build_sidenet
 
 XL2 = 683_242_512
 

@@ -1,4 +1,4 @@
-"""The guided REPA SiT backbone (adapters/torch_sit/sit_backbone.py).
+"""The guided REPA SiT backbone (adapters/torch_sit/sit/backbone.py).
 
 Truths used: a re-implementation written here of REPA's published Euler sampler with
 classifier-free guidance and a guidance interval (float64 grid ``linspace(1, 0, N + 1)`` and
@@ -16,8 +16,8 @@ import torch
 
 import baquad
 from adapters.torch_sit.backbones import backbone_names, get_backbone
-from adapters.torch_sit.sit import SiT
-from adapters.torch_sit.sit_backbone import GuidedSiT, matmul_precision, repa_sit_backbone, tiny_sit_config
+from adapters.torch_sit.sit.model import SiT
+from adapters.torch_sit.sit.backbone import GuidedSiT, matmul_precision, repa_sit_backbone, tiny_sit_config
 
 
 def repa_euler_sampler(model, latents, y, num_steps, cfg_scale=1.0, guidance_low=0.0, guidance_high=1.0, null=None):

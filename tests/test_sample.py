@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from adapters.torch_sit import sample as S
-from adapters.torch_sit.decode import SDVAEDecoder, UpsampleDecoder, to_uint8
-from adapters.torch_sit.shards import micro_batches, shard_path
+from adapters.torch_sit.imagenet import sample as S
+from adapters.torch_sit.imagenet.decode import SDVAEDecoder, UpsampleDecoder, to_uint8
+from adapters.torch_sit.imagenet.shards import micro_batches, shard_path
 from _tiny_image import CLASSES, NAME, SHAPE, TinyImageField
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,8 +196,8 @@ def test_bad_settings_name_the_flag(tmp_path):
 
 
 def tiny_sidenet(path):
-    from adapters.torch_sit.checkpoint import save_sidenet
-    from adapters.torch_sit.sidenet import ConvSideNet
+    from adapters.torch_sit.sidenet.checkpoint import save_sidenet
+    from adapters.torch_sit.sidenet.networks import ConvSideNet
 
     torch.manual_seed(1)
     net = ConvSideNet(4, base_channels=16, time_embed_dim=16, num_layers=1, num_classes=CLASSES, num_heads=2,
@@ -211,7 +211,7 @@ def torchrun(args, nproc=2):
     path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])  # tests/: _tiny_image
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "adapters.torch_sit.sample", "--threads", "1", "--no-progress", *args]
+           "-m", "adapters.torch_sit.imagenet.sample", "--threads", "1", "--no-progress", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

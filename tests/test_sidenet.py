@@ -1,4 +1,4 @@
-"""SideNets and the neural perception (adapters/torch_sit/sidenet.py, perception.py).
+"""SideNets and the neural perception (adapters/torch_sit/sidenet/networks.py, perception.py).
 
 Truths used: baquad's own AnchorOnly perception and anchor-only solve (an untrained SideNet must
 reproduce them bit for bit, Eq. 5 with g = 0), per-offset evaluation of the SideNet written here
@@ -15,9 +15,9 @@ from torch import nn
 import baquad
 from baquad.perception import AnchorOnly
 from adapters.torch_sit.backbones import Backbone, get_backbone
-from adapters.torch_sit.checkpoint import load_sidenet, save_sidenet
-from adapters.torch_sit.perception import NeuralPerception
-from adapters.torch_sit.sidenet import (
+from adapters.torch_sit.sidenet.checkpoint import load_sidenet, save_sidenet
+from adapters.torch_sit.sidenet.perception import NeuralPerception
+from adapters.torch_sit.sidenet.networks import (
     ConvSideNet,
     MLPSideNet,
     build_sidenet,

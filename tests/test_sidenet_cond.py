@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from adapters.torch_sit.checkpoint import load_sidenet, save_sidenet
-from adapters.torch_sit.perception import NeuralPerception
-from adapters.torch_sit.sidenet import ConvSideNet, MLPSideNet, TokenSideNet, build_sidenet
+from adapters.torch_sit.sidenet.checkpoint import load_sidenet, save_sidenet
+from adapters.torch_sit.sidenet.perception import NeuralPerception
+from adapters.torch_sit.sidenet.networks import ConvSideNet, MLPSideNet, TokenSideNet, build_sidenet
 
 
 def make_active(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -110,7 +110,7 @@ def test_chain_with_conditioning_vectors_is_solve_per_sample():
     ``baquad.solve`` run sample by sample with that sample's vector."""
     import baquad
     from adapters.torch_sit.backbones import Backbone, get_backbone
-    from adapters.torch_sit.chain import ChainConfig, chain_losses, sample_batch, simulate_chain
+    from adapters.torch_sit.sidenet.chain import ChainConfig, chain_losses, sample_batch, simulate_chain
 
     ring = get_backbone("gmm-ring2d")
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from adapters.torch_sit.sidenet import SIDENETS, ConvSideNet, MLPSideNet, build_sidenet
+from adapters.torch_sit.sidenet.networks import SIDENETS, ConvSideNet, MLPSideNet, build_sidenet
 
 MLP = dict(dim=2, hidden=8, depth=2, embed_dim=4)
 CONV = dict(in_channels=2, base_channels=8, time_embed_dim=8, num_layers=1, num_heads=2, res_blocks=1)

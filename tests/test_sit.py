@@ -1,4 +1,4 @@
-"""The REPA SiT model (adapters/torch_sit/sit.py).
+"""The REPA SiT model (adapters/torch_sit/sit/model.py).
 
 Truths used: the published REPA SiT-XL/2 state-dict table (key names and shapes written out
 here from the architecture description, not from our module) and its parameter counts
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapters.torch_sit.sit import SIT_CONFIGS, SiT, SiTConfig, build_sit, sit_config
+from adapters.torch_sit.sit.model import SIT_CONFIGS, SiT, SiTConfig, build_sit, sit_config
 
 
 def expected_xl2_table(tokens: int = 256) -> dict[str, tuple[int, ...]]:

@@ -1,4 +1,4 @@
-"""Loading REPA checkpoints (adapters/torch_sit/sit_checkpoint.py).
+"""Loading REPA checkpoints (adapters/torch_sit/sit/checkpoint.py).
 
 Truths used: the outputs of the model that was saved (a loaded copy must reproduce them bit for
 bit), the published file layouts (a flat state dict; a training checkpoint
@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from adapters.torch_sit.sit import SiT, SiTConfig
-from adapters.torch_sit.sit_checkpoint import CheckpointMismatch, UnsafeCheckpoint, load_repa_checkpoint
+from adapters.torch_sit.sit.model import SiT, SiTConfig
+from adapters.torch_sit.sit.checkpoint import CheckpointMismatch, UnsafeCheckpoint, load_repa_checkpoint
 
 CFG = SiTConfig(depth=2, hidden_size=32, num_heads=2, patch_size=2, input_size=4, num_classes=5, encoder_depth=1,
                 z_dims=(8,), projector_dim=16)

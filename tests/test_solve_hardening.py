@@ -14,8 +14,8 @@ from hypothesis import given, settings, strategies as st
 
 import baquad
 from baquad.perception import Perception
-from adapters.torch_sit.perception import NeuralPerception
-from adapters.torch_sit.sidenet import MLPSideNet
+from adapters.torch_sit.sidenet.perception import NeuralPerception
+from adapters.torch_sit.sidenet.networks import MLPSideNet
 
 
 def minus_x(t, x):

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.torch_sit.chain import ChainConfig
-from adapters.torch_sit.checkpoint import load_checkpoint, load_sidenet
-from adapters.torch_sit.train import train
+from adapters.torch_sit.sidenet.chain import ChainConfig
+from adapters.torch_sit.sidenet.checkpoint import load_checkpoint, load_sidenet
+from adapters.torch_sit.sidenet.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--backbone", "gmm-ring2d", "--iters", "8", "--batch", "64", "--chain-length", "4",
@@ -44,7 +44,7 @@ def run_torchrun(tmp_path: Path, out: Path, flags: list) -> str:
     logs = tmp_path / f"torchrun-logs-{out.name}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "--log-dir", str(logs), "--tee", "3",
-           "-m", "adapters.torch_sit.train", "--out", str(out), "--threads", "1"] + flags
+           "-m", "adapters.torch_sit.sidenet.train", "--out", str(out), "--threads", "1"] + flags
     out_path = tmp_path / f"torchrun-{out.name}.out"
     with open(out_path, "w") as fh:
         try:  # a hang guard only: a normal run takes seconds to a minute on a loaded machine

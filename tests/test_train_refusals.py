@@ -1,4 +1,4 @@
-"""What training refuses, and what it never writes (adapters/torch_sit/chain.py, train.py).
+"""What training refuses, and what it never writes (adapters/torch_sit/sidenet/chain.py, train.py).
 
 Truths used: the valid range of every numeric ChainConfig field, stated here from its meaning
 (a count is a positive integer, a rate or step size is positive, a decay or a beta lies in
@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.torch_sit.backbones import Backbone
-from adapters.torch_sit.chain import ChainConfig
-from adapters.torch_sit.checkpoint import load_checkpoint, load_sidenet, save_checkpoint
-from adapters.torch_sit.sidenet import MLPSideNet, build_sidenet
-from adapters.torch_sit.train import main, train
+from adapters.torch_sit.sidenet.chain import ChainConfig
+from adapters.torch_sit.sidenet.checkpoint import load_checkpoint, load_sidenet, save_checkpoint
+from adapters.torch_sit.sidenet.networks import MLPSideNet, build_sidenet
+from adapters.torch_sit.sidenet.train import main, train
 
 INF = math.inf
 # field: (integer?, low, high, low excluded?, high excluded?, None allowed?)
@@ -188,7 +188,7 @@ def test_nan_loss_stops_at_its_iteration_and_writes_no_nan(tmp_path):
 
 
 def test_nan_loss_leaves_the_weights_and_optimiser_untouched():
-    from adapters.torch_sit.chain import ChainTrainer, sample_batch
+    from adapters.torch_sit.sidenet.chain import ChainTrainer, sample_batch
 
     cfg = ChainConfig(batch_size=8, chain_length=2, ema_decay=0.9)
     torch.manual_seed(0)
@@ -240,7 +240,7 @@ def test_checkpoint_with_nan_is_not_resumed(tmp_path, part):
     out = tmp_path / "k"
     run(out, ckpt_every=2)
     # save_checkpoint refuses to write NaN, so forge the file: same header, one NaN, a valid hash
-    from adapters.torch_sit.safefile import read_header, read_tensors, serialise
+    from adapters.torch_sit.files import read_header, read_tensors, serialise
 
     path = out / "checkpoint.safetensors"
     header = read_header(path)

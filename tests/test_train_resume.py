@@ -1,4 +1,4 @@
-"""Checkpoints and resuming (adapters/torch_sit/checkpoint.py, train.py).
+"""Checkpoints and resuming (adapters/torch_sit/sidenet/checkpoint.py, train.py).
 
 Truths used: an uninterrupted run with the same seed (bitwise, CPU), the previous checkpoint's
 contents after a simulated crash, and the safetensors file format itself (no pickle).
@@ -13,16 +13,16 @@ import struct
 import pytest
 import torch
 
-from adapters.torch_sit import checkpoint as ckpt_mod
-from adapters.torch_sit.chain import ChainConfig
-from adapters.torch_sit.checkpoint import (
+from adapters.torch_sit.sidenet import checkpoint as ckpt_mod
+from adapters.torch_sit.sidenet.chain import ChainConfig
+from adapters.torch_sit.sidenet.checkpoint import (
     ArchitectureMismatch,
     load_checkpoint,
     load_sidenet,
     save_checkpoint,
 )
-from adapters.torch_sit.sidenet import MLPSideNet
-from adapters.torch_sit.train import main, train
+from adapters.torch_sit.sidenet.networks import MLPSideNet
+from adapters.torch_sit.sidenet.train import main, train
 
 
 ARCH = MLPSideNet(2, hidden=32, depth=2, embed_dim=16).config()

@@ -1,4 +1,4 @@
-"""A short chain-training run makes few-step sampling more accurate (adapters/torch_sit/train.py).
+"""A short chain-training run makes few-step sampling more accurate (adapters/torch_sit/sidenet/train.py).
 
 Truth used: the DOP853 reference solution (``baquad.reference.reference_solve``, rtol = atol =
 1e-10) of the exact 2-D Gaussian-mixture flow from the same noises, and anchor-only BA-solver
@@ -21,9 +21,9 @@ import baquad
 from baquad.flows import get_flow
 from baquad.reference import reference_solve
 from baquad.schedules import nfe_grid
-from adapters.torch_sit.checkpoint import load_sidenet
-from adapters.torch_sit.perception import NeuralPerception
-from adapters.torch_sit.train import default_sidenet_config, recipe_for, train
+from adapters.torch_sit.sidenet.checkpoint import load_sidenet
+from adapters.torch_sit.sidenet.perception import NeuralPerception
+from adapters.torch_sit.sidenet.train import default_sidenet_config, recipe_for, train
 from adapters.torch_sit.backbones import get_backbone
 
 BAR = 0.7

@@ -19,9 +19,9 @@ def test_the_recorded_grid_is_the_calibration_argmin(tmp_path, capsys):
     import baquad
     from analysis import tune_grid
     from analysis.nfe_sweep import GRIDS
-    from adapters.torch_sit.checkpoint import load_sidenet, save_sidenet
-    from adapters.torch_sit.perception import NeuralPerception
-    from adapters.torch_sit.sidenet import MLPSideNet
+    from adapters.torch_sit.sidenet.checkpoint import load_sidenet, save_sidenet
+    from adapters.torch_sit.sidenet.perception import NeuralPerception
+    from adapters.torch_sit.sidenet.networks import MLPSideNet
     from baquad.flows import get_flow
     from baquad.perception import AnchorOnly
     from baquad.reference import reference_solve

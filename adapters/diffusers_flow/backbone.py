@@ -10,7 +10,7 @@ its transformer, so that the SideNet learns the ODE it will sample:
   Flux's ``timestep = t`` (the pipeline divides its 0-1000 timesteps by 1000);
 - state: SD3 latents ``(C, H, W)``; Flux packed latents ``(H/2 * W/2, 4 C')`` (the transformer's
   ``in_channels`` = 4 C'), with the image-position ids of an (H, W) latent, as the pipeline packs
-  them (so the SideNet for Flux is a :class:`~adapters.torch_sit.sidenet.TokenSideNet`);
+  them (so the SideNet for Flux is a :class:`~adapters.torch_sit.sidenet.networks.TokenSideNet`);
 - conditions: a prompt of the embedding file (:mod:`.embeddings`) per sample; the chain's
   ``labels`` are the prompt indices and its ``cond`` their pooled embeddings, which the SideNet
   reads (``cond_dim`` = the pooled size), so a SideNet trained here is conditioned on the pooled

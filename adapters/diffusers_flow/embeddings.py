@@ -37,7 +37,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from adapters.torch_sit.checkpoint import atomic_write
+from adapters.torch_sit.sidenet.checkpoint import atomic_write
 
 __all__ = ["PromptEmbeddings", "compute_prompt_embeddings", "save_prompt_embeddings", "load_prompt_embeddings", "main"]
 

@@ -50,7 +50,7 @@ classifier-free guidance, SD3's layout, the batch is [negative, positive] and th
 is used) and reads ``pipe.guidance_scale``; ``scheduler.set_condition(cond=..., guidance_scale=...)``
 sets them explicitly instead (for Flux with ``true_cfg_scale``, pass that scale).
 
-Flux hands ``step`` packed latents ``(B, N, 4 C)``: use a :class:`~adapters.torch_sit.sidenet.TokenSideNet`
+Flux hands ``step`` packed latents ``(B, N, 4 C)``: use a :class:`~adapters.torch_sit.sidenet.networks.TokenSideNet`
 (trained on the packed state, as the chain trainer's Flux backbone produces it); it needs no
 image size. SD3 latents ``(B, C, H, W)`` take a ConvSideNet.
 
@@ -75,8 +75,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from safetensors import safe_open
 from torch import nn
 
-from adapters.torch_sit.checkpoint import ArchitectureMismatch, check_architecture, load_sidenet, save_sidenet
-from adapters.torch_sit.perception import NeuralPerception
+from adapters.torch_sit.sidenet.checkpoint import ArchitectureMismatch, check_architecture, load_sidenet, save_sidenet
+from adapters.torch_sit.sidenet.perception import NeuralPerception
 from baquad.bianchor import BiAnchorSolver, BiAnchorState, Prediction
 from baquad.perception import Anchor, get_perception, history_size
 from baquad.rules import get_rule

@@ -16,7 +16,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import demo
+    from .digits import demo
 
     p = argparse.ArgumentParser(prog="baquad", formatter_class=HelpFormatter,
                                 description="BA-solver (baquad) from the command line.")

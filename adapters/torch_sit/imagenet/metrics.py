@@ -1,6 +1,6 @@
 """Sample-quality metrics on precomputed features: Fréchet distance (FID, sFID), Inception Score,
 and improved precision / recall. numpy and scipy only; the features come from elsewhere
-(:mod:`adapters.torch_sit.evaluate` runs an Inception network, a digits model can bring its own).
+(:mod:`adapters.torch_sit.imagenet.evaluate` runs an Inception network, a digits model can bring its own).
 
 The formulas are those of the ADM evaluator (Dhariwal & Nichol 2021, the evaluator used by
 DiT, SiT, REPA and the BA-solver paper), so numbers computed from the same features agree:

@@ -1,6 +1,6 @@
 """The REPA SiT as a guided backbone: classifier-free guidance inside a guidance interval.
 
-:class:`GuidedSiT` turns a :class:`~adapters.torch_sit.sit.SiT` into the backbone form
+:class:`GuidedSiT` turns a :class:`~adapters.torch_sit.sit.model.SiT` into the backbone form
 ``backbone(t, x, labels=..., guidance_scale=...) -> v`` used by the chain trainer and, through
 ``Backbone.vfield``, by ``baquad.solve``. With guidance scale s, labels y, the null class
 y_null and the interval [low, high] (REPA time, t = 1 noise), a sample at time t is guided iff
@@ -51,9 +51,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .backbones import Backbone, register_backbone
-from .sit import SiT, SiTConfig, sit_config
-from .sit_checkpoint import LoadReport, load_repa_checkpoint
+from ..backbones import Backbone, register_backbone
+from .model import SiT, SiTConfig, sit_config
+from .checkpoint import LoadReport, load_repa_checkpoint
 
 __all__ = [
     "GuidedSiT",

@@ -57,7 +57,7 @@ def _solve(backbone: Any, sidenet: Optional[torch.nn.Module], method: str, nfe: 
     import baquad
     from baquad.reference import reference_solve
 
-    from .perception import NeuralPerception
+    from ..sidenet.perception import NeuralPerception
 
     field = backbone.vfield(labels=labels, guidance_scale=guidance)
     t0, t1 = (1.0, 0.0) if direction == "generate" else (0.0, 1.0)
@@ -174,8 +174,8 @@ def report(rows: Sequence[RoundTrip], args: argparse.Namespace, n: int) -> str:
 
 def run_edit(args: argparse.Namespace, log: Callable[..., None] = print) -> list[RoundTrip]:
     """``baquad demo edit``: the round-trip table (with and without guidance) and the edit grid."""
-    from .checkpoint import load_sidenet
-    from .digits import digits_sit_backbone, load_digits_split, shipped_path
+    from ..sidenet.checkpoint import load_sidenet
+    from .model import digits_sit_backbone, load_digits_split, shipped_path
     from .shipped import verified
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
     baquad demo --n 500 --out runs/demo-small
 
 Everything it loads ships with the package and is checked by SHA-256 before use
-(``adapters/torch_sit/weights``): the digits SiT (:mod:`.digits`), its SideNet, the feature
+(``adapters/torch_sit/digits/weights``): the digits SiT (:mod:`.digits`), its SideNet, the feature
 classifier, and the reference set (:mod:`.digits_reference`: fixed noises and labels with their
 tight DOP853 solutions). Every solver starts from the same ``--n`` noises with the same labels
 (``i mod 10``) and the same guidance, and spends exactly the NFE of its column (counted by
@@ -17,7 +17,7 @@ The table reports, per solver and NFE:
 - trajectory error: the mean over samples of |x - x_ref|_2, x_ref the reference solution from the
   same noise (64 pixels in [-1, 1]);
 - Fréchet distance: between the classifier's penultimate features of the samples and of the
-  reference solutions (``adapters.torch_sit.metrics``), so it measures the solver's error, not the
+  reference solutions (``adapters.torch_sit.imagenet.metrics``), so it measures the solver's error, not the
   model's; the table also gives the distance of the reference set to the held-out real digits
   (what the model itself achieves) and the noise floor, the distance between two reference sets
   that differ only in their noises;
@@ -120,7 +120,7 @@ class Judge:
     classifier features to the reference's, class accuracy."""
 
     def __init__(self, classifier: nn.Module, reference: torch.Tensor, labels: torch.Tensor):
-        from .metrics import feature_statistics
+        from ..imagenet.metrics import feature_statistics
 
         self.classifier, self.reference, self.labels = classifier, reference, labels
         self.ref_stats = feature_statistics(self.features(reference))
@@ -130,7 +130,7 @@ class Judge:
             return self.classifier.features(x.float()).double().numpy()
 
     def frechet(self, x: torch.Tensor, stats: Optional[tuple] = None) -> float:
-        from .metrics import feature_statistics, frechet_distance
+        from ..imagenet.metrics import feature_statistics, frechet_distance
 
         return frechet_distance(*feature_statistics(self.features(x)), *(stats or self.ref_stats))
 
@@ -150,7 +150,7 @@ def sample(backbone: Any, sidenet: Optional[nn.Module], method: str, nfe: int, n
     import baquad
     from baquad.schedules import nfe_grid
 
-    from .perception import NeuralPerception
+    from ..sidenet.perception import NeuralPerception
 
     options = solver_options(method, nfe)
     ts = nfe_grid(method, nfe, "uniform", shift, **options)
@@ -171,8 +171,8 @@ def sample(backbone: Any, sidenet: Optional[nn.Module], method: str, nfe: int, n
 def _reference_for(args: argparse.Namespace, log: Callable[..., None]):
     """The reference set for ``--n`` and ``--guidance``: the shipped one when it covers them,
     else one solved now and cached in the output directory."""
-    from .digits import shipped_path
-    from .digits_reference import build_reference, load_reference, save_reference
+    from .model import shipped_path
+    from .reference import build_reference, load_reference, save_reference
     from .shipped import sha256_file
 
     backbone_sha = sha256_file(shipped_path("backbone"))
@@ -201,9 +201,9 @@ def run_demo(args: argparse.Namespace, log: Callable[..., None] = print) -> list
     """Sample with every solver, score, print and write the table and the figures."""
     from tqdm.auto import tqdm
 
-    from .checkpoint import load_sidenet
-    from .digits import digits_sit_backbone, load_digits_classifier, load_digits_split, shipped_path
-    from .metrics import feature_statistics
+    from ..sidenet.checkpoint import load_sidenet
+    from .model import digits_sit_backbone, load_digits_classifier, load_digits_split, shipped_path
+    from ..imagenet.metrics import feature_statistics
     from .shipped import verified
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -344,7 +344,7 @@ DEMOS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``baquad demo`` flags."""
-    from .digits import DIGITS_GRID_SHIFT, DIGITS_GUIDANCE_SCALE
+    from .model import DIGITS_GRID_SHIFT, DIGITS_GUIDANCE_SCALE
 
     p.add_argument("which", nargs="?", choices=list(DEMOS), default=next(iter(DEMOS)),
                    help="; ".join(f"{k}: {v[0]}" for k, v in DEMOS.items()))
@@ -363,7 +363,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a SideNet of your own (python -m adapters.torch_sit.train --backbone digits-sit) instead of "
                         "the shipped one")
     p.add_argument("--reference", type=Path, default=None,
-                   help="a reference set file (python -m adapters.torch_sit.digits_reference) instead of the shipped one")
+                   help="a reference set file (python -m adapters.torch_sit.digits.reference) instead of the shipped one")
     e = p.add_argument_group("edit")
     e.add_argument("--digits", type=int, nargs="+", default=None,
                    help="edit: indices of the held-out digits in the edit grid (default the first ten)")

@@ -457,7 +457,7 @@ def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, time
 
     Each interval is one step of the core integrator, :class:`baquad.bianchor.BiAnchorSolver`,
     with per-sample times (every sample on its own grid), the SideNet behind
-    :class:`~adapters.torch_sit.perception.NeuralPerception` and the rule ``cfg.rule``:
+    :class:`~adapters.torch_sit.sidenet.perception.NeuralPerception` and the rule ``cfg.rule``:
     a single-anchor step for ``state_update="predictor"`` (the next state is the predictor x~,
     Eq. 8) and a bi-anchor step for ``"corrector"``. So the chain is exactly what
     ``baquad.solve`` computes per sample on that sample's grid with ``anchors="single"`` or

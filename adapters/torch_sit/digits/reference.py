@@ -1,6 +1,6 @@
 """The demo's reference set: tight solves of the digits SiT from fixed noises and labels.
 
-    python -m adapters.torch_sit.digits_reference --out adapters/torch_sit/weights
+    python -m adapters.torch_sit.digits.reference --out adapters/torch_sit/digits/weights
 
 Two sets of ``n`` initial noises (``noise`` and ``noise_b``, float32 ``(n, 1, 8, 8)``, drawn
 from torch generators seeded by ``seed`` and ``seed + 1``) share the labels ``i mod 10``. Each is
@@ -30,10 +30,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from ._cli import HelpFormatter
-from .digits import (DIGITS_GUIDANCE_INTERVAL, DIGITS_GUIDANCE_SCALE, STATE_SHAPE, digits_sit_backbone,
+from .._cli import HelpFormatter
+from .model import (DIGITS_GUIDANCE_INTERVAL, DIGITS_GUIDANCE_SCALE, STATE_SHAPE, digits_sit_backbone,
                      shipped_path)
-from .safefile import InvalidFile, read_header, read_tensors, serialise
+from ..files import InvalidFile, read_header, read_tensors, serialise
 from .shipped import sha256_file, verified, write_with_sum
 
 __all__ = ["ReferenceSet", "reference_noise", "reference_labels", "solve_reference", "build_reference",
@@ -149,7 +149,7 @@ def load_reference(path: "str | Path | None" = None, *, required: Optional[bool]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m adapters.torch_sit.digits_reference",
+    p = argparse.ArgumentParser(prog="python -m adapters.torch_sit.digits.reference",
                                 description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="directory of digits_reference.safetensors")
     p.add_argument("--n", type=int, default=2000, help="samples per set")

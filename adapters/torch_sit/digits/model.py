@@ -6,7 +6,7 @@ integer values 0..16, ten classes), scaled to [-1, 1] as x = pixel / 8 - 1 and s
 in the data set's order, every fifth image (positions 4, 9, 14, ... of the class) is held out,
 355 images in all; the other 1,442 are the training split.
 
-The model is our :class:`~adapters.torch_sit.sit.SiT` at a small size (:data:`DIGITS_SIT_CONFIG`:
+The model is our :class:`~adapters.torch_sit.sit.model.SiT` at a small size (:data:`DIGITS_SIT_CONFIG`:
 patch 2 on the 8 x 8 single-channel image, so 16 tokens, no REPA projector heads), trained by
 flow matching on the linear path of baquad's time convention (t = 1 noise, t = 0 data):
 
@@ -15,10 +15,10 @@ flow matching on the linear path of baquad's time convention (t = 1 noise, t = 0
 
 with the label replaced by the null class (index 10) with probability 0.1, so the one network
 gives both the conditional and the unconditional velocity for classifier-free guidance
-(:mod:`adapters.torch_sit.digits_train` trains it).
+(:mod:`adapters.torch_sit.digits.train` trains it).
 
 Registered backbone ``"digits-sit"`` (:func:`digits_sit_backbone`): the shipped weights behind
-:class:`~adapters.torch_sit.sit_backbone.GuidedSiT`, guided on the whole path by default
+:class:`~adapters.torch_sit.sit.backbone.GuidedSiT`, guided on the whole path by default
 (interval [0, 1], :data:`DIGITS_GUIDANCE_INTERVAL`) at scale :data:`DIGITS_GUIDANCE_SCALE` when a
 caller passes it. REPA's [0, 0.7] interval would make the field jump at t = 0.7, and that jump
 would be charged to whichever solver's step straddles it; on the whole path the field is smooth
@@ -27,7 +27,7 @@ and the solver comparison measures the solvers.
 :class:`DigitsClassifier` is the feature extractor of the demo's Fréchet distance (its
 penultimate layer) and its class-accuracy judge; trained on the training split only.
 
-Shipped files (``adapters/torch_sit/weights``, checked against ``SHA256SUMS`` before loading,
+Shipped files (``adapters/torch_sit/digits/weights``, checked against ``SHA256SUMS`` before loading,
 :mod:`.shipped`): ``digits_sit.safetensors``, ``digits_classifier.safetensors``,
 ``digits_sidenet.safetensors``, and ``digits_reference.safetensors`` (the demo's reference set).
 """
@@ -45,11 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import register_backbone
-from .safefile import InvalidFile, atomic_write, read_header, read_tensors, serialise
+from ..backbones import register_backbone
+from ..files import InvalidFile, atomic_write, read_header, read_tensors, serialise
 from .shipped import WEIGHTS_DIR, verified, write_with_sum
-from .sit import SiT, SiTConfig
-from .sit_backbone import GuidedSiT, SiTBackbone
+from ..sit.model import SiT, SiTConfig
+from ..sit.backbone import GuidedSiT, SiTBackbone
 
 __all__ = [
     "DIGITS_SIT_CONFIG",
@@ -173,7 +173,7 @@ def save_model(path: "str | os.PathLike", module: nn.Module, kind: str, config: 
 
 def load_model_file(path: "str | os.PathLike", kind: str, *, required: bool = True) -> tuple[dict, dict]:
     """``(tensors, header metadata)`` of a file written by :func:`save_model`: its SHA-256 checked
-    first (:func:`~adapters.torch_sit.shipped.verified`; ``required``: it must have a manifest
+    first (:func:`~adapters.torch_sit.digits.shipped.verified`; ``required``: it must have a manifest
     entry), then read with :mod:`.safefile` (content hash checked).
 
     Raises:

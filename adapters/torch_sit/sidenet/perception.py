@@ -30,8 +30,8 @@ class NeuralPerception(Perception):
     """Perception from a SideNet ``g = sidenet(x, v, t, d, labels, guidance[, cond=])``.
 
     Args:
-        sidenet: an :class:`~adapters.torch_sit.sidenet.MLPSideNet`, a
-            :class:`~adapters.torch_sit.sidenet.ConvSideNet` or any module with that forward.
+        sidenet: an :class:`~adapters.torch_sit.sidenet.networks.MLPSideNet`, a
+            :class:`~adapters.torch_sit.sidenet.networks.ConvSideNet` or any module with that forward.
         labels: class labels of the batch (shape ``(B,)``) for a class-conditional SideNet; None
             uses its null label.
         guidance_scale: the classifier-free guidance scale, for a SideNet conditioned on it (one

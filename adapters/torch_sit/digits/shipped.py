@@ -1,8 +1,8 @@
-"""Files shipped inside the adapter package (``adapters/torch_sit/weights``), checked by SHA-256.
+"""Files shipped inside the adapter package (``adapters/torch_sit/digits/weights``), checked by SHA-256.
 
 The directory holds safetensors files and a ``SHA256SUMS`` manifest in the format of coreutils'
 ``sha256sum`` (one ``<64 hex digits>  <file name>`` line per file), so
-``cd adapters/torch_sit/weights && sha256sum -c SHA256SUMS`` checks them too. :func:`verified`
+``cd adapters/torch_sit/digits/weights && sha256sum -c SHA256SUMS`` checks them too. :func:`verified`
 hashes a file before anything parses it and refuses it, naming it, when the digest differs from
 the manifest's: a corrupted, truncated or swapped file never reaches the loader. Loading itself
 uses safetensors (no pickled code runs).
@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .safefile import atomic_write
+from ..files import atomic_write
 
 __all__ = ["WEIGHTS_DIR", "SUMS_NAME", "ChecksumError", "sha256_file", "read_sums", "verified", "write_with_sum",
            "shipped_file"]

@@ -1,6 +1,6 @@
 """The paper's SideNet for latent backbones (Appendix E, Table 4).
 
-Table 4 fixes a :class:`~adapters.torch_sit.sidenet.ConvSideNet` reading the 4-channel latent and
+Table 4 fixes a :class:`~adapters.torch_sit.sidenet.networks.ConvSideNet` reading the 4-channel latent and
 its velocity, with base width 128, a 256-d conditioning embedding (time, offset, class label) and
 4 layers at 256 px / 8 layers at 512 px. The block structure inside a layer is not given; we use 3
 AdaGN ResBlocks and one global self-attention (4 heads) per layer, which gives the paper's
@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from .sidenet import ConvSideNet, build_sidenet
+from .networks import ConvSideNet, build_sidenet
 
 __all__ = ["PAPER_SIDENET", "paper_sidenet_config", "paper_sidenet"]
 

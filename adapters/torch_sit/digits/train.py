@@ -1,15 +1,15 @@
 """Train the digits models from scratch: the SiT backbone and the feature classifier.
 
-    python -m adapters.torch_sit.digits_train backbone --out runs/digits-sit
-    python -m adapters.torch_sit.digits_train classifier --out runs/digits-classifier
-    python -m adapters.torch_sit.digits_train evaluate --weights runs/digits-sit/digits_sit.safetensors
+    python -m adapters.torch_sit.digits.train backbone --out runs/digits-sit
+    python -m adapters.torch_sit.digits.train classifier --out runs/digits-classifier
+    python -m adapters.torch_sit.digits.train evaluate --weights runs/digits-sit/digits_sit.safetensors
 
-Both train on the training split of :func:`~adapters.torch_sit.digits.load_digits_split` only
+Both train on the training split of :func:`~adapters.torch_sit.digits.model.load_digits_split` only
 (the held-out digits are never seen), on the CPU by default, seeded: iteration i draws its batch
 from a generator seeded by (seed, i), so a run resumed from a checkpoint continues exactly as an
 uninterrupted one.
 
-Backbone (flow matching, :mod:`adapters.torch_sit.digits`): per iteration a batch of training
+Backbone (flow matching, :mod:`adapters.torch_sit.digits.model`): per iteration a batch of training
 images x with labels y (each replaced by the null class with probability ``label_dropout``),
 t ~ U[0, 1], eps ~ N(0, I), x_t = (1 - t) x + t eps, and the loss mean |v(x_t, t, y) - (eps - x)|^2.
 AdamW (betas 0.9, 0.999, no weight decay) at a constant learning rate after a linear warm-up,
@@ -24,7 +24,7 @@ background padding), AdamW, cosine learning rate; it reports its held-out accura
 Each command writes ``<out>/digits_sit.safetensors`` (or ``digits_classifier.safetensors``) with a
 JSON sidecar (the settings, the wall time, iterations per second) and records the SHA-256 in
 ``<out>/SHA256SUMS``. To ship a retrained file, copy it with its sidecar into
-``adapters/torch_sit/weights`` and update that directory's ``SHA256SUMS`` line (``sha256sum``).
+``adapters/torch_sit/digits/weights`` and update that directory's ``SHA256SUMS`` line (``sha256sum``).
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._cli import HelpFormatter
-from .chain import step_generator
-from .safefile import InvalidFile, atomic_write, read_header, read_tensors, serialise
-from .digits import (DIGITS_SIT_CONFIG, DigitsClassifier, load_digits_split, save_model, shipped_path,
+from .._cli import HelpFormatter
+from ..sidenet.chain import step_generator
+from ..files import InvalidFile, atomic_write, read_header, read_tensors, serialise
+from .model import (DIGITS_SIT_CONFIG, DigitsClassifier, load_digits_split, save_model, shipped_path,
                      sit_config_dict)
-from .sit import SiT, SiTConfig
+from ..sit.model import SiT, SiTConfig
 
 __all__ = ["BackboneRecipe", "ClassifierRecipe", "train_backbone", "train_classifier", "classifier_accuracy",
            "evaluate_backbone", "main"]
@@ -214,7 +214,7 @@ def train_backbone(out: "str | Path", recipe: BackboneRecipe = BackboneRecipe(),
     report = {"parameters": n_params, "iterations_this_run": done,
              "wall_time_s": round(wall, 1), "iterations_per_s": round(done / wall, 2) if wall > 0 else None,
              "torch_threads": torch.get_num_threads(), "final_loss": last_loss,
-             "command": "python -m adapters.torch_sit.digits_train backbone"}
+             "command": "python -m adapters.torch_sit.digits.train backbone"}
     path = out / shipped_path("backbone").name
     digest = save_model(path, model.eval(), "backbone", arch, dataclasses.asdict(recipe), report)
     log(f"done: {done} iterations in {wall:.0f} s ({done / max(wall, 1e-9):.2f} it/s); wrote {path} (sha256 {digest})")
@@ -267,7 +267,7 @@ def train_classifier(out: "str | Path", recipe: ClassifierRecipe = ClassifierRec
     report = {"wall_time_s": round(wall, 1),
              "iterations_per_s": round(recipe.iters / wall, 2), "train_accuracy": acc_train,
              "held_out_accuracy": acc_test, "held_out_images": int(test_labels.numel()),
-             "command": "python -m adapters.torch_sit.digits_train classifier"}
+             "command": "python -m adapters.torch_sit.digits.train classifier"}
     path = out / shipped_path("classifier").name
     digest = save_model(path, model, "classifier", model.config(), dataclasses.asdict(recipe), report)
     log(f"done: {recipe.iters} iterations in {wall:.0f} s; accuracy: training split {acc_train:.4f}, held-out "
@@ -282,8 +282,8 @@ def evaluate_backbone(weights: "str | Path | None" = None, guidance: Sequence[fl
     accuracy) and by the Fréchet distance of its features to the held-out real digits."""
     import baquad
 
-    from .digits import digits_sit_backbone, load_digits_classifier
-    from .metrics import frechet_distance_of_features
+    from .model import digits_sit_backbone, load_digits_classifier
+    from ..imagenet.metrics import frechet_distance_of_features
 
     bb, clf = digits_sit_backbone(weights), load_digits_classifier()
     with torch.no_grad():
@@ -311,7 +311,7 @@ def _add_recipe_flags(p: argparse.ArgumentParser, recipe_cls: type) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m adapters.torch_sit.digits_train", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m adapters.torch_sit.digits.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     b = sub.add_parser("backbone", help="train the digits SiT by flow matching", formatter_class=HelpFormatter)

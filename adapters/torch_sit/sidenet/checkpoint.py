@@ -8,7 +8,7 @@ A training checkpoint is ONE safetensors file (``checkpoint.safetensors``) holdi
 - metadata (the safetensors header, a JSON string under the key ``"baquad"``): the step, the
   SideNet architecture config (``sidenet.config()``), the full training config, the optimiser's
   param groups and non-tensor state, and free-form extras; and under ``"baquad.sha256"`` a SHA-256
-  of the metadata and every tensor (:mod:`adapters.torch_sit.safefile` defines it).
+  of the metadata and every tensor (:mod:`adapters.torch_sit.files` defines it).
 
 One file makes the checkpoint atomic: it is written to a temporary file in the same directory,
 flushed and fsync'ed, then moved over the old one with ``os.replace`` (and the directory entry
@@ -30,7 +30,7 @@ in the file: every failure is an error that names the file and says what is wron
 1. The path must be a regular file (checked without opening it; a FIFO would hang the reader).
 2. The header must parse, with every metadata field present and of its type.
 3. The SHA-256 is recomputed over the metadata and the tensors and must match (a file written
-   before the hash existed loads with an :class:`~adapters.torch_sit.safefile.UnverifiedFileWarning`
+   before the hash existed loads with an :class:`~adapters.torch_sit.files.UnverifiedFileWarning`
    naming it).
 4. The SideNet the header describes is built on the ``meta`` device (no memory) after a bound on
    its depth against the number of stored tensors, and its tensor names and shapes must be the
@@ -53,7 +53,7 @@ from torch import nn
 
 from baquad.schedules import check_grid_spec
 
-from .safefile import (
+from ..files import (
     FORMAT_VERSION,
     InvalidFile,
     UnverifiedFileWarning,
@@ -63,7 +63,7 @@ from .safefile import (
     require_regular_file,
     serialise,
 )
-from .sidenet import build_sidenet, sidenet_class
+from .networks import build_sidenet, sidenet_class
 
 __all__ = [
     "CHECKPOINT_NAME",

@@ -5,7 +5,7 @@ every tensor's dtype, shape and byte range, then the raw tensor bytes) whose hea
 two strings:
 
 - ``"baquad"``: the file's own metadata as JSON (its format, ``version``, SideNet architecture,
-  ...), interpreted by :mod:`adapters.torch_sit.checkpoint`;
+  ...), interpreted by :mod:`adapters.torch_sit.sidenet.checkpoint`;
 - ``"baquad.sha256"``: the hex SHA-256 of the contents (:func:`content_hash`), from version 2 on.
 
 The content hash is SHA-256 over a sequence of fields, each fed as its length (8 bytes,

@@ -1,9 +1,9 @@
 """Generate N images with any solver at an NFE budget: an ADM ``.npz``, a grid PNG, restartable.
 
-    python -m adapters.torch_sit.sample --backbone repa-sit-xl2-256 --ckpt pretrained/last.pt \\
+    python -m adapters.torch_sit.imagenet.sample --backbone repa-sit-xl2-256 --ckpt pretrained/last.pt \\
         --vae pretrained/sd-vae-ft-ema --solver ba-solver --sidenet runs/sit-xl2/sidenet.safetensors \\
         --nfe 7 --cfg-scale 2.8 --guidance-high 0.7 --out samples/ba-solver-nfe7
-    torchrun --nproc_per_node=8 -m adapters.torch_sit.sample ...same flags...
+    torchrun --nproc_per_node=8 -m adapters.torch_sit.imagenet.sample ...same flags...
 
 Output directory ``--out``:
     settings.json   what defines the samples (checked on every restart) and run information
@@ -61,10 +61,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ._cli import HelpFormatter
-from .backbones import Backbone, backbone_names, get_backbone
-from .checkpoint import atomic_write
-from .distributed import dist_setup
+from .._cli import HelpFormatter
+from ..backbones import Backbone, backbone_names, get_backbone
+from ..sidenet.checkpoint import atomic_write
+from ..distributed import dist_setup
 from .decode import LATENT_SCALE, SDVAEDecoder, UpsampleDecoder, to_uint8
 from .npz import NpyInfo, write_npz
 from .shards import MicroBatch, ShardInvalid, micro_batches, read_shard, shard_path, write_shard
@@ -259,7 +259,7 @@ class _Generator:
         self.ts = nfe_grid(cfg.solver, cfg.nfe, cfg.schedule, cfg.shift, **cfg.solver_options)
         self.sidenet = None
         if cfg.sidenet is not None:
-            from .checkpoint import load_sidenet
+            from ..sidenet.checkpoint import load_sidenet
 
             self.sidenet = load_sidenet(cfg.sidenet, map_location=device)
         if cfg.decoder == "sd-vae":
@@ -270,7 +270,7 @@ class _Generator:
     def __call__(self, mb: MicroBatch) -> tuple[np.ndarray, np.ndarray]:
         from baquad import solve
 
-        from .perception import NeuralPerception
+        from ..sidenet.perception import NeuralPerception
 
         cfg, bb = self.cfg, self.backbone
         noise, y = sample_inputs(cfg.seed, range(mb.start, mb.stop), bb.state_shape, bb.num_classes, cfg.labels,
@@ -499,12 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     from baquad import methods
 
     p = argparse.ArgumentParser(
-        prog="python -m adapters.torch_sit.sample",
+        prog="python -m adapters.torch_sit.imagenet.sample",
         description="Generate N images with a solver at an NFE budget and write the ADM evaluator's .npz\n"
                     "(arr_0: uint8 N x H x W x 3) plus a grid PNG. Runs as one process or under torchrun;\n"
                     "an interrupted run continues when started again with the same command.",
         epilog="example, 8 GPUs (docs/imagenet.md has the full Table 1 recipe):\n"
-               "  torchrun --nproc_per_node=8 -m adapters.torch_sit.sample \\\n"
+               "  torchrun --nproc_per_node=8 -m adapters.torch_sit.imagenet.sample \\\n"
                "      --backbone repa-sit-xl2-256 --ckpt pretrained/last.pt --vae pretrained/sd-vae-ft-ema \\\n"
                "      --solver ba-solver --sidenet runs/sit-xl2/sidenet.safetensors --nfe 7 \\\n"
                "      --cfg-scale 2.8 --guidance-high 0.7 --out samples/ba-solver-nfe7\n"

@@ -1,4 +1,4 @@
-"""Loading REPA SiT checkpoints into :class:`~adapters.torch_sit.sit.SiT`, without running pickled code.
+"""Loading REPA SiT checkpoints into :class:`~adapters.torch_sit.sit.model.SiT`, without running pickled code.
 
 Accepted files:
 
@@ -208,7 +208,7 @@ def load_repa_checkpoint(path: "str | os.PathLike", model: nn.Module, *, weights
 
     Args:
         path: a ``torch.save`` file (flat state dict or training checkpoint) or a ``.safetensors``.
-        model: the :class:`~adapters.torch_sit.sit.SiT` to fill (its config must match the file).
+        model: the :class:`~adapters.torch_sit.sit.model.SiT` to fill (its config must match the file).
         weights: ``"auto"`` (flat state dict, else ``"ema"``), ``"ema"`` or ``"model"``.
         legacy: rename ``decoder_blocks.{i}`` to ``blocks.{i + encoder_depth}`` first.
 

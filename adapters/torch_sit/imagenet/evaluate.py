@@ -1,16 +1,16 @@
 """Evaluate image batches the way the ADM evaluator does: IS, FID, sFID, precision, recall.
 
-    python -m adapters.torch_sit.evaluate REF.npz SAMPLES.npz [MORE_SAMPLES.npz ...] \\
+    python -m adapters.torch_sit.imagenet.evaluate REF.npz SAMPLES.npz [MORE_SAMPLES.npz ...] \\
         --inception-weights pretrained/weights-inception-2015-12-05-6726825d.pth
 
 ``REF.npz`` is a reference batch: ``arr_0`` (uint8 images, NHWC) and/or precomputed statistics
 ``mu``, ``sigma``, ``mu_s``, ``sigma_s`` (ADM's ``VIRTUAL_imagenet256_labeled.npz`` has both: 10,000
 images and statistics). ``SAMPLES.npz`` holds ``arr_0`` as written by
-``python -m adapters.torch_sit.sample``. Each sample batch prints ADM's five lines
+``python -m adapters.torch_sit.imagenet.sample``. Each sample batch prints ADM's five lines
 (``Inception Score:``, ``FID:``, ``sFID:``, ``Precision:``, ``Recall:``) followed by where every
 number came from; ``--json`` also writes them to a file.
 
-What is computed (formulas in :mod:`adapters.torch_sit.metrics`):
+What is computed (formulas in :mod:`adapters.torch_sit.imagenet.metrics`):
 
 - FID: Fréchet distance between the 2048-d pool features of the samples and the reference
   statistics ``mu``/``sigma`` stored in REF (as ADM does; ``--reference-stats recompute``
@@ -53,7 +53,7 @@ from typing import Any, Iterable, Optional, Protocol, Sequence
 import numpy as np
 
 from . import metrics
-from ._cli import HelpFormatter
+from .._cli import HelpFormatter
 from .npz import iter_npz_array, npz_array_info, npz_members, read_npz_array
 
 __all__ = [
@@ -362,11 +362,11 @@ def evaluate(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m adapters.torch_sit.evaluate",
+        prog="python -m adapters.torch_sit.imagenet.evaluate",
         description="IS, FID, sFID, precision and recall of ADM-style .npz image batches: the ADM evaluator's\n"
                     "formulas on torch-fidelity's Inception-v3 (pip install 'baquad[eval]').",
         epilog="example:\n"
-               "  python -m adapters.torch_sit.evaluate pretrained/VIRTUAL_imagenet256_labeled.npz \\\n"
+               "  python -m adapters.torch_sit.imagenet.evaluate pretrained/VIRTUAL_imagenet256_labeled.npz \\\n"
                "      samples/ba-solver-nfe7/samples.npz \\\n"
                "      --inception-weights pretrained/weights-inception-2015-12-05-6726825d.pth",
         formatter_class=HelpFormatter)
@@ -405,7 +405,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(ev.report(), flush=True)
         results.append(ev.to_dict())
     if args.json is not None:
-        from .checkpoint import atomic_write
+        from ..sidenet.checkpoint import atomic_write
 
         atomic_write(args.json, (json.dumps(results, indent=2) + "\n").encode())
         print(f"wrote {args.json}")

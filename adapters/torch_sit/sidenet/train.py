@@ -1,0 +1,794 @@
+"""Train a SideNet by chain training (paper Sec. 3.2.3, Algorithm 2): single process or DDP.
+
+    python -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/ring2d --iters 2000
+    torchrun --nproc_per_node=2 -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/ring2d
+    python -m adapters.torch_sit.train --backbone diffusers --model PATH --prompt-embeddings emb.safetensors \
+        --latent-size 64 --guidance-scale 7.0 --out runs/sd3     (a diffusers SD3/Flux transformer)
+
+Every :class:`~adapters.torch_sit.sidenet.chain.ChainConfig` field is a flag (``--chain-length``,
+``--intervals``, ``--batch``/``--batch-size``, ``--lr``, ``--ema-decay none``, ...), and the
+SideNet architecture has its own flags (``--arch``, ``--hidden``, ``--depth``, ...).
+
+Data parallelism: every rank draws the same GLOBAL batch (noise, time grids, labels) from a
+generator seeded by (seed, step) and takes its slice, and the loss of a slice is normalised by
+the global number of (sample, interval) pairs, so N processes reproduce one process's training
+up to the order of the gradient all-reduce. Backend: nccl on CUDA, gloo on CPU.
+
+Output directory:
+    checkpoint.safetensors / .json   the last checkpoint (every ``--ckpt-every`` iterations and at
+                                     the end; atomic, written by rank 0, followed by a barrier)
+    history/                         older checkpoints (``--keep-history``)
+    log.csv                          step, loss, forward/backward losses, lr, grad norm, ...
+    sidenet.safetensors / .json      the final SideNet (EMA weights when EMA is on):
+                                     ``load_sidenet("<out>/sidenet.safetensors")``
+    summary.json                     wall time, backbone calls, parameter counts
+
+Resuming: ``--resume``, or automatically when the output directory holds a checkpoint (the run
+says so). The SideNet architecture and the recipe default to the checkpoint's; an explicitly
+different architecture is refused, naming the differing keys, and so is ``--iters`` below the
+checkpoint's step (resuming never rolls back). ``--no-resume`` starts afresh: the previous run's
+files in the output directory (checkpoint, history, exported SideNet, summary, log) are removed
+first, so the two runs never mix. Temporary files left by a killed checkpoint write
+(``.<name>.<random>.tmp``, this module's names only) are removed on every start.
+
+What training refuses: every recipe field out of its range (NaN and infinities included) and
+the other arguments, before anything is written; a checkpoint holding NaN/inf values; a NaN/inf
+loss, gradient or weight during training, which stops the run at that iteration with a
+FloatingPointError naming it (the weights are not updated from it, and nothing non-finite is
+ever written: the last checkpoint stays the last good one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import importlib
+import inspect
+import io
+import json
+import math
+import os
+import re
+import sys
+import time
+import typing
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from ..backbones import Backbone, CountingBackbone, backbone_names, get_backbone
+from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
+from .checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
+from ..distributed import dist_setup
+from .networks import BASES, SIDENETS, build_sidenet, count_parameters, sidenet_report, size_ratio
+
+__all__ = ["train", "TrainResult", "default_sidenet_config", "recipe_for", "RECIPES", "main",
+           "build_parser"]
+
+LOG_FIELDS = ("step", "loss", "loss_forward", "loss_backward", "lr", "grad_norm", "intervals",
+              "backbone_calls", "elapsed_s")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained SideNet (unwrapped, final weights), its EMA weights,
+    the summary dict (also written to ``summary.json``) and the output paths."""
+
+    sidenet: torch.nn.Module
+    ema: Optional[dict]
+    summary: dict
+    out: Path
+
+
+def default_sidenet_config(backbone: Any, arch: Optional[str] = None, **overrides: Any) -> dict:
+    """The default SideNet config for a backbone: an MLP for vector states, a ConvSideNet for
+    ``(C, H, W)`` states, a TokenSideNet for token states ``(N, D)``, class-conditional when the
+    backbone is and reading a conditioning vector when it declares ``cond_dim``; ``overrides``
+    replace defaults."""
+    shape = tuple(backbone.state_shape)
+    arch = arch or {1: "mlp", 2: "token"}.get(len(shape), "conv")
+    cond = {} if getattr(backbone, "cond_dim", None) is None else {"cond_dim": backbone.cond_dim}
+    if arch == "mlp":
+        net = SIDENETS["MLPSideNet"](int(math.prod(shape)), num_classes=backbone.num_classes, **cond)
+    elif arch == "conv":
+        if len(shape) != 3:
+            raise ValueError(f"--arch conv needs (C, H, W) states; backbone {backbone.name!r} has {shape}")
+        net = SIDENETS["ConvSideNet"](shape[0], num_classes=backbone.num_classes, **cond)
+    elif arch == "token":
+        if len(shape) != 2:
+            raise ValueError(f"--arch token needs (N, D) token states; backbone {backbone.name!r} has {shape}")
+        net = SIDENETS["TokenSideNet"](shape[1], num_classes=backbone.num_classes, **cond)
+    else:
+        raise ValueError(f"arch: 'mlp', 'conv' or 'token', got {arch!r}")
+    cfg = net.config()
+    valid = [p for p in inspect.signature(type(net).__init__).parameters if p != "self"]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"SideNet {cfg['class']}: unknown architecture settings {unknown}; valid: {sorted(valid)}")
+    cfg.update(_sized_for(cfg, backbone, overrides))
+    cfg.update(overrides)
+    with torch.device("meta"):
+        net = build_sidenet(cfg)
+    ratio = count_parameters(net) / backbone.num_parameters if getattr(backbone, "num_parameters", None) else 0.0
+    if ratio > SIDENET_WARN_RATIO:
+        warnings.warn(f"the SideNet ({count_parameters(net):,} parameters) is {size_ratio(ratio)} {backbone.name!r}: "
+                      f"above {SIDENET_WARN_RATIO:.0%} its cost is no longer small next to the "
+                      "backbone's (the paper's is about 1%); choose a smaller one (--hidden, --base-channels, --width)",
+                      stacklevel=2)
+    return net.config()  # normalised (types as the constructor stores them)
+
+
+#: the SideNet size the default aims at: 2% of a neural backbone's parameters (the paper's is
+#: 0.9-1.7%), and the ratio above which the default warns
+SIDENET_TARGET_RATIO = 0.02
+SIDENET_WARN_RATIO = 0.10
+#: the width settings tried, largest first, when sizing a default SideNet to its backbone
+_WIDTHS = {
+    "MLPSideNet": ("hidden", "embed_dim", ((256, 64), (128, 64), (64, 32), (32, 16), (16, 8))),
+    "ConvSideNet": ("base_channels", "time_embed_dim", ((128, 256), (64, 128), (32, 64), (16, 32), (8, 16))),
+    "TokenSideNet": ("width", "time_embed_dim", ((128, 128), (64, 64), (32, 32), (16, 16))),
+}
+
+
+def _sized_for(cfg: dict, backbone: Any, overrides: dict) -> dict:
+    """For a neural backbone, the largest (width, conditioning width) of :data:`_WIDTHS` whose
+    SideNet has at most :data:`SIDENET_TARGET_RATIO` of the backbone's parameters (the smallest
+    if none does); nothing for an analytic backbone or when a width is given."""
+    key, embed, sizes = _WIDTHS[cfg["class"]]
+    nb = getattr(backbone, "num_parameters", None)
+    if not nb or key in overrides or embed in overrides:
+        return {}
+    for width, dim in sizes:
+        with torch.device("meta"):
+            n = count_parameters(build_sidenet({**cfg, **overrides, key: width, embed: dim}))
+        if n <= SIDENET_TARGET_RATIO * nb:
+            break
+    return {key: width, embed: dim}
+
+
+#: The measured default recipe for the analytic mixture flows (README, "SideNet recipe
+#: ablations"): interval sizes from an exponential of rate 5 truncated to [0.01, 0.35] rather than
+#: a Dirichlet partition of [0, 1], the squared error divided by |h| (loss_norm "h"), path
+#: features, EMA of the weights. Chains start from noise at t = 1, as the paper's (no data set).
+RECIPES: dict[str, dict] = {
+    "gmm-ring2d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
+                                  batch_size=256, ema_decay=0.99),
+                       sidenet=dict(path_features=True)),
+    # On the higher-dimensional mixtures the SideNet is a residual on the training-free polynomial
+    # perception (docs/results.md, "What was tried on the 32-D mixture"): on gmm-32d, 4096 noises, 10 NFE,
+    # mean 0.103 / median 0.029 against 0.125 / 0.069 for the plain SideNet. On the ring the plain
+    # one stays: the residual one measured 0.0101 against 0.0043 there (10 NFE, uniform grid).
+    "gmm-32d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
+                               batch_size=256, ema_decay=0.99),
+                    sidenet=dict(path_features=True, base_perception="polynomial")),
+    "gmm-64d": dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
+                               batch_size=256, ema_decay=0.99),
+                    sidenet=dict(path_features=True, base_perception="polynomial")),
+    # REPA's SiT-XL/2 (docs/imagenet.md): the paper's settings (Table 4: chain length 8,
+    # Gauss-Legendre-3 simulation, global batch 4096, 250 iterations at 256 px and 500 at 512 px,
+    # the Table 4 ConvSideNet, here conditioned on the guidance scale and trained over the guidance
+    # range of the sampling settings, 2.0-3.1 at 256 px and 1.95-3.5 at 512 px, guided on t <= 0.7),
+    # with the interval sizes and loss normalisation measured on the mixtures (the paper's
+    # "Truncated Exp. 50" is not defined further: --exp-rate 50 is the literal reading). The global
+    # batch is accumulated from micro-batches of 128 chains per GPU (peak memory at 256 chains was
+    # 89 GiB on an H200, over an H100's 80).
+    **{f"repa-sit-xl2-{res}": dict(
+        arch="conv",
+        chain=dict(chain_length=8, rule="gauss-legendre-3", intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35,
+                   loss_norm="h", iters=250 if res == 256 else 500, batch_size=4096, micro_batch=128, loss_chunks=8,
+                   lr=1e-3, warmup_iters=10, ema_decay=None, guidance_scale=gmin, guidance_max=gmax),
+        sidenet=dict(base_channels=128, time_embed_dim=256, num_heads=4, res_blocks=3, num_layers=4 if res == 256 else 8,
+                     guidance=True)) for res, gmin, gmax in ((256, 2.0, 3.1), (512, 1.95, 3.5))},
+    # The digits SiT (adapters.torch_sit.digits.model, docs/digits.md): an MLP SideNet on the 64 pixels (an 8 x 8
+    # ConvSideNet costs more per sample than the SiT itself), conditioned on the class and the guidance
+    # scale; every chain draws its scale from [1, 3], around the demo's 1.5.
+    "digits-sit": dict(arch="mlp",
+                       chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h",
+                                  iters=3000, batch_size=128, ema_decay=0.99, guidance_scale=1.0, guidance_max=3.0),
+                       sidenet=dict(hidden=64, depth=2, embed_dim=32, guidance=True, path_features=True)),
+}
+
+
+#: the measured recipe (the mixtures') for a backbone that has none of its own: trunc-exp interval
+#: sizes, squared error over |h|, path features, EMA; the SideNet sized to the backbone
+GENERIC_RECIPE = dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
+                                 batch_size=256, ema_decay=0.99),
+                      sidenet=dict(path_features=True))
+
+
+def recipe_for(backbone: "str | Backbone", *, iters: Optional[int] = None, batch_size: Optional[int] = None,
+               quick: bool = False) -> tuple[ChainConfig, dict]:
+    """The default (ChainConfig, SideNet config) for a backbone: its own entry in ``RECIPES``
+    (looked up by name), else :data:`GENERIC_RECIPE`, the recipe measured on the mixtures, with
+    the default SideNet for its state shape sized to it (:func:`default_sidenet_config`).
+    ``backbone`` is a registered name or a :class:`Backbone` (a user's own model). ``quick``: a
+    few iterations, for smoke tests."""
+    bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    recipe = RECIPES.get(bb.name, GENERIC_RECIPE)
+    chain = dict(recipe["chain"])
+    if iters is not None:
+        chain["iters"] = iters
+    if batch_size is not None:
+        chain["batch_size"] = batch_size
+    if quick:
+        chain.update(iters=min(chain.get("iters", 20), 20), batch_size=min(chain.get("batch_size", 64), 64))
+        chain.pop("micro_batch", None)
+    return ChainConfig(**chain), default_sidenet_config(bb, recipe.get("arch"), **recipe["sidenet"])
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
+
+
+#: The names this module and :func:`~adapters.torch_sit.sidenet.checkpoint.atomic_write` write in an
+#: output directory: the files of a run, and the temporary files of an atomic write
+#: (``.<name>.<8 random characters>.tmp``, left behind only by a killed process).
+RUN_FILES = ("checkpoint.safetensors", "checkpoint.json", "sidenet.safetensors", "sidenet.json", "summary.json",
+             "log.csv")
+_TEMP_NAME = re.compile(r"^\.(?:%s)\.[a-z0-9_]{8}\.tmp$" % "|".join(re.escape(n) for n in RUN_FILES))
+_HISTORY_NAME = re.compile(r"^checkpoint-\d{8}\.safetensors$")
+_HISTORY_TEMP_NAME = re.compile(r"^\.checkpoint-\d{8}\.safetensors\.[a-z0-9_]{8}\.tmp$")
+
+
+def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any) -> Path:
+    """The checks of :func:`train`'s arguments, before anything is loaded or written."""
+    if not isinstance(cfg, ChainConfig):
+        raise TypeError(f"cfg: expected a ChainConfig, got {type(cfg).__name__}")
+    cfg.validate()  # the fields may have been changed after construction
+    if out is None or not str(out).strip():
+        raise ValueError(f"out: the output directory is empty ({out!r}); give a directory, e.g. runs/<name>")
+    if resume not in (None, True, False):
+        raise ValueError(f"resume: True, False or None (automatic), got {resume!r}")
+    if isinstance(ckpt_every, bool) or not isinstance(ckpt_every, int) or ckpt_every < 0:
+        raise ValueError(f"ckpt_every: an integer >= 0 (0: checkpoint at the end only), got {ckpt_every!r}")
+    return Path(out)
+
+
+def _check_finite_checkpoint(ck: Any) -> None:
+    """Refuse to resume from a checkpoint holding NaN/inf weights, EMA weights or optimiser state."""
+    parts = {"model": ck.model, "ema": ck.ema or {},
+             "optim": {f"{i}.{k}": v for i, st in (ck.optimizer or {}).get("state", {}).items()
+                       for k, v in st.items() if isinstance(v, torch.Tensor)}}
+    for part, tensors in parts.items():
+        for name, t in tensors.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(
+                    f"checkpoint {ck.path}: {part}.{name} holds NaN/inf values; it cannot be resumed. Start afresh "
+                    "(--no-resume, resume=False) or restore an older checkpoint (history/ with --keep-history)."
+                )
+
+
+def _remove_temp_files(out: Path) -> list[Path]:
+    """Remove the temporary files a killed atomic write left in ``out`` and ``out/history``
+    (only this project's own temporary names). Returns the removed paths."""
+    found = [p for p in out.glob(".*.tmp") if _TEMP_NAME.match(p.name)]
+    found += [p for p in (out / "history").glob(".*.tmp") if _HISTORY_TEMP_NAME.match(p.name)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def _remove_previous_run(out: Path) -> list[Path]:
+    """A fresh start in ``out``: remove the files of the run that was there (checkpoint, history,
+    exported SideNet, summary, log), so that none of them is mistaken for the new run's."""
+    found = [out / n for n in RUN_FILES if (out / n).is_file()]
+    found += [p for p in (out / "history").glob("checkpoint-*.safetensors") if _HISTORY_NAME.match(p.name)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def _refuse_non_finite(state: dict, what: str) -> None:
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise FloatingPointError(f"{what}: NaN/inf in {', '.join(bad)}; nothing written")
+
+
+def _log_text(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, LOG_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+#: Test hook, not an API: when set, called on every process with the number of finished
+#: iterations, after that iteration's log row and checkpoint. The tests set it to stop a run
+#: mid-way (by raising), as a crash would, and then resume it.
+_after_step: Optional[Callable[[int], None]] = None
+
+
+def train(
+    cfg: ChainConfig,
+    *,
+    backbone: "str | Backbone",
+    out: "str | os.PathLike",
+    sidenet_config: Optional[dict] = None,
+    resume: Optional[bool] = None,
+    ckpt_every: int = 0,
+    keep_history: bool = False,
+    device: Optional[str] = None,
+    progress: bool = True,
+    log: Callable[..., None] = print,
+) -> TrainResult:
+    """Chain-train a SideNet on a frozen backbone; see the module docstring.
+
+    Args:
+        cfg: the recipe (``cfg.iters`` optimiser steps in total, counting resumed ones).
+        backbone: a registered name (``"gmm-ring2d"``, ``"gmm-32d"``) or a :class:`Backbone`.
+        out: output directory (not empty).
+        sidenet_config: the architecture (``sidenet.config()`` form). None: the checkpoint's when
+            resuming, else :func:`default_sidenet_config`. Given and different from a
+            checkpoint's: refused (:class:`~adapters.torch_sit.sidenet.checkpoint.ArchitectureMismatch`).
+        resume: True: resume (a checkpoint must exist); False: start afresh; None: resume when
+            ``out`` holds a checkpoint. A fresh start removes the previous run's files from ``out``
+            (checkpoint, history, exported SideNet, summary, log).
+        ckpt_every: checkpoint every this many iterations (0: only at the end).
+        keep_history: keep every checkpoint under ``out/history``.
+        device: torch device (default: ``cuda:<LOCAL_RANK>`` when available, else CPU).
+        progress: tqdm progress bar on rank 0.
+        log: where rank 0's messages go.
+
+    Raises:
+        ValueError: an invalid argument or recipe field (named), before anything is written; a
+            checkpoint with NaN/inf values; ``cfg.iters`` below the checkpoint's step.
+        FloatingPointError: a NaN/inf loss, gradient or weight, naming the iteration; the run
+            stops there, and no non-finite weights are ever written.
+    """
+    out = _check_arguments(cfg, out, resume, ckpt_every)
+    rank, world, dev, initialised = dist_setup(device)
+    say = log if rank == 0 else (lambda *a, **k: None)
+    try:
+        run = _start_run(cfg, backbone, out, sidenet_config, resume, keep_history, rank, world, dev, say)
+        last, wall = _run_iterations(run, ckpt_every, progress)
+        return _finish_run(run, last, wall)
+    finally:
+        if initialised and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass
+class _Run:
+    """A training run between :func:`_start_run`, :func:`_run_iterations` and :func:`_finish_run`."""
+
+    cfg: ChainConfig
+    out: Path
+    rank: int
+    world: int
+    dev: torch.device
+    say: Callable[..., None]
+    bb: Backbone
+    counted: CountingBackbone  #: the backbone, counting its calls
+    ck: Any  #: the checkpoint resumed from, or None
+    sidenet_config: dict
+    module: torch.nn.Module  #: the SideNet (unwrapped)
+    trainer: ChainTrainer
+    start: int  #: the step the run starts from (the checkpoint's when resuming)
+    keep_history: bool
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """The sum of ``t`` over the processes (on the CPU)."""
+        t = t.to(self.dev)
+        dist.all_reduce(t)
+        return t.cpu()
+
+    def save(self, step: int) -> None:
+        """A checkpoint at ``step`` (rank 0 writes, never non-finite weights; all ranks wait)."""
+        if self.rank == 0:
+            _refuse_non_finite(self.module.state_dict(), f"checkpoint at step {step}")
+            save_checkpoint(self.out, sidenet=self.module, step=step, sidenet_config=self.sidenet_config,
+                            config=self.cfg.to_dict(), optimizer=self.trainer.optimizer, ema=self.trainer.ema,
+                            extra={"backbone": self.bb.name, "world_size": self.world}, history=self.keep_history)
+        if self.world > 1:
+            dist.barrier()
+
+
+def _resume_checkpoint(cfg: ChainConfig, out: Path, resume: Optional[bool], sidenet_config: Optional[dict],
+                       bb: Backbone, say: Callable[..., None]) -> tuple[Any, dict]:
+    """The checkpoint to resume from (None: a fresh start) and the SideNet architecture: the
+    checkpoint's when resuming (a different one given is refused by ``load_checkpoint``), else the
+    one given, else the backbone's default."""
+    ckpt_path = find_checkpoint(out)
+    if resume is True and ckpt_path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out}")
+    if ckpt_path is None or resume is False:
+        return None, sidenet_config if sidenet_config is not None else default_sidenet_config(bb)
+    ck = load_checkpoint(ckpt_path, sidenet_config=sidenet_config)
+    _check_finite_checkpoint(ck)
+    if cfg.iters < ck.step:
+        raise ValueError(
+            f"iters: {cfg.iters} is below the step of the checkpoint {ckpt_path} ({ck.step}); resuming cannot "
+            f"go back. Pass iters >= {ck.step}, or start afresh (--no-resume) or in another directory."
+        )
+    say(f"resuming from {ckpt_path} at step {ck.step} (of {cfg.iters})")
+    diffs = {k: (ck.config.get(k), v) for k, v in cfg.to_dict().items() if ck.config.get(k) != v}
+    if diffs:
+        say("note: recipe settings differ from the checkpoint's: "
+            + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items()))
+    return ck, ck.sidenet_config
+
+
+def _restore(trainer: ChainTrainer, ck: Any, cfg: ChainConfig, dev: torch.device) -> int:
+    """Load a checkpoint's optimiser state (the recipe given now wins for betas and weight
+    decay), EMA weights and torch RNG state into ``trainer``; returns the step to start from."""
+    if ck.optimizer is not None:
+        trainer.optimizer.load_state_dict(ck.optimizer)
+        for group in trainer.optimizer.param_groups:
+            group.update(betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if trainer.ema is not None:
+        src = ck.ema if ck.ema is not None else ck.model
+        trainer.ema = {k: src[k].to(dev).clone() for k in trainer.ema}
+    if "torch" in ck.rng:
+        torch.set_rng_state(ck.rng["torch"])
+    trainer.step_count = ck.step
+    return ck.step
+
+
+def _start_run(cfg: ChainConfig, backbone: "str | Backbone", out: Path, sidenet_config: Optional[dict],
+               resume: Optional[bool], keep_history: bool, rank: int, world: int, dev: torch.device,
+               say: Callable[..., None]) -> _Run:
+    """Setup: the backbone, the checkpoint (when resuming), the SideNet and its trainer with the
+    checkpoint's state, and the output directory (leftover temporary files removed, a previous
+    run's files removed on a fresh start, ``log.csv`` rewound to the checkpoint's step)."""
+    bb = get_backbone(backbone, dev) if isinstance(backbone, str) else backbone.to(dev)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
+    ck, sidenet_config = _resume_checkpoint(cfg, out, resume, sidenet_config, bb, say)
+    if sidenet_config.get("guidance") and cfg.guidance_scale is None:
+        raise ValueError("ChainConfig.guidance_scale: the SideNet is conditioned on the guidance scale "
+                         "(architecture guidance=True) but the recipe has none; set guidance_scale (--guidance-scale)")
+
+    torch.manual_seed(cfg.seed)
+    module = build_sidenet(sidenet_config).to(dev)
+    if ck is not None:
+        module.load_state_dict(ck.model)
+    net: torch.nn.Module = module
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    counted = CountingBackbone(bb)
+    trainer = ChainTrainer(net, counted, cfg, world_size=world)
+    start = _restore(trainer, ck, cfg, dev) if ck is not None else 0
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for p in _remove_temp_files(out):
+            say(f"removed {p}, a temporary file left by an interrupted write")
+        if ck is None:
+            removed = _remove_previous_run(out)
+            if removed:
+                say(f"starting afresh in {out}: removed the previous run's files "
+                    + ", ".join(str(p.relative_to(out)) for p in removed))
+        log_path = out / "log.csv"
+        atomic_write(log_path, _log_text(_read_log(log_path, start) if ck is not None else []))
+    if world > 1:
+        dist.barrier()
+    say(sidenet_report(module, bb))
+    say(f"training {cfg.iters - start} iterations on {world} process(es), device {dev}, global batch {cfg.batch_size}")
+    return _Run(cfg, out, rank, world, dev, say, bb, counted, ck, sidenet_config, module, trainer, start, keep_history)
+
+
+def _run_iterations(run: _Run, ckpt_every: int, progress: bool) -> tuple[dict, float]:
+    """The loop: steps ``run.start .. cfg.iters - 1``, each on this process's slice of the global
+    batch, a ``log.csv`` row per step (rank 0), a checkpoint every ``ckpt_every`` steps before the
+    last. Returns the last step's statistics and the loop's wall time."""
+    cfg, rank, world = run.cfg, run.rank, run.world
+    bar = None
+    if rank == 0 and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.iters, initial=run.start, desc="chain", dynamic_ncols=True, file=sys.stderr, disable=None)
+    lo, hi = rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world
+    dtype = next(run.module.parameters()).dtype
+    t_start = time.perf_counter()
+    last: dict = {}
+    fh = open(run.out / "log.csv", "a", newline="") if rank == 0 else None
+    writer = csv.DictWriter(fh, LOG_FIELDS) if fh is not None else None
+    try:
+        for step in range(run.start, cfg.iters):
+            batch = sample_batch(cfg, run.bb, step)
+            stats = run.trainer.step(batch.slice(lo, hi), global_count=valid_pairs(batch.times, dtype),
+                                     all_reduce=run.all_reduce if world > 1 else None)
+            stats["elapsed_s"] = time.perf_counter() - t_start
+            last = stats
+            if writer is not None:
+                writer.writerow({k: stats[k] for k in LOG_FIELDS})
+                fh.flush()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4g}", lr=f"{stats['lr']:.2e}")
+            if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < cfg.iters:
+                run.save(step + 1)
+            if _after_step is not None:
+                _after_step(step + 1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if fh is not None:
+            fh.close()
+    return last, time.perf_counter() - t_start
+
+
+def _finish_run(run: _Run, last: dict, wall: float) -> TrainResult:
+    """The final checkpoint, the summary (``summary.json``) and the exported SideNet (EMA weights
+    when EMA is on; never non-finite ones)."""
+    cfg, bb, module, trainer, counted = run.cfg, run.bb, run.module, run.trainer, run.counted
+    run.save(cfg.iters)
+    calls = torch.tensor([float(counted.calls)], dtype=torch.float64)
+    if run.world > 1:
+        calls = run.all_reduce(calls)
+    summary = {
+        "backbone": bb.name,
+        "iterations": cfg.iters - run.start,
+        "steps_total": cfg.iters,
+        "resumed_from": run.start if run.ck is not None else None,
+        "world_size": run.world,
+        "device": str(run.dev),
+        "wall_time_s": wall,
+        "backbone_calls_per_process": counted.calls,
+        "backbone_calls_all_processes": int(calls.item()),
+        "backbone_parameters": bb.describe_parameters(),
+        "sidenet_parameters": count_parameters(module),
+        "sidenet_config": run.sidenet_config,
+        "config": cfg.to_dict(),
+        "final_loss": last.get("loss"),
+    }
+    if run.rank == 0:
+        weights = trainer.ema if trainer.ema is not None else None
+        _refuse_non_finite(weights if weights is not None else module.state_dict(), "the exported SideNet")
+        save_sidenet(module, run.out / "sidenet.safetensors", state=weights,
+                     extra={"weights": "ema" if weights is not None else "model", "backbone": bb.name,
+                            "steps": cfg.iters})
+        atomic_write(run.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        run.say(f"done: {summary['iterations']} iterations in {wall:.1f} s; backbone calls "
+                f"{counted.calls} per process ({summary['backbone_calls_all_processes']} over {run.world} process(es)); "
+                f"final loss {summary['final_loss']}")
+        run.say(sidenet_report(module, bb))
+        run.say(f"SideNet written to {run.out / 'sidenet.safetensors'} (load_sidenet(path))")
+    if run.world > 1:
+        dist.barrier()
+    return TrainResult(module, trainer.ema, summary, run.out)
+
+
+# ----------------------------------------------------------------------------------------
+# command line
+
+_ARCH_FLAGS = {  # SideNet config key (flag --key-with-dashes) -> type
+    "hidden": int, "depth": int, "embed_dim": int, "base_channels": int, "time_embed_dim": int,
+    "num_layers": int, "num_heads": int, "res_blocks": int, "max_freq": float, "width": int,
+}
+
+
+def _optional_float(s: str) -> Optional[float]:
+    return None if s.lower() in ("none", "off", "null") else float(s)
+
+
+def _optional_int(s: str) -> Optional[int]:
+    return None if s.lower() in ("none", "off", "null") else int(s)
+
+
+def _directory(s: str) -> Path:
+    if not s.strip():
+        raise argparse.ArgumentTypeError("empty path; give an output directory, e.g. runs/<name>")
+    return Path(s)
+
+
+def _int_at_least(low: int):
+    def parse(s: str) -> int:
+        value = int(s)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m adapters.torch_sit.train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Chain-train a BA-solver SideNet on a frozen backbone (no data set: chains start from noise).",
+        epilog="""examples:
+  python -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/gmm-ring2d          # a few minutes on a CPU
+  python -m adapters.torch_sit.train --backbone digits-sit --out runs/digits              # the demo's SideNet
+  torchrun --nproc_per_node=8 -m adapters.torch_sit.train --backbone repa-sit-xl2-256 \\
+      --ckpt pretrained/last.pt --out runs/sit-xl2-256                                    # the paper's (docs/imagenet.md)
+  python -m adapters.torch_sit.train --backbone mymodels:make_backbone --out runs/mine     # your own model (docs/own-model.md)
+
+Every recipe field below defaults to the backbone's recipe (RECIPES in this module; the mixtures'
+measured recipe for a backbone without one), then to the checkpoint's when resuming; flags given
+win. A run resumes from OUT automatically and checkpoints every --ckpt-every iterations.""")
+    p.add_argument("--backbone", required=True,
+                   help=f"registered backbone ({', '.join(backbone_names())}) or module:factory returning a Backbone")
+    p.add_argument("--ckpt", default=None, help="the backbone's weights (e.g. REPA's last.pt for repa-sit-xl2-256)")
+    p.add_argument("--guidance-low", type=float, default=None, help="guidance interval of a guided backbone: low end (REPA: 0)")
+    p.add_argument("--guidance-high", type=float, default=None, help="guidance interval: high end (REPA's evaluation: 0.7)")
+    p.add_argument("--backbone-kwargs", default=None, help="other options of the backbone's factory, as a JSON object")
+    p.add_argument("--out", required=True, type=_directory, help="output directory")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
+                   help="resume from OUT/checkpoint.safetensors (default: automatically when it exists)")
+    g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
+                   help="start afresh even if OUT holds a checkpoint (it is overwritten)")
+    p.add_argument("--ckpt-every", type=_int_at_least(0), default=None,
+                   help="checkpoint every N iterations (default: every iters/10, at most 100; 0: at the end only)")
+    p.add_argument("--keep-history", action="store_true", help="keep every checkpoint in OUT/history")
+    p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads per process")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    d = p.add_argument_group("--backbone diffusers (a Stable Diffusion 3 / Flux transformer)")
+    d.add_argument("--model", default=None, help="local diffusers pipeline (or transformer) directory")
+    d.add_argument("--prompt-embeddings", default=None,
+                   help="file of python -m adapters.diffusers_flow.embeddings (the prompts chains are conditioned on)")
+    d.add_argument("--latent-size", type=int, default=None, help="latent height = width to train at (SD3 default: sample_size)")
+    d.add_argument("--model-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="dtype the transformer runs in")
+
+    c = p.add_argument_group("recipe (ChainConfig; defaults: the checkpoint's when resuming, else the dataclass's)")
+    hints = typing.get_type_hints(ChainConfig)
+    for f in dataclasses.fields(ChainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        names = [flag] + (["--batch"] if f.name == "batch_size" else [])
+        hint = hints[f.name]
+        if f.name == "window_weights":
+            c.add_argument(*names, dest=f.name, type=_window_weights, default=argparse.SUPPRESS,
+                           help="JSON list of [lo, hi, w]: loss terms of intervals whose midpoint lies in [lo, hi] "
+                                "weigh w, e.g. '[[0.5, 1, 3]]' (default none)")
+            continue
+        if hint is bool:
+            c.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=f"(default {f.default})")
+        else:
+            optional = typing.get_origin(hint) is typing.Union
+            conv = (_optional_int if int in typing.get_args(hint) else _optional_float) if optional else hint
+            c.add_argument(*names, dest=f.name, type=conv, default=argparse.SUPPRESS,
+                           help=f"(default {f.default!r}{'; none to disable' if optional else ''})")
+
+    a = p.add_argument_group("SideNet architecture (defaults: the checkpoint's when resuming)")
+    a.add_argument("--arch", choices=("mlp", "conv", "token"), default=None,
+                   help="mlp for vector states, conv for (C, H, W), token for (N, D) token states (Flux)")
+    for key, typ in _ARCH_FLAGS.items():
+        a.add_argument("--" + key.replace("_", "-"), dest="arch_" + key, type=typ, default=None)
+    a.add_argument("--offset-log-sign", dest="arch_offset_log_sign", action=argparse.BooleanOptionalAction, default=None,
+                   help="sign(d) and log|d| offset features")
+    a.add_argument("--path-features", dest="arch_path_features", action=argparse.BooleanOptionalAction, default=None,
+                   help="also feed x0_hat = x - t v and eps_hat = x + (1 - t) v (linear-path flows)")
+    a.add_argument("--sidenet-guidance", dest="arch_guidance", action=argparse.BooleanOptionalAction, default=None,
+                   help="condition the SideNet on the guidance scale")
+    a.add_argument("--base-perception", dest="arch_base_perception", choices=BASES, default=None,
+                   help="the training-free perception the SideNet corrects: anchor-only (the paper's v + d g) or "
+                        "polynomial (the anchor polynomial + d g; a zero SideNet is then exactly the polynomial)")
+    return p
+
+
+def _window_weights(text: str) -> Any:
+    """argparse ``type=`` of ``--window-weights``: 'none' or a JSON list of [lo, hi, w] (checked by
+    ChainConfig, which names what is wrong)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(f"expected a JSON list of [lo, hi, w] such as '[[0.5, 1, 3]]', got {text!r}")
+    try:
+        ChainConfig(window_weights=value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("ChainConfig.window_weights: ", ""))
+    return value
+
+
+def _backbone_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backbone:
+    """The backbone the flags describe, built: a registered name with its options (``--ckpt``,
+    ``--guidance-low/--guidance-high``, ``--backbone-kwargs``; the diffusers flags for
+    ``--backbone diffusers``), or a user's ``module:factory`` called with the options."""
+    kwargs: dict = {}
+    if args.backbone_kwargs:
+        try:
+            kwargs = json.loads(args.backbone_kwargs)
+        except json.JSONDecodeError as err:
+            parser.error(f"--backbone-kwargs: not JSON ({err}); e.g. '{{\"seed\": 1}}'")
+        if not isinstance(kwargs, dict):
+            parser.error(f"--backbone-kwargs: expected a JSON object, got {args.backbone_kwargs!r}")
+    for key in ("ckpt", "guidance_low", "guidance_high"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    given = {k: getattr(args, k) for k in ("model", "prompt_embeddings", "latent_size") if getattr(args, k) is not None}
+    if args.backbone == "diffusers":
+        for k in ("model", "prompt_embeddings"):
+            if k not in given:
+                parser.error(f"--backbone diffusers needs --{k.replace('_', '-')}")
+        return get_backbone("diffusers", dtype=args.model_dtype, **given, **kwargs)
+    if given:
+        parser.error(", ".join("--" + k.replace("_", "-") for k in given) + ": only for --backbone diffusers")
+    if ":" in args.backbone:
+        return backbone_from_factory(args.backbone, parser, **kwargs)
+    if args.backbone not in backbone_names():
+        parser.error(f"--backbone: unknown backbone {args.backbone!r}; registered: {', '.join(backbone_names())}; "
+                     "or pass your own as module:factory (a function returning a Backbone, see docs/own-model.md)")
+    try:
+        return get_backbone(args.backbone, **kwargs)
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        parser.error(f"--backbone {args.backbone}: {err}")
+
+
+def backbone_from_factory(spec: str, parser: Optional[argparse.ArgumentParser] = None, **kwargs: Any) -> Backbone:
+    """``module:factory`` (e.g. ``mypkg.models:make_backbone``): import the module (from the
+    working directory too) and call ``factory(**kwargs)``, which must return a :class:`Backbone`
+    (``Backbone.from_module(model, name, state_shape, ...)`` wraps a torch velocity model)."""
+    def fail(msg: str):
+        if parser is not None:
+            parser.error(msg)
+        raise ValueError(msg)
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        fail(f"--backbone {spec!r}: expected module:factory")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        fail(f"--backbone {spec!r}: cannot import {attr!r} from {module_name!r} ({err})")
+    try:
+        bb = factory(**kwargs)
+    except ValueError as err:  # a bad option, or the wrap-time probe of Backbone.from_module
+        if parser is None:
+            raise
+        parser.error(f"--backbone {spec}: {err}")
+    if not isinstance(bb, Backbone):
+        fail(f"--backbone {spec!r}: the factory returned {type(bb).__name__}, not a Backbone; wrap your model with "
+             "Backbone.from_module(model, name, state_shape, num_classes=...)")
+    return bb
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line. Recipe precedence: the backbone's recipe (``RECIPES``), then the
+    checkpoint's when resuming, then the flags given. Invalid flag values (a recipe field out of
+    its range, an empty ``--out``, a negative ``--ckpt-every``) are reported by the parser
+    (exit status 2) before anything is loaded or written."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backbone = _backbone_from_args(args, parser)
+    chain_fields = {f.name for f in dataclasses.fields(ChainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in chain_fields}
+    recipe_cfg, recipe_sidenet = recipe_for(backbone)
+    base = recipe_cfg.to_dict()
+    ckpt = find_checkpoint(args.out) if args.resume is not False else None
+    if ckpt is not None:
+        base.update(load_checkpoint(ckpt).config)
+    try:
+        cfg = ChainConfig.from_dict({**base, **overrides})
+    except ValueError as err:
+        parser.error(str(err))
+
+    arch = {k[5:]: v for k, v in vars(args).items() if k.startswith("arch_") and v is not None}
+    sidenet_config = recipe_sidenet if ckpt is None else None
+    if arch or args.arch:
+        recipe = RECIPES.get(backbone.name, GENERIC_RECIPE)
+        if ckpt is not None:
+            saved = load_checkpoint(ckpt).sidenet_config
+            same_class = args.arch is None or default_sidenet_config(backbone, args.arch)["class"] == saved["class"]
+            # resuming: only the settings given explicitly change (and are refused if different)
+            sidenet_config = {**saved, **arch} if same_class else default_sidenet_config(backbone, args.arch, **arch)
+        else:
+            chosen = args.arch or recipe.get("arch")  # a recipe may name its architecture ("arch")
+            recipe_arch = recipe.get("sidenet", {}) if (chosen or "mlp") == recipe.get("arch", "mlp") else {}
+            sidenet_config = default_sidenet_config(backbone, chosen, **{**recipe_arch, **arch})
+    ckpt_every = args.ckpt_every if args.ckpt_every is not None else max(1, min(100, cfg.iters // 10))
+    train(cfg, backbone=backbone, out=args.out, sidenet_config=sidenet_config, resume=args.resume,
+          ckpt_every=ckpt_every, keep_history=args.keep_history, device=args.device,
+          progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
