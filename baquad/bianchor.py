@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from . import _backend as B
-from .methods import Method, register_method
 from .perception import Anchor, Perception, get_perception, history_size
 from .rules import QuadratureRule, get_rule
 
@@ -47,7 +46,17 @@ Array = Any
 Time = Any  # a Python float, or a (B,) array of per-sample times
 Field = Callable[[Time, Array], Array]
 
-__all__ = ["BiAnchorState", "StepInfo", "Prediction", "BiAnchorSolver", "ba_solver", "BA_SOLVER", "resolve_ba_options"]
+__all__ = [
+    "BiAnchorState",
+    "StepInfo",
+    "Prediction",
+    "BiAnchorSolver",
+    "push_anchor",
+    "ba_solver",
+    "ba_solver_resolved",
+    "resolve_ba_options",
+    "ba_cost",
+]
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,7 @@ class BiAnchorSolver:
             history, anchor = state.history, None
             if evaluate_end:
                 anchor = Anchor(t1, pred.x_pred, field(t1, pred.x_pred))
-                history = self._push(history, anchor)
+                history = push_anchor(history, anchor, self._history_size)
             return BiAnchorState(t1, pred.x_pred, anchor, history), StepInfo(None)
         # Step 2: the terminal anchor, the interval's only backbone call.
         return self.correct(pred, Anchor(t1, pred.x_pred, field(t1, pred.x_pred)))
@@ -202,7 +211,7 @@ class BiAnchorSolver:
         hx = B.per_row(h, x) if per_sample else h
         offsets = _offsets(per_sample)
         u = list(pred.u)
-        history = self._push(pred.state.history, anchor)
+        history = push_anchor(pred.state.history, anchor, self._history_size)
         # Step 3: backward perception from the terminal anchor for the nodes c >= 1/2.
         for k, c in enumerate(nodes):
             if c == 1.0:
@@ -215,9 +224,21 @@ class BiAnchorSolver:
         x1 = x + hx * _weighted_sum(weights, u)
         return BiAnchorState(t1, x1, anchor, history), StepInfo(B.rms(x1 - pred.x_pred))
 
-    def _push(self, history: tuple[Anchor, ...], anchor: Anchor) -> tuple[Anchor, ...]:
-        history = history + (anchor,)
-        return history if self._history_size is None else history[-self._history_size:]
+
+def push_anchor(history: tuple[Anchor, ...], anchor: Anchor, size: Optional[int]) -> tuple[Anchor, ...]:
+    """The anchor history after ``anchor`` is computed: ``history + (anchor,)`` keeping the last
+    ``size`` anchors, oldest first (``size`` None keeps them all).
+
+    ``size`` is what the perception declares it needs (:func:`~baquad.perception.history_size`);
+    the solver and the diffusers scheduler push through this one function.
+
+    Raises:
+        ValueError: naming ``size`` unless it is None or an integer >= 1.
+    """
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"size: the number of anchors to keep must be an int >= 1, or None to keep all; got {size!r}")
+    history = tuple(history) + (anchor,)
+    return history if size is None else history[-size:]
 
 
 def _offsets(per_sample: bool) -> Callable[[Sequence[float], Time], Any]:
@@ -245,7 +266,9 @@ def ba_solver(
     anchors: Optional[str] = None,
     final: Optional[str] = None,
 ) -> Array:
-    """BA-solver over a grid, in the sampler form shared with the baselines.
+    """BA-solver over a grid, for a direct call: the options are resolved here
+    (:func:`resolve_ba_options`: defaults filled in, values checked), then
+    :func:`ba_solver_resolved` integrates.
 
     NFE schemes (docs/algorithm.md#counting-nfe), for a grid of M intervals:
     - ``anchors="bi", final="bi"`` (scheme A): every interval bi-anchor, NFE = M + 1.
@@ -254,15 +277,42 @@ def ba_solver(
     - ``anchors="single"``: every interval single-anchor (the ablation), NFE = M.
 
     ``rule`` defaults to Gauss-Lobatto-4 and ``perception`` to the training-free
-    :class:`~baquad.perception.AnchorPolynomial` (see :func:`resolve_ba_options`).
+    :class:`~baquad.perception.AnchorPolynomial`.
     ``callback(i, t_i, x_i, info)`` is called after each interval with its :class:`StepInfo`.
     """
     opts = resolve_ba_options(rule=rule, perception=perception, anchors=anchors, final=final)
-    solver = BiAnchorSolver(opts["rule"], opts["perception"])
+    return ba_solver_resolved(field, x0, ts, callback=callback, **opts)
+
+
+def ba_solver_resolved(
+    field: Field,
+    x0: Array,
+    ts: Sequence[float],
+    *,
+    callback: Optional[Callable[..., None]] = None,
+    rule: QuadratureRule,
+    perception: Perception,
+    anchors: str,
+    final: str,
+) -> Array:
+    """BA-solver over a grid with options already resolved by :func:`resolve_ba_options` (every
+    option given, as objects: a :class:`~baquad.rules.QuadratureRule`, a
+    :class:`~baquad.perception.Perception`, ``anchors`` and ``final`` each ``"bi"`` or
+    ``"single"``); it does not check them again. This is the sampler the registry
+    (:mod:`baquad.methods`) runs after resolving the options once; call :func:`ba_solver` for
+    defaults and checks.
+
+    Interval i = 1 .. M (M = len(ts) - 1) is bi-anchor when ``anchors == "bi"``, except the last
+    one under ``final == "single"``. NFE: one for the first anchor, one per interval but the last
+    (the next anchor), and one for the last interval only when it is bi-anchor (its terminal
+    anchor; :func:`ba_cost`). ``callback(i, t_i, x_i, info)`` is called after each interval with
+    its :class:`StepInfo`.
+    """
+    solver = BiAnchorSolver(rule, perception)
     state = solver.init(field, ts[0], x0)
     last = len(ts) - 1
     for i in range(1, len(ts)):
-        bi = opts["anchors"] == "bi" and not (i == last and opts["final"] == "single")
+        bi = anchors == "bi" and not (i == last and final == "single")
         state, info = solver.step(field, state, ts[i], bi=bi, evaluate_end=i < last)
         if callback is not None:
             callback(i, ts[i], state.x, info)
@@ -291,9 +341,10 @@ def resolve_ba_options(rule: "QuadratureRule | str | None" = None, perception: "
     return dict(rule=rule, perception=get_perception(perception), anchors=anchors or "bi", final=final or "single")
 
 
-def _ba_cost(rule: Any, perception: Any, anchors: str, final: str) -> tuple[int, int]:
-    """NFE = N (scheme B or all single-anchor) or N + 1 (scheme A) for N intervals."""
+def ba_cost(rule: Any, perception: Any, anchors: str, final: str) -> tuple[int, int]:
+    """BA-solver's NFE for N intervals as ``(a, b)`` with NFE = a N + b, from the resolved
+    options (docs/algorithm.md#counting-nfe): the initial anchor is one call and every interval
+    but the last evaluates the next anchor, one call each; the last interval makes a call only
+    when it is bi-anchor. So scheme A (``anchors="bi", final="bi"``) costs N + 1, scheme B
+    (``final="single"``) and ``anchors="single"`` cost N."""
     return (1, 1) if anchors == "bi" and final == "bi" else (1, 0)
-
-
-BA_SOLVER = register_method(Method("ba-solver", ba_solver, cost=_ba_cost, resolve=resolve_ba_options))

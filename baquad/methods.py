@@ -8,8 +8,42 @@ A method is a :class:`Method`: a sampler function with the shared contract
 after each grid point), the options it takes (its keyword-only parameters), an optional
 ``resolve(**options) -> options`` that checks the values and fills defaults, and its cost: how
 many field calls (NFE) it makes on a grid of N steps, ``NFE = a * N + b`` with
-``(a, b) = cost(**options)``. BA-solver (:mod:`baquad.bianchor`) and the baselines
-(:mod:`baquad.solvers`) are registered the same way; so is a user's method::
+``(a, b) = cost(**options)``. The registry resolves a method's options once
+(:meth:`Method.options`) and hands the resolved options to the sampler, which does not resolve
+them again.
+
+The built-in methods are the one table ``_BUILTIN`` below; this module imports their samplers
+(:mod:`baquad.bianchor`, :mod:`baquad.solvers`), which import nothing from here. The NFE counts
+are only used to plan grids (:func:`nfe_per_steps`, :func:`steps_for_nfe`,
+``baquad.schedules.nfe_grid``); ``solve`` counts the real calls, and the tests check one against
+the other.
+
+=================  =====================================================  =================
+method             options (defaults first)                               NFE for N steps
+=================  =====================================================  =================
+``ba-solver``      ``rule="gauss-lobatto-4"``, ``perception``,            N | N + 1
+                   ``final="single"|"bi"``, ``anchors="bi"|"single"``
+``euler``          -                                                      N
+``heun``           ``final_step="euler"|"heun"``                          2N - 1 | 2N
+``midpoint``       -                                                      2N
+``rk4``            -                                                      4N
+``dpm++``          ``order=2|1|3``, ``solver_type="midpoint"|"heun"``,    N
+                   ``lower_order_final="min"|"diffusers"|"none"``
+``dpm++2m``        as ``dpm++`` with ``order=2``                          N
+``dpm++3m``        as ``dpm++`` with ``order=3``                          N
+``adams``          ``order=2|1`` (Adams-Bashforth in t; any direction)    N
+``unipc``          ``order=2|1|3``, ``variant="bh2"|"bh1"``,              N
+                   ``lower_order_final``, ``disable_corrector=()``
+=================  =====================================================  =================
+
+BA-solver (docs/algorithm.md#counting-nfe), N = number of intervals: the initial anchor is one
+NFE and every bi-anchor interval one more. ``final="single"`` (scheme B, default): the last
+interval is single-anchor and needs no call, so N intervals = N NFE. ``final="bi"`` (scheme A):
+N intervals = N + 1 NFE (a budget of N NFE buys N - 1 intervals). ``anchors="single"`` (every
+interval single-anchor): N intervals = N NFE. DPM-Solver++, UniPC and Adams make one call per
+step: the final point is never evaluated, and UniC reuses the next step's call.
+
+A user's method is registered the same way::
 
     baquad.methods.register_method(Method("my-solver", my_sampler, cost=lambda **o: (1, 0)))
 
@@ -23,6 +57,12 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from .bianchor import ba_cost, ba_solver_resolved, resolve_ba_options
+from .solvers.adams import adams_bashforth
+from .solvers.dpmpp import dpmpp, dpmpp_2m, dpmpp_3m
+from .solvers.fixed import euler, heun, heun_cost, midpoint, rk4
+from .solvers.unipc import unipc
+
 __all__ = ["Method", "register_method", "get_method", "method_names", "nfe_per_steps", "steps_for_nfe"]
 
 
@@ -32,7 +72,8 @@ class Method:
 
     Attributes:
         name: the name ``solve(method=...)`` takes.
-        sampler: ``sampler(field, x0, ts, *, callback=None, **options) -> x``.
+        sampler: ``sampler(field, x0, ts, *, callback=None, **options) -> x``, called with the
+            options as ``resolve`` returned them (it should not resolve them again).
         cost: ``cost(**options) -> (a, b)`` with NFE = a * n_steps + b for the resolved options;
             None: the method declares no cost and cannot be planned by NFE.
         resolve: ``resolve(**options) -> options``: validates the values (raising ValueError or
@@ -83,7 +124,32 @@ class Method:
         return self.cost(**self.options(options))
 
 
-_REGISTRY: dict[str, Method] = {}
+def _per_step(a: int, b: int = 0) -> Callable[..., tuple[int, int]]:
+    """A cost that does not depend on the options: NFE = a * N + b."""
+
+    def cost(**options: Any) -> tuple[int, int]:
+        return a, b
+
+    return cost
+
+
+#: The built-in methods, the one place they are registered. BA-solver's sampler takes the options
+#: ``resolve_ba_options`` resolved (the public ``baquad.bianchor.ba_solver`` resolves them itself
+#: for a direct call); the baselines check their own options, so they register no ``resolve``.
+_BUILTIN: tuple[Method, ...] = (
+    Method("ba-solver", ba_solver_resolved, cost=ba_cost, resolve=resolve_ba_options),
+    Method("euler", euler, cost=_per_step(1)),
+    Method("heun", heun, cost=heun_cost),
+    Method("midpoint", midpoint, cost=_per_step(2)),
+    Method("rk4", rk4, cost=_per_step(4)),
+    Method("dpm++", dpmpp, cost=_per_step(1)),
+    Method("dpm++2m", dpmpp_2m, cost=_per_step(1)),
+    Method("dpm++3m", dpmpp_3m, cost=_per_step(1)),
+    Method("unipc", unipc, cost=_per_step(1)),
+    Method("adams", adams_bashforth, cost=_per_step(1)),
+)
+
+_REGISTRY: dict[str, Method] = {method.name: method for method in _BUILTIN}
 
 
 def register_method(method: Method, *, replace: bool = False) -> Method:
@@ -96,13 +162,8 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     return method
 
 
-def _load_builtin() -> None:
-    from . import solvers  # noqa: F401  (registers BA-solver and the baselines on import)
-
-
 def method_names() -> tuple[str, ...]:
     """The registered method names, sorted."""
-    _load_builtin()
     return tuple(sorted(_REGISTRY))
 
 
@@ -112,7 +173,6 @@ def get_method(name: str) -> Method:
     Raises:
         ValueError: naming ``method`` and listing the registered names.
     """
-    _load_builtin()
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"method: unknown method {name!r}; valid methods are: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -21,7 +21,7 @@ Every schedule returns a tuple of Python floats in [0, 1], strictly decreasing, 
 - :func:`user_grid`: a user grid, validated.
 
 :func:`nfe_grid` picks the number of steps from an NFE budget (via
-:func:`baquad.solvers.steps_for_nfe`) so that "NFE = 10" means ten field calls for every
+:func:`baquad.methods.steps_for_nfe`) so that "NFE = 10" means ten field calls for every
 method, the BA-solver included.
 
 Grid specs: a solver (a learned SideNet above all) can carry the grid it was tuned for, as a
@@ -44,7 +44,7 @@ import math
 from typing import Any, Callable, Optional, Sequence
 
 from .grids import check_grid, lam, t_of_lam
-from .solvers import steps_for_nfe
+from .methods import steps_for_nfe
 
 __all__ = [
     "uniform",

@@ -5,10 +5,13 @@
 solvers share: input validation, counting backbone calls (NFE) and perception calls by wrapping
 them, shape/dtype checks of every call with the step where it failed, NaN/inf detection per step,
 and the recorded trajectory. The solvers themselves are registered methods
-(:mod:`baquad.methods`): short functions with one signature
+(:mod:`baquad.methods`, one table): short functions with one signature
 (``sampler(field, x0, ts, *, callback, **options) -> x``) that own their options and declare their
-NFE cost, ``baquad.bianchor.ba_solver`` and the baselines in ``baquad.solvers`` alike. ``solve``
-validates, wraps, dispatches and collects; it knows no method by name.
+NFE cost, BA-solver (:mod:`baquad.bianchor`) and the baselines in :mod:`baquad.solvers` alike.
+``solve`` validates, wraps, dispatches and collects; it knows no method by name. Every option,
+BA-solver's ``rule`` included, is a keyword in ``**options``: the registry checks the names and
+resolves the values once (:meth:`baquad.methods.Method.options`), and the sampler gets them
+resolved. The registered names are :func:`baquad.methods.method_names`.
 """
 
 from __future__ import annotations
@@ -22,13 +25,12 @@ import numpy as np
 from . import _backend as B
 from ._convention import float_time_error
 from .grids import check_grid
-from .methods import get_method, method_names
+from .methods import get_method
 from .perception import Perception, PerceptionWrapper
-from .rules import QuadratureRule
 
 Array = Any
 
-__all__ = ["solve", "SolveResult", "methods"]
+__all__ = ["solve", "SolveResult"]
 
 
 @dataclass
@@ -223,16 +225,10 @@ class CountedPerception(PerceptionWrapper):
         return out
 
 
-def methods() -> dict[str, Callable]:
-    """All method names accepted by :func:`solve`, with their sampler functions."""
-    return {name: get_method(name).sampler for name in method_names()}
-
-
 def solve(
     vfield: Callable[[float, Array], Array],
     x0: Array,
     ts: Sequence[float],
-    rule: "str | QuadratureRule | None" = None,
     *,
     method: str = "ba-solver",
     save_states: bool = False,
@@ -249,23 +245,24 @@ def solve(
             keeps its array type, dtype and device.
         ts: strictly monotone grid (increasing or decreasing), at least 2 times; every time is an
             integration node.
-        rule: BA-solver's quadrature rule, name or object (default ``"gauss-lobatto-4"``); the
-            one option that may also be given positionally.
-        method: ``"ba-solver"`` (default) or a baseline (see :func:`methods`).
+        method: ``"ba-solver"`` (default) or another registered method
+            (:func:`baquad.methods.method_names`: the baselines and any the user registered).
         save_states: also return the states at every grid time in ``result.xs``.
         check_finite: check the state for NaN/inf after every interval and raise naming the
             interval (one host sync per interval on a GPU; set False to skip).
         field_dtype: run the field in this dtype (e.g. ``torch.bfloat16``) while the solver state
             keeps x0's dtype; inputs are cast down and outputs cast up at each call (see Torch).
-        **options: the method's options. BA-solver: ``perception`` (default
+        **options: the method's options, as keywords. BA-solver: ``rule``, the quadrature rule
+            on [0, 1], a name or :class:`~baquad.rules.QuadratureRule` (default
+            ``"gauss-lobatto-4"``); ``perception`` (default
             :class:`~baquad.perception.AnchorPolynomial`, the training-free Lagrange perception on
             the anchors already computed, measured better than anchor-only, see README; pass a
             SideNet perception for the learned solver, or ``"anchor-only"``), ``anchors``
             (``"bi"`` default, or ``"single"``, the ablation) and ``final`` (NFE scheme:
             ``"single"``, default, scheme B, last interval single-anchor, NFE = number of
             intervals; or ``"bi"``, scheme A, NFE = intervals + 1). Baselines: e.g. ``order=2``
-            for ``"dpm++"`` (see :mod:`baquad.solvers`). An option the method does not take is a
-            TypeError naming it.
+            for ``"dpm++"`` (the table in :mod:`baquad.methods`). An option the method does not
+            take is a TypeError naming it. They are resolved once, through the registry.
 
     Torch: x0 may live on any device; BA-solver's state, anchors and perception outputs keep x0's
     device and dtype, and times and offsets are Python floats (the anchor-only and polynomial
@@ -290,8 +287,6 @@ def solve(
     spec = get_method(method)
     if not callable(vfield):
         raise TypeError(f"vfield: expected a callable vfield(t, x), got {type(vfield).__name__}")
-    if rule is not None:
-        options["rule"] = rule
     opts = spec.options(options)
     grid = check_grid(ts)
     _validate_x0(x0)

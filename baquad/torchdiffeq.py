@@ -87,7 +87,7 @@ try:
 except ImportError as err:  # torch or torchdiffeq missing: name the extra that installs them
     raise missing(err, "baquad.torchdiffeq") from err
 
-from .bianchor import ba_solver, resolve_ba_options
+from .bianchor import ba_solver_resolved, resolve_ba_options
 from .grids import check_grid
 from .perception import Perception
 from .rules import QuadratureRule
@@ -341,7 +341,7 @@ class BASolver(FixedGridODESolver):
         if callback_step is not None:
             callback_step(nodes[0], self.y0, dts[0])
         try:
-            ba_solver(
+            ba_solver_resolved(  # the options were resolved once, in __init__
                 field,
                 self.y0,
                 times,

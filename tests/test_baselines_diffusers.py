@@ -34,8 +34,8 @@ else:  # the references come with the dev extra; without it these tests skip
     torch = pytest.importorskip("torch")
     diffusers = pytest.importorskip("diffusers")
 
+from baquad.methods import get_method  # noqa: E402
 from baquad.schedules import uniform  # noqa: E402
-from baquad.solvers import SOLVERS  # noqa: E402
 
 # Gaussian data N(MU, diag(STD^2)), linear path; v(x, t) = -mu + (t - (1-t) s^2)/sigma(t)^2 (x - (1-t) mu)
 # with sigma(t)^2 = (1-t)^2 s^2 + t^2 (the exact velocity of that flow).
@@ -85,7 +85,7 @@ def run_diffusers(sch, n_steps: int):
 
 def ours(method: str, ts, **opts):
     states = []
-    x = SOLVERS[method](field, X0, ts, callback=lambda i, t, xi: states.append(xi), **opts)
+    x = get_method(method).sampler(field, X0, ts, callback=lambda i, t, xi: states.append(xi), **opts)
     return x, states
 
 

@@ -16,7 +16,8 @@ import pytest
 from scipy.integrate import quad
 
 from baquad import solve
-from baquad.solvers import SOLVERS, nfe_per_steps, steps_for_nfe
+from baquad.methods import get_method, method_names, nfe_per_steps, steps_for_nfe
+from baquad.solvers import euler
 from baquad.solvers.dpmpp import flow_grid, phi, step_orders
 from baquad.solvers.unipc import unipc_coefficients
 
@@ -93,8 +94,10 @@ IDS = [m + "-" + "-".join(f"{k}={v}" for k, v in o.items()) for m, o in CASES]
 
 
 def test_solvers_registry() -> None:
-    assert set(SOLVERS) >= {"euler", "heun", "midpoint", "rk4", "dpm++", "unipc", "dpm++2m", "dpm++3m"}
-    assert "ba-solver" not in SOLVERS  # the core adds it to the dispatch
+    assert set(method_names()) >= {"ba-solver", "euler", "heun", "midpoint", "rk4", "dpm++", "unipc", "dpm++2m",
+                                   "dpm++3m", "adams"}
+    # the registry runs the baseline functions themselves (they check their own options)
+    assert get_method("euler").sampler is euler and get_method("euler").resolve is None
 
 
 # --------------------------------------------------------------------------------------
@@ -105,7 +108,7 @@ def test_counted_nfe_matches_formula(method: str, opts: dict) -> None:
     for n in (1, 2, 3, 4, 7, 16):
         ts = tuple(np.linspace(1.0, 0.0, n + 1))
         f = Counter(gauss_field)
-        x = SOLVERS[method](f, X0, ts, **opts)
+        x = get_method(method).sampler(f, X0, ts, **opts)
         assert f.n == nfe_per_steps(method, n, **opts), (method, opts, n)
         assert np.all(np.isfinite(x))
         assert steps_for_nfe(method, f.n, **opts) == n
@@ -152,18 +155,18 @@ def test_nfe_rejects_unknown_method_and_option() -> None:
 def test_callback_reports_every_grid_point(method: str, opts: dict) -> None:
     ts = tuple(np.linspace(0.95, 0.0, 7))
     seen = []
-    x = SOLVERS[method](gauss_field, X0, ts, callback=lambda i, t, xi: seen.append((i, t, xi)), **opts)
+    x = get_method(method).sampler(gauss_field, X0, ts, callback=lambda i, t, xi: seen.append((i, t, xi)), **opts)
     assert [i for i, _, _ in seen] == list(range(1, len(ts)))
     assert [t for _, t, _ in seen] == list(ts[1:])
     assert all(type(t) is float for _, t, _ in seen)
-    np.testing.assert_array_equal(seen[-1][2], x)
+    np.testing.assert_array_equal(seen[-1][2], x)  # the callback is handed the very state returned
 
 
 def test_multistep_solvers_evaluate_only_at_grid_points() -> None:
     ts = (0.9, 0.7, 0.4, 0.2, 0.0)
     for method in ("dpm++", "unipc"):
         f = Counter(gauss_field)
-        SOLVERS[method](f, X0, ts, order=3)
+        get_method(method).sampler(f, X0, ts, order=3)
         assert f.ts == list(ts[:-1])  # one call per step, never at the final point
 
 
@@ -183,31 +186,31 @@ def test_generic_solvers_any_direction_and_field(method: str) -> None:
     bound = c * 0.4**p
     f = lambda t, x: -t * x  # noqa: E731
     end = math.exp(-(1.3**2) / 2)
-    fwd = SOLVERS[method](f, np.ones(2), ts)
+    fwd = get_method(method).sampler(f, np.ones(2), ts)
     np.testing.assert_allclose(fwd, end * np.ones(2), rtol=0, atol=bound)
-    back = SOLVERS[method](f, end * np.ones(2), ts[::-1])
+    back = get_method(method).sampler(f, end * np.ones(2), ts[::-1])
     np.testing.assert_allclose(back, np.ones(2), rtol=0, atol=bound)
 
 
 @pytest.mark.parametrize("method", ["euler", "heun", "midpoint", "rk4"])
 def test_generic_solvers_reject_non_monotone_grid(method: str) -> None:
     with pytest.raises(ValueError, match="ts"):
-        SOLVERS[method](gauss_field, X0, (1.0, 0.5, 0.7))
+        get_method(method).sampler(gauss_field, X0, (1.0, 0.5, 0.7))
     with pytest.raises(ValueError, match="ts"):
-        SOLVERS[method](gauss_field, X0, (1.0,))
+        get_method(method).sampler(gauss_field, X0, (1.0,))
 
 
 @pytest.mark.parametrize("method", ["dpm++", "unipc", "dpm++2m", "dpm++3m"])
 @pytest.mark.parametrize("ts", [(0.0, 0.5, 1.0), (1.2, 0.5, 0.0), (0.9, 0.5, -0.1), (0.9, 0.9, 0.0), (0.5,)])
 def test_flow_solvers_reject_bad_grids(method: str, ts: tuple) -> None:
     with pytest.raises(ValueError, match="ts"):
-        SOLVERS[method](gauss_field, X0, ts)
+        get_method(method).sampler(gauss_field, X0, ts)
 
 
 def test_rk4_exact_for_cubic_in_time() -> None:
     # dx/dt = 4 t^3 + 1 (independent of x): RK4 (Simpson in t) integrates cubics exactly.
     f = lambda t, x: (4 * t**3 + 1) * np.ones_like(x)  # noqa: E731
-    x = SOLVERS["rk4"](f, np.zeros(1), (0.0, 0.3, 1.0))
+    x = get_method("rk4").sampler(f, np.zeros(1), (0.0, 0.3, 1.0))
     np.testing.assert_allclose(x, [2.0], rtol=1e-14)
 
 
@@ -241,7 +244,7 @@ def test_grid_from_exactly_one_to_exactly_zero_is_finite(method: str, opts: dict
     for n in (1, 2, 3, 10):
         ts = tuple(np.linspace(1.0, 0.0, n + 1))
         states = []
-        x = SOLVERS[method](gauss_field, X0, ts, callback=lambda i, t, xi: states.append(xi), **opts)
+        x = get_method(method).sampler(gauss_field, X0, ts, callback=lambda i, t, xi: states.append(xi), **opts)
         assert all(np.all(np.isfinite(s)) for s in states), (method, opts, n)
         err = np.max(np.abs(x - gauss_exact(0.0, X0, 1.0)))
         assert err <= 2.0 * c * n**-p, (method, opts, n, err)
@@ -259,7 +262,7 @@ def test_unipc_bh1_final_step_to_zero_is_x0_hat(order: int) -> None:
         calls.append((t, x))
         return f(t, x)
 
-    x = SOLVERS["unipc"](spy, X0, ts, order=order, variant="bh1")
+    x = get_method("unipc").sampler(spy, X0, ts, order=order, variant="bh1")
     assert np.all(np.isfinite(x))
     t_last, x_last = calls[-1]
     np.testing.assert_allclose(x, x_last - t_last * gauss_field(t_last, x_last), rtol=1e-14, atol=1e-14)
@@ -272,14 +275,14 @@ def test_start_at_one_is_clamped_like_diffusers() -> None:
     assert flow_grid((0.999, 0.5, 0.0))[0] == 0.999
     for method in ("dpm++", "unipc"):
         for order in (2, 3):
-            a = SOLVERS[method](gauss_field, X0, (1.0, 0.7, 0.4, 0.2, 0.0), order=order)
-            b = SOLVERS[method](gauss_field, X0, (1.0 - 1e-6, 0.7, 0.4, 0.2, 0.0), order=order)
-            np.testing.assert_array_equal(a, b)
+            a = get_method(method).sampler(gauss_field, X0, (1.0, 0.7, 0.4, 0.2, 0.0), order=order)
+            b = get_method(method).sampler(gauss_field, X0, (1.0 - 1e-6, 0.7, 0.4, 0.2, 0.0), order=order)
+            np.testing.assert_array_equal(a, b)  # t0 = 1 becomes this same grid: the same arithmetic
 
 
 @pytest.mark.parametrize(("method", "opts"), CASES, ids=IDS)
 def test_numpy_float32_stays_float32(method: str, opts: dict) -> None:
-    x = SOLVERS[method](gauss_field_f32, X0.astype(np.float32), (1.0, 0.6, 0.3, 0.0), **opts)
+    x = get_method(method).sampler(gauss_field_f32, X0.astype(np.float32), (1.0, 0.6, 0.3, 0.0), **opts)
     assert x.dtype == np.float32
 
 
@@ -291,9 +294,9 @@ def gauss_field_f32(t, x):
 def test_torch_float32_stays_float32_and_differentiable(method: str, opts: dict) -> None:
     torch = pytest.importorskip("torch")
     x0 = torch.tensor(X0, dtype=torch.float32, requires_grad=True)
-    x = SOLVERS[method](gauss_field, x0, (1.0, 0.6, 0.3, 0.0), **opts)
+    x = get_method(method).sampler(gauss_field, x0, (1.0, 0.6, 0.3, 0.0), **opts)
     assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
-    ref = SOLVERS[method](gauss_field, X0, (1.0, 0.6, 0.3, 0.0), **opts)
+    ref = get_method(method).sampler(gauss_field, X0, (1.0, 0.6, 0.3, 0.0), **opts)
     np.testing.assert_allclose(x.detach().numpy(), ref, rtol=1e-4, atol=1e-5)
     x.sum().backward()
     assert x0.grad is not None and torch.all(torch.isfinite(x0.grad))
@@ -304,17 +307,17 @@ def test_torch_float32_stays_float32_and_differentiable(method: str, opts: dict)
 # --------------------------------------------------------------------------------------
 def test_order_one_flow_solvers_equal_euler() -> None:
     ts = (1.0, 0.83, 0.6, 0.31, 0.12, 0.0)
-    e = SOLVERS["euler"](gauss_field, X0, flow_grid(ts))
-    d = SOLVERS["dpm++"](gauss_field, X0, ts, order=1)
-    u = SOLVERS["unipc"](gauss_field, X0, ts, order=1, disable_corrector=range(10))
+    e = get_method("euler").sampler(gauss_field, X0, flow_grid(ts))
+    d = get_method("dpm++").sampler(gauss_field, X0, ts, order=1)
+    u = get_method("unipc").sampler(gauss_field, X0, ts, order=1, disable_corrector=range(10))
     np.testing.assert_allclose(d, e, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(u, e, rtol=1e-12, atol=1e-12)
 
 
 def test_unip2_bh2_without_corrector_equals_dpmpp_2m_midpoint() -> None:
     ts = (0.99, 0.83, 0.6, 0.31, 0.12, 0.0)
-    d = SOLVERS["dpm++"](gauss_field, X0, ts, order=2, solver_type="midpoint")
-    u = SOLVERS["unipc"](gauss_field, X0, ts, order=2, variant="bh2", disable_corrector=range(10))
+    d = get_method("dpm++").sampler(gauss_field, X0, ts, order=2, solver_type="midpoint")
+    u = get_method("unipc").sampler(gauss_field, X0, ts, order=2, variant="bh2", disable_corrector=range(10))
     np.testing.assert_allclose(u, d, rtol=1e-12, atol=1e-12)
 
 
@@ -322,7 +325,7 @@ def test_unic1_bh2_is_trapezoid_in_lambda() -> None:
     # x^c_1 = (t1/t0) x0 + c0 (m0 + m1)/2 where m1 is evaluated at the predictor x^p_1.
     ts = (0.9, 0.6, 0.3)
     seen = []
-    SOLVERS["unipc"](gauss_field, X0, ts, order=1, callback=lambda i, t, x: seen.append(x))
+    get_method("unipc").sampler(gauss_field, X0, ts, order=1, callback=lambda i, t, x: seen.append(x))
     t0, t1 = ts[0], ts[1]
     m0 = X0 - t0 * gauss_field(t0, X0)
     xp = X0 + (t1 - t0) * gauss_field(t0, X0)
@@ -343,8 +346,8 @@ def test_dpmpp_3m_one_step_quadrature_of_a_quadratic(third_order: str) -> None:
     field = lambda t, x: (x - big_m(lam_of(t))) / t  # noqa: E731
     ts = (0.9, 0.7, 0.5, 0.35)
     states = []
-    x3 = SOLVERS["dpm++"](field, np.array([0.4, -1.1]), ts, order=3, lower_order_final="none",
-                          third_order=third_order, callback=lambda i, t, x: states.append(x))
+    x3 = get_method("dpm++").sampler(field, np.array([0.4, -1.1]), ts, order=3, lower_order_final="none",
+                                     third_order=third_order, callback=lambda i, t, x: states.append(x))
     t2, t3 = ts[2], ts[3]
     integral = quad(lambda lam: math.exp(lam) * big_m(lam), lam_of(t2), lam_of(t3), epsabs=1e-14, epsrel=1e-14)[0]
     exact = (t3 / t2) * states[1] + t3 * integral
@@ -357,9 +360,9 @@ def test_dpmpp_3m_one_step_quadrature_of_a_quadratic(third_order: str) -> None:
 def test_dpmpp_3m_options_agree_where_they_should() -> None:
     # Steps of order < 3 do not depend on third_order; 3 steps with warm-up = orders 1, 2, 1.
     ts = (0.9, 0.6, 0.3, 0.0)
-    a = SOLVERS["dpm++"](gauss_field, X0, ts, order=3, third_order="reference")
-    b = SOLVERS["dpm++"](gauss_field, X0, ts, order=3, third_order="consistent")
-    np.testing.assert_array_equal(a, b)
+    a = get_method("dpm++").sampler(gauss_field, X0, ts, order=3, third_order="reference")
+    b = get_method("dpm++").sampler(gauss_field, X0, ts, order=3, third_order="consistent")
+    np.testing.assert_array_equal(a, b)  # third_order touches order-3 steps only: the same arithmetic here
 
 
 def test_phi_is_accurate() -> None:
@@ -413,11 +416,11 @@ def test_step_orders_rules() -> None:
 def test_through_solve_matches_direct_call_and_counts(method: str, opts: dict) -> None:
     ts = (1.0, 0.8, 0.55, 0.3, 0.1, 0.0)
     seen = []
-    direct = SOLVERS[method](gauss_field, X0, ts, callback=lambda i, t, x: seen.append(x), **opts)
+    direct = get_method(method).sampler(gauss_field, X0, ts, callback=lambda i, t, x: seen.append(x), **opts)
     res = solve(gauss_field, X0, ts, method=method, save_states=True, **opts)
     np.testing.assert_allclose(res.x, direct, rtol=1e-12, atol=1e-12)
     assert res.nfe == nfe_per_steps(method, len(ts) - 1, **opts)
     xs = np.asarray(res.xs)
     assert xs.shape == (len(ts),) + X0.shape
     np.testing.assert_allclose(xs[1:], np.stack(seen), rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(xs[0], X0)
+    np.testing.assert_array_equal(xs[0], X0)  # the initial state is stored untouched

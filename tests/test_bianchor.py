@@ -105,7 +105,7 @@ def test_oracle_is_exact_for_time_polynomials_up_to_the_rule_degree(rule, scheme
     coeffs = data.draw(st.lists(st.floats(-1.0, 1.0), min_size=q + 1, max_size=q + 1))
     field = TimePoly(coeffs)
     x0 = np.array([[0.3, -1.2], [2.0, 0.1]])
-    res = baquad.solve(field, x0, ts, rule, perception=Oracle(field), **SCHEMES[scheme])
+    res = baquad.solve(field, x0, ts, rule=rule, perception=Oracle(field), **SCHEMES[scheme])
     want = x0 + field.exact_increment(ts[0], ts[-1])
     # scale of the round-off: the largest |p| on the grid's span times its length
     tmax = max(1.0, float(np.max(np.abs(ts))))
@@ -120,7 +120,7 @@ def test_oracle_is_not_exact_one_degree_beyond(rule, scheme):
     q = DEGREE[rule]
     field = TimePoly([0.0] * (q + 1) + [1.0])
     x0 = np.zeros((1, 2))
-    res = baquad.solve(field, x0, [0.0, 1.0], rule, perception=Oracle(field), **SCHEMES[scheme])
+    res = baquad.solve(field, x0, [0.0, 1.0], rule=rule, perception=Oracle(field), **SCHEMES[scheme])
     c, w = np.array(get_rule(rule).nodes), np.array(get_rule(rule).weights)
     quad_error = np.sum(w * c ** (q + 1)) - 1.0 / (q + 2)
     assert abs(quad_error) > 1e-8
@@ -155,7 +155,7 @@ def test_solution_is_linear_in_x0_for_a_linear_field(perception, scheme, alpha, 
     }[perception]
 
     def run(z):
-        return baquad.solve(_linear_field, z, ts, rule, perception=make(), **SCHEMES[scheme]).x
+        return baquad.solve(_linear_field, z, ts, rule=rule, perception=make(), **SCHEMES[scheme]).x
 
     lhs = run(alpha * x0 + beta * y0)
     rhs = alpha * run(x0) + beta * run(y0)
@@ -209,7 +209,7 @@ def test_nfe_and_perception_calls_match_the_scheme(m, rule, scheme, direction):
     opts = SCHEMES[scheme]
     ts = direction * np.linspace(0.0, 1.0, m + 1)
     perception = Counting(AnchorOnly())
-    res = baquad.solve(field, np.ones((2, 3)), ts, rule, perception=perception, **opts)
+    res = baquad.solve(field, np.ones((2, 3)), ts, rule=rule, perception=perception, **opts)
     nfe, pcalls = expected_counts(rule, m, opts["anchors"], opts.get("final", "single"))
     assert nfe == (m + 1 if scheme == "A" else m)  # the formulas of docs/algorithm.md#counting-nfe, restated
     assert res.nfe == calls["n"] == nfe
@@ -243,7 +243,7 @@ def test_oracle_field_calls_are_not_nfe():
 def test_probe_offsets_are_the_rule_nodes_times_h():
     perception = Counting(AnchorOnly())
     ts = [1.0, 0.6, 0.1]
-    baquad.solve(nonlinear_field, np.ones(2), ts, "gauss-lobatto-4", perception=perception, final="bi")
+    baquad.solve(nonlinear_field, np.ones(2), ts, rule="gauss-lobatto-4", perception=perception, final="bi")
     g = (1 - 1 / SQRT5) / 2
     hs = [-0.4, -0.5]
     want = []
@@ -269,9 +269,9 @@ def test_reversing_the_grid_returns_to_x0(flow, rule):
     x0 = np.array([[1.0, 0.5], [-0.3, 0.8]])
     ts = np.linspace(0.0, 1.0, 21)
     oracle = Oracle(flow, rtol=1e-13, atol=1e-14)
-    there = baquad.solve(flow, x0, ts, rule, perception=oracle, final="bi").x
+    there = baquad.solve(flow, x0, ts, rule=rule, perception=oracle, final="bi").x
     np.testing.assert_allclose(there, flow.exact(1.0, x0, 0.0), atol=1e-7)
-    back = baquad.solve(flow, there, ts[::-1], rule, perception=oracle, final="bi").x
+    back = baquad.solve(flow, there, ts[::-1], rule=rule, perception=oracle, final="bi").x
     np.testing.assert_allclose(back, x0, rtol=0, atol=1e-7)
 
 
@@ -290,7 +290,7 @@ def test_oracle_gauss_lobatto_global_order_is_2n_minus_2(n, steps, final):
     hs, errs = [], []
     for m in steps:
         ts = np.linspace(t0, t1, m + 1)
-        x = baquad.solve(flow, x0, ts, f"gauss-lobatto-{n}", perception=oracle, final=final).x
+        x = baquad.solve(flow, x0, ts, rule=f"gauss-lobatto-{n}", perception=oracle, final=final).x
         hs.append((t1 - t0) / m)
         errs.append(float(np.max(np.abs(x - exact))))
     assert min(errs) > 1e-11  # above the oracle's own error
@@ -326,11 +326,11 @@ X_IDENT = np.array([[0.4, -1.1, 2.0], [0.05, 0.7, -0.3]])
 
 
 def test_anchor_only_trapezoid_is_heun_with_state_reuse():
-    got = baquad.solve(nonlinear_field, X_IDENT, TS_IDENT, "gauss-lobatto-2", perception="anchor-only", final="bi")
+    got = baquad.solve(nonlinear_field, X_IDENT, TS_IDENT, rule="gauss-lobatto-2", perception="anchor-only", final="bi")
     np.testing.assert_allclose(got.x, heun_with_state_reuse(nonlinear_field, X_IDENT, TS_IDENT), rtol=1e-14, atol=1e-15)
     # the reuse matters: a Heun that re-evaluates f at the corrected state differs
     assert got.nfe == len(TS_IDENT)
-    got_b = baquad.solve(nonlinear_field, X_IDENT, TS_IDENT, "trapezoid", perception="anchor-only")
+    got_b = baquad.solve(nonlinear_field, X_IDENT, TS_IDENT, rule="trapezoid", perception="anchor-only")
     np.testing.assert_allclose(
         got_b.x, heun_with_state_reuse(nonlinear_field, X_IDENT, TS_IDENT, last_euler=True), rtol=1e-14, atol=1e-15
     )
@@ -345,7 +345,7 @@ def test_heun_reuse_differs_from_plain_heun():
 
 @pytest.mark.parametrize("rule", ["gauss-lobatto-2", "gauss-lobatto-4", "simpson", "gauss-legendre-3"])
 def test_single_anchor_with_anchor_only_is_euler(rule):
-    got = baquad.solve(nonlinear_field, X_IDENT, TS_IDENT, rule, perception="anchor-only", anchors="single")
+    got = baquad.solve(nonlinear_field, X_IDENT, TS_IDENT, rule=rule, perception="anchor-only", anchors="single")
     np.testing.assert_allclose(got.x, euler(nonlinear_field, X_IDENT, TS_IDENT), rtol=1e-14, atol=1e-15)
     assert got.nfe == len(TS_IDENT) - 1
 
@@ -355,8 +355,9 @@ def test_single_anchor_with_anchor_only_is_euler(rule):
 def test_anchor_only_rules_with_half_weight_below_midpoint_equal_trapezoid(rule, final):
     r = get_rule(rule)
     assert abs(sum(w for c, w in zip(r.nodes, r.weights) if c < 0.5) - 0.5) < 1e-15
-    got = baquad.solve(nonlinear_field, X_IDENT, TS_IDENT, rule, perception="anchor-only", final=final).x
-    want = baquad.solve(nonlinear_field, X_IDENT, TS_IDENT, "gauss-lobatto-2", perception="anchor-only", final=final).x
+    got = baquad.solve(nonlinear_field, X_IDENT, TS_IDENT, rule=rule, perception="anchor-only", final=final).x
+    want = baquad.solve(nonlinear_field, X_IDENT, TS_IDENT, rule="gauss-lobatto-2", perception="anchor-only",
+                        final=final).x
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14)
 
 
@@ -370,7 +371,7 @@ def test_anchor_only_simpson_puts_the_midpoint_weight_on_the_terminal_anchor():
         v1 = f(ts[i + 1], x + h * v)
         x = x + h * (v / 6 + 5 * v1 / 6)
         v = v1
-    got = baquad.solve(f, X_IDENT, ts, "simpson", perception="anchor-only", final="bi").x
+    got = baquad.solve(f, X_IDENT, ts, rule="simpson", perception="anchor-only", final="bi").x
     np.testing.assert_allclose(got, x, rtol=1e-14, atol=1e-15)
 
 
@@ -402,7 +403,7 @@ def _first_interval_error_lobatto4(field, t0, t1):
 def test_anchor_polynomial_simpson_exact_after_first_interval_for_quadratics(ts, coeffs):
     field = TimePoly(coeffs)
     x0 = np.array([0.5, -0.5])
-    res = baquad.solve(field, x0, ts, "simpson", perception=AnchorPolynomial(), final="bi")
+    res = baquad.solve(field, x0, ts, rule="simpson", perception=AnchorPolynomial(), final="bi")
     err = res.x - (x0 + field.exact_increment(ts[0], ts[-1]))
     np.testing.assert_allclose(err, _first_interval_error_simpson(field, ts[0], ts[1]), rtol=0, atol=1e-12)
 
@@ -416,7 +417,7 @@ def test_anchor_polynomial_simpson_exact_after_first_interval_for_quadratics(ts,
 def test_anchor_polynomial_lobatto4_exact_after_first_interval_for_linear_fields(ts, coeffs, final):
     field = TimePoly(coeffs)
     x0 = np.array([0.5, -0.5])
-    res = baquad.solve(field, x0, ts, "gauss-lobatto-4", final=final)  # default perception
+    res = baquad.solve(field, x0, ts, rule="gauss-lobatto-4", final=final)  # default perception
     err = res.x - (x0 + field.exact_increment(ts[0], ts[-1]))
     if len(ts) == 2 and final == "single":
         first = ts[1] - ts[0]
@@ -430,7 +431,7 @@ def test_anchor_polynomial_first_interval_test_can_fail():
     # a cubic is beyond the quadratic interpolation: the error is not the first interval's
     field = TimePoly([0.0, 0.0, 0.0, 1.0])
     ts = np.linspace(0.0, 1.0, 5)
-    res = baquad.solve(field, np.zeros(1), ts, "simpson", perception=AnchorPolynomial(), final="bi")
+    res = baquad.solve(field, np.zeros(1), ts, rule="simpson", perception=AnchorPolynomial(), final="bi")
     err = res.x - field.exact_increment(0.0, 1.0)
     assert abs(err - _first_interval_error_simpson(field, ts[0], ts[1])).max() > 1e-4
     # and the first interval alone is not exact for a quadratic
@@ -471,7 +472,7 @@ def test_local_errors_equal_rms_of_corrector_minus_predictor_by_hand():
         gaps.append(math.sqrt(np.mean((h * (v1 - v) / 2) ** 2)))
         x = x + h * (v + v1) / 2
         v = v1
-    res = baquad.solve(f, X_IDENT, ts, "trapezoid", perception="anchor-only", final="bi")
+    res = baquad.solve(f, X_IDENT, ts, rule="trapezoid", perception="anchor-only", final="bi")
     np.testing.assert_allclose(res.local_errors, gaps, rtol=1e-12)
 
 
@@ -489,7 +490,7 @@ def test_oracle_gap_vanishes_at_the_expected_order(n):
     hs = [0.4, 0.3, 0.2, 0.15, 0.1]
     gaps, local = [], []
     for h in hs:
-        res = baquad.solve(flow, x0, [0.3, 0.3 - h], f"gauss-lobatto-{n}", perception=oracle, final="bi")
+        res = baquad.solve(flow, x0, [0.3, 0.3 - h], rule=f"gauss-lobatto-{n}", perception=oracle, final="bi")
         gaps.append(res.local_errors[0])
         local.append(np.max(np.abs(res.x - flow.exact(0.3 - h, x0, 0.3))))
     q = 2 * n - 3

@@ -56,16 +56,16 @@ def test_every_grid_entry_point_uses_the_one_check():
     import baquad
     from baquad.reference import reference_solve
     from baquad.schedules import check_grid_spec, user_grid
-    from baquad.solvers import SOLVERS
+    from baquad.methods import get_method
 
     bad = [1.0, 0.5, 0.5, 0.0]
     x0 = np.ones(2)
     field = lambda t, x: -x  # noqa: E731
     calls = [
         lambda: baquad.solve(field, x0, bad),
-        lambda: SOLVERS["euler"](field, x0, bad),
-        lambda: SOLVERS["dpm++"](field, x0, bad),
-        lambda: SOLVERS["unipc"](field, x0, bad),
+        lambda: get_method("euler").sampler(field, x0, bad),
+        lambda: get_method("dpm++").sampler(field, x0, bad),
+        lambda: get_method("unipc").sampler(field, x0, bad),
         lambda: user_grid(bad),
         lambda: reference_solve(field, x0, bad),
     ]

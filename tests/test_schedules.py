@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
+from baquad.methods import get_method
 from baquad.schedules import get_schedule, logsnr_uniform, nfe_grid, sd3_shift, uniform, user_grid
-from baquad.solvers import SOLVERS
 
 
 def lam(t: float) -> float:
@@ -129,7 +129,7 @@ def test_nfe_grid_gives_exactly_that_many_calls(method: str, opts: dict, budgets
     for nfe in budgets:
         ts = nfe_grid(method, nfe, schedule, shift=3.0 if schedule == "sd3" else 1.0, **opts)
         f = Counter(field)
-        x = SOLVERS[method](f, np.zeros(3) + 0.3, ts, **opts)
+        x = get_method(method).sampler(f, np.zeros(3) + 0.3, ts, **opts)
         assert f.n == nfe, (method, opts, schedule, nfe, ts)
         assert np.all(np.isfinite(x))
 

@@ -185,7 +185,7 @@ def test_perception_wrong_shape_names_call_and_interval():
     # Gauss-Lobatto-4: calls 1, 2 in interval 1 (forward, backward), 3 = forward of interval 2
     p = BadPerception(3, lambda out: out[:1])
     with pytest.raises(ValueError, match="perception") as info:
-        baquad.solve(field, X0, TS, "gauss-lobatto-4", perception=p)
+        baquad.solve(field, X0, TS, rule="gauss-lobatto-4", perception=p)
     msg = str(info.value)
     assert "call 3" in msg
     assert "interval 2 of 4" in msg
@@ -270,13 +270,13 @@ def test_check_finite_false_lets_nan_through():
 def test_custom_rule_with_nodes_outside_unit_interval():
     rule = QuadratureRule.custom([-1.0, 1.0], [0.5, 0.5], 1, name="on-minus-one-one")
     with pytest.raises(ValueError, match=r"^rule") as info:
-        baquad.solve(field, X0, TS, rule)
+        baquad.solve(field, X0, TS, rule=rule)
     assert "[0, 1]" in str(info.value)
 
 
 def test_unknown_rule_name_lists_names():
     with pytest.raises(ValueError, match="rule") as info:
-        baquad.solve(field, X0, TS, "gauss-lobatto-99")
+        baquad.solve(field, X0, TS, rule="gauss-lobatto-99")
     msg = str(info.value)
     assert "gauss-lobatto-4" in msg and "gauss-legendre-3" in msg and "simpson" in msg
 

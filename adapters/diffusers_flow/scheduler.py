@@ -77,7 +77,7 @@ from torch import nn
 
 from adapters.torch_sit.sidenet.checkpoint import ArchitectureMismatch, check_architecture, load_sidenet, save_sidenet
 from adapters.torch_sit.sidenet.perception import NeuralPerception
-from baquad.bianchor import BiAnchorSolver, BiAnchorState, Prediction
+from baquad.bianchor import BiAnchorSolver, BiAnchorState, Prediction, push_anchor
 from baquad.perception import Anchor, get_perception, history_size
 from baquad.rules import get_rule
 
@@ -378,7 +378,7 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
             state, info = solver.correct(pending, anchor)
             self.gaps.append(float(info.gap))
         else:
-            state = BiAnchorState(t0, x, anchor, self._push(self._history, anchor, solver))
+            state = BiAnchorState(t0, x, anchor, push_anchor(self._history, anchor, history_size(solver.perception)))
 
         last = i + 2 == len(self._sigma_list)
         if self.config.anchors == "bi" and not last:
@@ -403,12 +403,6 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
         if r is None or sample.shape != r.shape or sample.device != r.device:
             return False
         return torch.equal(sample.to(r.dtype), r) or torch.equal(sample, r.to(sample.dtype))
-
-    @staticmethod
-    def _push(history: tuple, anchor: Anchor, solver: BiAnchorSolver) -> tuple:
-        size = history_size(solver.perception)
-        history = history + (anchor,)
-        return history if size is None else history[-size:]
 
     # ------------------------------------------------------------------------------------
     # saving and loading

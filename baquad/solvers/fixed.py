@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from ..grids import check_grid
 
-__all__ = ["euler", "heun", "midpoint", "rk4"]
+__all__ = ["euler", "heun", "heun_cost", "midpoint", "rk4"]
 
 X = Any  # numpy.ndarray or torch.Tensor
 Field = Callable[[float, X], X]
@@ -71,8 +71,7 @@ def heun(
             (EDM's 18 steps = 35 NFE).  ``"heun"`` corrects every step (v(x, 0) is well
             defined for flow models): N steps cost **2N** NFE.
     """
-    if final_step not in ("euler", "heun"):
-        raise ValueError(f"final_step must be 'euler' or 'heun', got {final_step!r}")
+    _check_final_step(final_step)
     grid = check_grid(ts)
     n = len(grid) - 1
     x = x0
@@ -88,6 +87,23 @@ def heun(
         if callback is not None:
             callback(i + 1, t_next, x)
     return x
+
+
+def heun_cost(final_step: str = "euler") -> tuple[int, int]:
+    """Heun's NFE for N steps as ``(a, b)`` with NFE = a N + b: two calls per step, less the
+    skipped correction of the last step with ``final_step="euler"`` (2N - 1), or 2N with
+    ``final_step="heun"``.
+
+    Raises:
+        ValueError: naming ``final_step`` unless it is ``"euler"`` or ``"heun"``.
+    """
+    _check_final_step(final_step)
+    return (2, -1) if final_step == "euler" else (2, 0)
+
+
+def _check_final_step(final_step: Any) -> None:
+    if final_step not in ("euler", "heun"):
+        raise ValueError(f"final_step must be 'euler' or 'heun', got {final_step!r}")
 
 
 def midpoint(
