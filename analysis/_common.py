@@ -10,42 +10,16 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from adapters.report import markdown_table, pyplot, save_figure  # noqa: F401 (the analysis scripts' names)
+
 #: where the committed figures live (the README shows them)
 FIGURES = Path(__file__).resolve().parent / "figures"
-
-
-def pyplot() -> Any:
-    """matplotlib.pyplot on the non-interactive Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig: Any, path: "str | os.PathLike", dpi: int) -> None:
-    """Lay out ``fig``, write it as PNG to ``path`` and free it."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
 
 
 def command(module: str, argv: Optional[Sequence[str]]) -> str:
     """The command line that reproduces a run, for the markdown header."""
     args = list(sys.argv[1:] if argv is None else argv)
     return " ".join(["python -m", module, *args])
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: Optional[str] = None) -> str:
-    """A GitHub markdown table; ``align`` is one character per column, ``l`` or ``r``."""
-    align = align or "l" * len(headers)
-    rule = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(rule) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def output_paths(out: "str | os.PathLike", stem: str) -> tuple[Path, Path]:

@@ -38,11 +38,8 @@ order-1 step.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -50,6 +47,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from adapters.commandline import load_object
 from baquad.flows import FLOW_NAMES, GaussianMixtureFlow, get_flow
 from baquad.order import EmpiricalOrder, empirical_order
 
@@ -255,19 +253,11 @@ def symbolic_text(rules: Sequence[str] = ("gauss-lobatto-2", "gauss-lobatto-3", 
 
 
 def _import_object(text: str) -> Any:
-    """``module:name`` imported (the working directory on the path, as ``python -m`` has it)."""
-    module, _, name = text.partition(":")
-    if not module or not name or not re.fullmatch(r"[\w.]+", module) or not re.fullmatch(r"[\w.]+", name):
-        raise argparse.ArgumentTypeError(f"expected module:function (e.g. mymodule:f), got {text!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    """``module:name`` imported (:func:`adapters.commandline.load_object`), as an argparse error."""
     try:
-        obj = importlib.import_module(module)
-        for part in name.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise argparse.ArgumentTypeError(f"cannot import {name!r} from {module!r}: {err}")
-    return obj
+        return load_object(text, "", form="module:function")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 class Imported(NamedTuple):

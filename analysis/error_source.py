@@ -7,7 +7,7 @@
 (``adapters.torch_sit.backbones``, e.g. the digits SiT), whose oracle is a tight DOP853 solve of
 its own field (``Oracle(field, rtol=--oracle-rtol)``) from the anchor to each probe time, with the
 network in float64. A class-conditional backbone gets the labels ``i mod num_classes`` and the
-guidance scale ``--guidance`` (default: the backbone's documented default), the same for the
+guidance scale ``--guidance-scale`` (default: the backbone's documented default), the same for the
 backbone, the SideNet and the oracle. Without ``--sidenet``, ``digits-sit`` uses its shipped
 SideNet and other backbones ``runs/<name>/sidenet.safetensors``.
 
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--flow", default=None, type=flow_with_density,
                    help="Gaussian-mixture flow (gmm-ring2d, gmm-32d, gmm-64d); gmm-ring2d when --backbone is not given")
     p.add_argument("--backbone", default=None, help="a registered backbone instead of a mixture (e.g. digits-sit)")
-    p.add_argument("--guidance", type=finite_float, default=None, help="guidance scale of a class-conditional backbone "
+    p.add_argument("--guidance-scale", type=finite_float, default=None, help="guidance scale of a class-conditional backbone "
                    "(default: its documented default)")
     p.add_argument("--oracle-rtol", type=positive_float, default=1e-7, help="DOP853 rtol = atol of a backbone's oracle; "
                    "its reference solutions use a tenth of it")
@@ -168,7 +168,7 @@ def backbone_problem(args: argparse.Namespace) -> Problem:
     cond: dict = {}
     if bb.num_classes:
         cond["labels"] = torch.arange(args.n) % bb.num_classes
-        guidance = args.guidance if args.guidance is not None else bb.extra.get("default_guidance_scale")
+        guidance = args.guidance_scale if args.guidance_scale is not None else bb.extra.get("default_guidance_scale")
         if guidance is not None:
             cond["guidance_scale"] = float(guidance)
     if args.sidenet is None and args.backbone == "digits-sit":

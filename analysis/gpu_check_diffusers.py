@@ -9,7 +9,7 @@ random weights, nothing is downloaded). It reports:
   SideNet must end up on the GPU); a bfloat16 SD3 run with a conditioned SideNet read through
   ``bind`` and the lagged bi-anchor form (finite output, the SideNet's device and dtype, the
   predictor/corrector gaps); a short chain training through
-  ``python -m adapters.torch_sit.train --backbone diffusers`` with a bfloat16 transformer;
+  ``python -m adapters.diffusers_flow.train`` with a bfloat16 transformer;
 - costs with a random transformer of the Stable Diffusion 3 medium configuration (24 joint
   blocks, width 1536, 16 latent channels, patch 2; 1024 px images = latents 16 x 128 x 128,
   333 text tokens) in bfloat16 and a ConvSideNet at the repository defaults with a 2048-wide
@@ -38,9 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 
-from adapters.diffusers_flow import BASolverScheduler
 from adapters.diffusers_flow import tiny
 from adapters.diffusers_flow.backbone import DiffusersBackbone
 from adapters.diffusers_flow.embeddings import PromptEmbeddings, save_prompt_embeddings
@@ -82,6 +80,11 @@ def _generator(device: torch.device) -> torch.Generator:
 
 
 def zero_sidenet_against_euler(device: torch.device) -> dict:
+    # diffusers is imported where it is used, so that the command line parses without it
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from adapters.diffusers_flow import BASolverScheduler
+
     out = {}
     for kind in ("sd3", "flux"):
         if kind == "sd3":
@@ -102,6 +105,10 @@ def zero_sidenet_against_euler(device: torch.device) -> dict:
 
 
 def bf16_conditioned_bi_anchor(device: torch.device) -> dict:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from adapters.diffusers_flow import BASolverScheduler
+
     pipe = tiny.sd3_pipeline(FlowMatchEulerDiscreteScheduler(shift=3.0)).to(device, torch.bfloat16)
     prompt = {k: v.to(device, torch.bfloat16) for k, v in tiny.sd3_prompt(batch=2).items()}
     net = _small_conv(cond_dim=64, guidance=True)
@@ -115,7 +122,7 @@ def bf16_conditioned_bi_anchor(device: torch.device) -> dict:
 
 
 def train_cli(device: torch.device, iters: int) -> dict:
-    from adapters.torch_sit.sidenet import train as train_module
+    from adapters.diffusers_flow import train as train_module
 
     work = Path(tempfile.mkdtemp())
     tiny.sd3_transformer().save_pretrained(work / "transformer")
@@ -124,7 +131,7 @@ def train_cli(device: torch.device, iters: int) -> dict:
                              torch.zeros(1, 7, 32), torch.zeros(1, 64))
     save_prompt_embeddings(table, work / "emb.safetensors")
     dtype = "bfloat16" if device.type == "cuda" else "float32"
-    train_module.main(["--backbone", "diffusers", "--model", str(work / "transformer"),
+    train_module.main(["--model", str(work / "transformer"),
                        "--prompt-embeddings", str(work / "emb.safetensors"), "--latent-size", "16", "--out", str(work / "run"),
                        "--iters", str(iters), "--batch", "16", "--chain-length", "4", "--guidance-scale", "2.0",
                        "--model-dtype", dtype, "--device", str(device), "--no-progress", "--base-channels", "16",
@@ -135,7 +142,9 @@ def train_cli(device: torch.device, iters: int) -> dict:
 
 def sd3_size_costs(device: torch.device, config: dict, latent: int, text_tokens: int, repeats: int,
                    sidenet_kwargs: dict) -> dict:
-    from diffusers import SD3Transformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    from adapters.diffusers_flow import BASolverScheduler
 
     with torch.device(device):
         transformer = SD3Transformer2DModel(**config)
@@ -192,12 +201,16 @@ def sd3_size_costs(device: torch.device, config: dict, latent: int, text_tokens:
             "chain_peak_memory_GiB": None if peak is None else round(peak, 1)}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis.gpu_check_diffusers", description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="CPU smoke run with a tiny transformer")
     p.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
     p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
     if device.type == "cpu":
         torch.set_num_threads(1)  # small ops on shared cores: one thread is much faster than two

@@ -37,7 +37,7 @@ import torch
 import baquad
 from baquad.perception import Perception
 from adapters.torch_sit.sidenet.chain import ChainConfig, ChainTrainer, sample_batch
-from adapters.torch_sit.sidenet.checkpoint import atomic_write
+from adapters.torch_sit.files import atomic_write
 from adapters.torch_sit.sidenet.paper import paper_sidenet
 from adapters.torch_sit.sidenet.perception import NeuralPerception
 from adapters.torch_sit.sidenet.networks import ConvSideNet, count_parameters
@@ -178,8 +178,7 @@ def _tiny_sidenet(num_classes: int, guidance: bool) -> ConvSideNet:
                        num_heads=2, guidance=guidance, res_blocks=1)
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
-    """Run the check, print the markdown table, write ``$OUT/gpu_check_sit.json``; return the results."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random SiT and SideNet, few iterations (CPU smoke test)")
     parser.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
@@ -187,12 +186,17 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--train-batch", type=int, default=None, help="chains per training iteration (default 64; 4 with --tiny)")
     parser.add_argument("--loss-chunks", type=int, default=None, help="ChainConfig.loss_chunks (default 4; 1 with --tiny)")
     parser.add_argument("--nfe", type=int, default=10)
-    parser.add_argument("--cfg-scale", type=float, default=2.0, help="guidance scale of the guided runs")
+    parser.add_argument("--guidance-scale", type=float, default=2.0, help="guidance scale of the guided runs")
     parser.add_argument("--repeats", type=int, default=None, help="timed solves per setting (default 3; 1 with --tiny)")
     parser.add_argument("--iters", type=int, default=None, help="timed training iterations (default 4; 1 with --tiny)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's; 1 with --tiny)")
     parser.add_argument("--autocast", default=None, choices=["bf16"], help="run the backbone under bf16 autocast")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    """Run the check, print the markdown table, write ``$OUT/gpu_check_sit.json``; return the results."""
+    args = build_parser().parse_args(argv)
     tiny = args.tiny
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not tiny else "cpu"))
     batch = args.batch or (4 if tiny else 64)
@@ -216,11 +220,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(f"device: {gpu}; backbone {backbone.name}: {backbone.num_parameters:,} parameters, built in {build_s:.1f} s")
 
     sampling, training = [], []
-    for scale in (None, args.cfg_scale):
+    for scale in (None, args.guidance_scale):
         sidenet = make_sidenet(scale is not None).to(device).eval()
         sampling += measure_sampling(backbone, sidenet, batch=batch, nfe=args.nfe, guidance_scale=scale,
                                      repeats=repeats, device=device)
-    for scale in (None, args.cfg_scale):
+    for scale in (None, args.guidance_scale):
         sidenet = make_sidenet(scale is not None).to(device)
         training.append(measure_training(backbone, sidenet, batch=train_batch, chain_length=8, loss_chunks=loss_chunks,
                                          guidance_scale=scale, iters=iters, device=device))

@@ -42,7 +42,7 @@ def tiny_round_trip(work: Path) -> None:
     from adapters.diffusers_flow.backbone import load_diffusers_backbone
     from adapters.diffusers_flow.embeddings import PromptEmbeddings, save_prompt_embeddings
     from adapters.diffusers_flow.tiny import sd3_transformer
-    from adapters.torch_sit.sidenet import train
+    from adapters.diffusers_flow import train
     from adapters.torch_sit.sidenet.checkpoint import load_sidenet
 
     torch.set_num_threads(1)
@@ -53,7 +53,7 @@ def tiny_round_trip(work: Path) -> None:
     save_prompt_embeddings(PromptEmbeddings(torch.randn(16, 7, 32, generator=g), torch.randn(16, 64, generator=g),
                                             0.1 * torch.randn(1, 7, 32, generator=g), 0.1 * torch.randn(1, 64, generator=g)),
                            work / "emb.safetensors")
-    train.main(["--backbone", "diffusers", "--model", str(work / "transformer"), "--prompt-embeddings",
+    train.main(["--model", str(work / "transformer"), "--prompt-embeddings",
                 str(work / "emb.safetensors"), "--latent-size", "8", "--guidance-scale", "2.0", "--out", str(work / "run"),
                 "--iters", "60", "--batch", "16", "--chain-length", "5", "--lr", "3e-3", "--no-resume",
                 "--base-channels", "16", "--time-embed-dim", "32", "--num-layers", "1", "--res-blocks", "1",

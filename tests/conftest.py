@@ -28,18 +28,22 @@ class TrainingInterrupted(RuntimeError):
 @pytest.fixture
 def stop_training_after():
     """``with stop_training_after(n): train(...)``: the run stops with ``TrainingInterrupted``
-    after iteration n, as a crash would stop it (through the training module's private
-    ``_after_step`` hook), and the block checks that it did."""
+    after iteration n (its log row and checkpoint written), as a crash would stop it, and the
+    block checks that it did. The stop is the training loop's own call of ``sample_batch`` for
+    iteration n + 1 (step index n), which raises before that iteration draws or computes
+    anything."""
     train_module = importlib.import_module("adapters.torch_sit.sidenet.train")
+    sample_batch = train_module.sample_batch
 
     @contextlib.contextmanager
     def stop(n: int):
-        def hook(step: int) -> None:
+        def draw_or_stop(cfg, backbone, step, *args, **kwargs):
             if step == n:
                 raise TrainingInterrupted(f"interrupted after iteration {n}")
+            return sample_batch(cfg, backbone, step, *args, **kwargs)
 
         with pytest.MonkeyPatch.context() as mp, pytest.raises(TrainingInterrupted):
-            mp.setattr(train_module, "_after_step", hook)
+            mp.setattr(train_module, "sample_batch", draw_or_stop)
             yield
 
     return stop

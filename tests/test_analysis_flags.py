@@ -65,7 +65,7 @@ FLAGS = [
     ("error_source", "--shift", POSITIVE),
     ("error_source", "--oracle-rtol", POSITIVE),
     ("error_source", "--cuts", OPEN_UNIT_TIME),
-    ("error_source", "--guidance", FINITE),
+    ("error_source", "--guidance-scale", FINITE),
     ("tune_grid", "--n", AT_LEAST_2),
     ("tune_grid", "--seed", NON_NEGATIVE_INT),
     ("tune_grid", "--nfe", POSITIVE_INT),

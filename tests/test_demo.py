@@ -29,15 +29,15 @@ def test_help_explains_the_flags(capsys):
         main(["demo", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--n", "--guidance", "--out", "--threads", "--no-progress", "sample"):
+    for flag in ("--n", "--guidance-scale", "--out", "--threads", "--no-progress", "sample"):
         assert flag in out
 
 
 def test_bad_flags_are_refused_naming_them(tmp_path):
     with pytest.raises(SystemExit, match="--n"):
         main(["demo", "--n", "1", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--guidance"):
-        main(["demo", "--guidance", "0.5", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--guidance-scale"):
+        main(["demo", "--guidance-scale", "0.5", "--out", str(tmp_path)])
 
 
 def _frechet(a: np.ndarray, b: np.ndarray) -> float:

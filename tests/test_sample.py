@@ -12,6 +12,7 @@ What is checked against what:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -33,7 +34,7 @@ N, M = 22, 4  # 6 micro-batches, the last one short
 
 def config(out, **kw):
     base = dict(backbone=NAME, solver="euler", nfe=3, out=out, num_samples=N, batch_size=M, seed=5,
-                decoder="upsample", cfg_scale=2.0, guidance_high=0.7)
+                decoder="upsample", guidance_scale=2.0, guidance_high=0.7)
     base.update(kw)
     return S.SampleConfig(**base)
 
@@ -47,6 +48,29 @@ quiet.lines = []
 
 def run(out, **kw):
     return S.sample(config(out, **kw), progress=False, log=quiet)
+
+
+class Interrupted(RuntimeError):
+    """A sampling run stopped on purpose by :func:`interrupted_after`."""
+
+
+@contextlib.contextmanager
+def interrupted_after(k):
+    """``with interrupted_after(k): S.sample(...)``: the run stops with ``Interrupted`` right after
+    it wrote its k-th shard, as a crash would stop it (the sampler's own ``write_shard`` is
+    wrapped), and the block checks that it did."""
+    write = S.write_shard
+    written = []
+
+    def write_then_stop(*args, **kwargs):
+        write(*args, **kwargs)
+        written.append(args[0])
+        if len(written) == k:
+            raise Interrupted(f"interrupted after {k} shard(s)")
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Interrupted):
+        mp.setattr(S, "write_shard", write_then_stop)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +88,11 @@ def test_noise_and_labels_come_from_the_per_index_generator():
     for k, i in enumerate(range(3, 6)):
         seed = int(np.random.SeedSequence([7, i]).generate_state(1, np.uint64)[0])
         g = torch.Generator().manual_seed(seed)
+        # sample.py's promise: sample i's noise is these draws from the (seed, i) generator, untouched
         torch.testing.assert_close(noise[k], torch.randn(SHAPE, generator=g), rtol=0, atol=0)
         assert labels[k] == int(torch.randint(0, CLASSES, (1,), generator=g))
     alone, alone_label = S.sample_inputs(7, range(4, 5), SHAPE, CLASSES)
-    torch.testing.assert_close(alone[0], noise[1], rtol=0, atol=0)
+    torch.testing.assert_close(alone[0], noise[1], rtol=0, atol=0)  # depends on (seed, i) only
     assert alone_label[0] == labels[1]
 
 
@@ -85,7 +110,7 @@ def test_to_uint8_is_repas_truncating_conversion():
     got = to_uint8(x)
     assert got.dtype == np.uint8 and got.shape == (2, 2, 4, 3)  # NHWC
     expected = np.clip(255.0 * (x.numpy().astype(np.float32) + 1) / 2, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, expected)  # REPA's conversion op for op (elementwise, correctly rounded)
     assert got[0, 0, 3, 0] == 127  # 127.5 truncates, SiT's 127.5 x + 128 would give 128
 
 
@@ -112,6 +137,8 @@ def test_sd_vae_decoder_matches_diffusers(tmp_path):
 def test_run_writes_the_adm_batch_with_independently_computed_images(tmp_path, reference):
     out = tmp_path / "run"
     npz = run(out)
+    # sample.py's promise: on the same hardware and software the .npz is byte-identical, whatever
+    # the number of processes and however often the run was interrupted (here and below)
     assert npz.read_bytes() == reference
     with np.load(npz, allow_pickle=False) as z:
         assert z.files == ["arr_0", "arr_1"]
@@ -147,8 +174,8 @@ def test_run_writes_the_adm_batch_with_independently_computed_images(tmp_path, r
 
 def test_interrupted_run_with_damaged_shards_finishes_identically(tmp_path, reference):
     out = tmp_path / "run"
-    with pytest.raises(S.SamplingInterrupted):
-        S.sample(config(out), progress=False, log=quiet, interrupt_after=4)
+    with interrupted_after(4):
+        S.sample(config(out), progress=False, log=quiet)
     batches = micro_batches(N, M)
     flip, cut = shard_path(out, 1), shard_path(out, 2)
     data = bytearray(flip.read_bytes())
@@ -169,16 +196,16 @@ def test_interrupted_run_with_damaged_shards_finishes_identically(tmp_path, refe
 
 def test_restart_with_other_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    with pytest.raises(S.SamplingInterrupted):
-        S.sample(config(out), progress=False, log=quiet, interrupt_after=1)
+    with interrupted_after(1):
+        S.sample(config(out), progress=False, log=quiet)
     with pytest.raises(S.SettingsMismatch, match=r"nfe: recorded 3, requested 4.*new --out"):
         run(out, nfe=4)
     with pytest.raises(S.SettingsMismatch, match="seed"):
         run(out, seed=6)
     argv = ["--import", "_tiny_image", "--backbone", NAME, "--solver", "euler", "--nfe", "3", "--out", str(out),
             "--num-samples", str(N), "--batch-size", str(M), "--seed", "5", "--decoder", "upsample", "--no-progress"]
-    assert S.main(argv) == 2  # no --cfg-scale / --guidance-high this time
-    assert "cfg_scale: recorded 2.0, requested None" in capsys.readouterr().err
+    assert S.main(argv) == 2  # no --guidance-scale / --guidance-high this time
+    assert "guidance_scale: recorded 2.0, requested None" in capsys.readouterr().err
 
 
 def test_bad_settings_name_the_flag(tmp_path):
@@ -207,11 +234,13 @@ def tiny_sidenet(path):
     return save_sidenet(net, path)
 
 
-def torchrun(args, nproc=2):
+def torchrun(args, nproc=2, entry=("-m", "adapters.torch_sit.imagenet.sample")):
+    """The sample command under torchrun; ``entry`` is what each rank runs (a module or a script
+    with its leading arguments)."""
     path = os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])  # tests/: _tiny_image
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "adapters.torch_sit.imagenet.sample", "--threads", "1", "--no-progress", *args]
+           *entry, "--threads", "1", "--no-progress", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -222,7 +251,7 @@ def test_torchrun_matches_single_process_and_survives_sigkill(tmp_path):
     single = S.sample(config(tmp_path / "single", **kw), progress=False, log=quiet).read_bytes()
     args = ["--import", "_tiny_image", "--backbone", NAME, "--solver", "ba-solver", "--nfe", "4",
             "--sidenet", str(sidenet), "--num-samples", "30", "--batch-size", "4", "--labels", "balanced",
-            "--seed", "5", "--decoder", "upsample", "--cfg-scale", "2.0", "--guidance-high", "0.7"]
+            "--seed", "5", "--decoder", "upsample", "--guidance-scale", "2.0", "--guidance-high", "0.7"]
 
     proc = torchrun(args + ["--out", str(tmp_path / "ddp")])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -230,7 +259,8 @@ def test_torchrun_matches_single_process_and_survives_sigkill(tmp_path):
     assert (tmp_path / "ddp" / "samples.npz").read_bytes() == single
 
     # every rank kills itself (SIGKILL) after its second shard; torchrun tears the job down
-    killed = torchrun(args + ["--out", str(tmp_path / "killed"), "--_kill-after-shards", "2"])
+    killed = torchrun(args + ["--out", str(tmp_path / "killed")],
+                      entry=(str(ROOT / "tests" / "_sample_killed_after.py"), "2"))
     assert killed.returncode != 0 and "SIGKILL" in killed.stdout + killed.stderr
     shards = sorted((tmp_path / "killed" / "shards").glob("shard-*.safetensors"))
     assert 2 <= len(shards) < 8 and not (tmp_path / "killed" / "samples.npz").exists()

@@ -200,6 +200,7 @@ def test_nan_loss_leaves_the_weights_and_optimiser_untouched():
     trainer = ChainTrainer(net, bb, cfg)
     with pytest.raises(FloatingPointError, match="iteration 1: the chain loss is NaN"):
         trainer.step(sample_batch(cfg, bb, 0))
+    # a refused step is a no-op: weights and EMA untouched, bit for bit
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(torch.equal(before[k], trainer.ema[k]) for k in trainer.ema)
     assert trainer.step_count == 0 and not trainer.optimizer.state
@@ -251,7 +252,7 @@ def test_checkpoint_with_nan_is_not_resumed(tmp_path, part):
     before = (out / "sidenet.safetensors").read_bytes()
     with pytest.raises(ValueError, match=rf"{part}\.out\.bias.*NaN"):
         run(out, ChainConfig(iters=6, batch_size=8, chain_length=2, ema_decay=0.9))
-    assert (out / "sidenet.safetensors").read_bytes() == before and log_steps(out) == [1, 2, 3, 4]
+    assert (out / "sidenet.safetensors").read_bytes() == before and log_steps(out) == [1, 2, 3, 4]  # file untouched
 
 
 def test_resume_below_the_checkpoint_step_is_refused(tmp_path):
@@ -296,3 +297,11 @@ def test_fresh_start_over_an_old_run_keeps_nothing_of_it(tmp_path):
     assert names == ["checkpoint-00000001.safetensors", "checkpoint-00000002.safetensors", "my-notes.txt"]
     assert log_steps(out) == [1, 2]
     assert load_sidenet(out / "sidenet.safetensors").config()["path_features"]  # the recipe's, not the old run's
+
+
+def test_a_diffusers_backbone_is_sent_to_its_own_command(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--backbone", "diffusers", "--out", str(tmp_path / "never")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and "python -m adapters.diffusers_flow.train" in err[-1]
+    assert not (tmp_path / "never").exists()

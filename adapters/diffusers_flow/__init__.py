@@ -9,8 +9,9 @@ backbone binding that trains its SideNet.
       pipe.scheduler = BASolverScheduler.from_config(pipe.scheduler.config, sidenet="runs/sd3/sidenet.safetensors")
       pipe.scheduler.bind(pipe)   # only for a SideNet conditioned on the prompt or the guidance scale
 
-- :mod:`.backbone`: a pipeline's transformer as a chain-training backbone
-  (``python -m adapters.torch_sit.train --backbone diffusers --model PATH ...``).
+- :mod:`.backbone`: a pipeline's transformer as a chain-training backbone (registered as
+  ``"diffusers"`` when imported), trained by :mod:`.train`
+  (``python -m adapters.diffusers_flow.train --model PATH --prompt-embeddings emb.safetensors ...``).
 - :mod:`.embeddings`: the file of precomputed prompt embeddings the trainer draws from
   (``python -m adapters.diffusers_flow.embeddings --model PATH --prompts prompts.txt --out emb.safetensors``).
 - :mod:`.grid`: the grid a SideNet may carry.

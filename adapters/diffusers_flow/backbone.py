@@ -1,6 +1,6 @@
 """A diffusers pipeline's transformer (Stable Diffusion 3, Flux) as a chain-training backbone.
 
-    python -m adapters.torch_sit.train --backbone diffusers --model PATH \\
+    python -m adapters.diffusers_flow.train --model PATH \\
         --prompt-embeddings emb.safetensors --latent-size 64 --guidance-scale 7.0 --out runs/sd3
 
 The backbone is the velocity field the pipeline integrates, called exactly as the pipeline calls
@@ -23,6 +23,9 @@ its transformer, so that the SideNet learns the ODE it will sample:
 
 The transformer is frozen (``requires_grad`` False, eval mode) and runs in its own dtype;
 states and velocities are float32 outside it.
+
+Importing this module registers :func:`load_diffusers_backbone` as the backbone ``"diffusers"``
+(``get_backbone("diffusers", model=..., prompt_embeddings=..., latent_size=..., dtype=...)``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from adapters.torch_sit.backbones import Backbone
+from adapters.torch_sit.backbones import Backbone, register_backbone
 
 from .embeddings import PromptEmbeddings, load_prompt_embeddings
 
@@ -178,3 +181,6 @@ def load_diffusers_backbone(model: "str | os.PathLike | nn.Module", prompt_embed
     return Backbone(f"diffusers:{type(transformer).__name__}", field, field.state_shape, None, n, transformer,
                     extra={"kind": field.kind, "latent_size": list(hw), "prompts": len(table)},
                     cond_dim=table.pooled_dim, sample_cond=field.sample_cond)
+
+
+register_backbone("diffusers", load_diffusers_backbone)

@@ -37,7 +37,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from adapters.torch_sit.sidenet.checkpoint import atomic_write
+from adapters.torch_sit.files import atomic_write
 
 __all__ = ["PromptEmbeddings", "compute_prompt_embeddings", "save_prompt_embeddings", "load_prompt_embeddings", "main"]
 
@@ -182,7 +182,7 @@ class _ConfigOnly:
         self.config = SimpleNamespace(**json.loads(Path(config_file).read_text()))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m adapters.diffusers_flow.embeddings",
                                 description="Precompute prompt embeddings for SideNet training on a diffusers transformer.")
     p.add_argument("--model", required=True, help="local diffusers pipeline directory (with its text encoders)")
@@ -192,7 +192,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="torch device for the text encoders (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     from diffusers import DiffusionPipeline
 
     prompts = read_prompts(args.prompts)

@@ -6,12 +6,12 @@ A backbone is a callable ``backbone(t, x, **cond) -> v`` with ``t`` a per-sample
 count (None: analytic, no parameters), and optionally ``sample_data(n, generator)`` (data samples
 at t = 0, for chains that start at a sampled time on the path x_t = (1 - t) x_data + t z).
 
-Registered now: the analytic Gaussian-mixture flows ``"gmm-ring2d"`` and ``"gmm-32d"``
-(:mod:`baquad.flows`), and ``"diffusers"``, a diffusers SD3/Flux transformer with a file of prompt
-embeddings (:mod:`adapters.diffusers_flow.backbone`; options ``model``, ``prompt_embeddings``,
-``latent_size``, ``dtype``). A neural backbone (a REPA-SiT, a digits model) registers a factory with
-:func:`register_backbone` that returns ``Backbone.from_module(...)`` or a :class:`Backbone` whose
-``fn`` applies the guidance and label conditioning, keyed on the same names.
+Registered here: the analytic Gaussian-mixture flows ``"gmm-ring2d"``, ``"gmm-32d"`` and
+``"gmm-64d"`` (:mod:`baquad.flows`). A neural backbone (a REPA-SiT, a digits model) registers a
+factory with :func:`register_backbone` at import of its module, returning
+``Backbone.from_module(...)`` or a :class:`Backbone` whose ``fn`` applies the guidance and label
+conditioning, keyed on the same names; so does a binding that lives outside this package (the
+diffusers transformer registers ``"diffusers"`` when its module is imported).
 
 Your own model: ``Backbone.from_module(model, name, state_shape)`` wraps a torch module called
 ``model(t, x, **cond)`` (time first, t in [0, 1] with t = 1 noise), and
@@ -311,13 +311,3 @@ register_backbone("gmm-ring2d", _analytic_flow("gmm-ring2d"))
 register_backbone("gmm-32d", _analytic_flow("gmm-32d"))
 register_backbone("gmm-64d", _analytic_flow("gmm-64d"))
 
-
-def _diffusers_transformer(**kwargs: Any) -> Backbone:
-    """A diffusers pipeline's transformer (SD3, Flux) with a prompt-embedding file; see
-    :func:`adapters.diffusers_flow.backbone.load_diffusers_backbone` (diffusers imported here)."""
-    from adapters.diffusers_flow.backbone import load_diffusers_backbone
-
-    return load_diffusers_backbone(**kwargs)
-
-
-register_backbone("diffusers", _diffusers_transformer)

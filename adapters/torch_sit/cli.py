@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ._cli import HelpFormatter
+from ..commandline import HelpFormatter
 
 __all__ = ["build_parser", "main"]
 

@@ -1,7 +1,6 @@
 """The embedded default behind ``baquad demo``: the digits SiT and its data (:mod:`.model`), the
 shipped weights checked by SHA-256 (:mod:`.shipped`, ``weights/``), the reference set
-(:mod:`.reference`), their training (:mod:`.train`), the demos (:mod:`.demo`, :mod:`.edit`) and
-their tables and plots (:mod:`.report`).
+(:mod:`.reference`), their training (:mod:`.train`) and the demos (:mod:`.demo`, :mod:`.edit`).
 
 Importing the package registers the ``digits-sit`` backbone (scikit-learn is imported only for
 the data)."""

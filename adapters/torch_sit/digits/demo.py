@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...report import markdown_table, pyplot, save_figure
+
 __all__ = ["DemoRow", "SOLVERS", "NFES", "EULER_NFES", "TimedModule", "run_demo", "add_arguments", "DEMOS"]
 
 #: (label, method) of the table's rows, BA-solver first
@@ -169,30 +171,30 @@ def sample(backbone: Any, sidenet: Optional[nn.Module], method: str, nfe: int, n
 
 
 def _reference_for(args: argparse.Namespace, log: Callable[..., None]):
-    """The reference set for ``--n`` and ``--guidance``: the shipped one when it covers them,
+    """The reference set for ``--n`` and ``--guidance-scale``: the shipped one when it covers them,
     else one solved now and cached in the output directory."""
     from .model import shipped_path
     from .reference import build_reference, load_reference, save_reference
-    from .shipped import sha256_file
+    from ..files import sha256_file
 
     backbone_sha = sha256_file(shipped_path("backbone"))
 
     def fits(ref) -> bool:
         m = ref.meta
-        return (len(ref) >= args.n and abs(m["guidance_scale"] - args.guidance) < 1e-12
+        return (len(ref) >= args.n and abs(m["guidance_scale"] - args.guidance_scale) < 1e-12
                 and m["backbone_sha256"] == backbone_sha)
 
     candidates = [Path(args.reference)] if args.reference else [shipped_path("reference")]
-    cached = args.out / f"reference-g{args.guidance:g}-n{args.n}.safetensors"
+    cached = args.out / f"reference-g{args.guidance_scale:g}-n{args.n}.safetensors"
     candidates.append(cached)
     for path in candidates:
         if path.is_file():
             ref = load_reference(path)
             if fits(ref):
                 return ref.head(args.n), path
-    log(f"no reference set covers n = {args.n} at guidance {args.guidance:g}: solving it once with DOP853 "
+    log(f"no reference set covers n = {args.n} at guidance {args.guidance_scale:g}: solving it once with DOP853 "
         f"(2 x {args.n} samples; several minutes), cached as {cached}")
-    ref = build_reference(args.n, args.guidance, progress=args.progress, log=log)
+    ref = build_reference(args.n, args.guidance_scale, progress=args.progress, log=log)
     save_reference(ref, cached)
     return ref, cached
 
@@ -227,7 +229,7 @@ def run_demo(args: argparse.Namespace, log: Callable[..., None] = print) -> list
     bar = tqdm(runs, desc="sampling", disable=not args.progress, file=sys.stderr, dynamic_ncols=True)
     for label, method, nfe in bar:
         bar.set_postfix_str(f"{label}, NFE {nfe}")
-        x, wall, side = sample(backbone, sidenet, method, nfe, ref.noise, ref.labels, args.guidance, args.shift)
+        x, wall, side = sample(backbone, sidenet, method, nfe, ref.noise, ref.labels, args.guidance_scale, args.shift)
         err, se = judge.error(x)
         rows.append(DemoRow(label, method, nfe, err, se, judge.frechet(x), judge.accuracy(x), wall, side))
         shown[(label, nfe)] = x[:10]
@@ -236,7 +238,7 @@ def run_demo(args: argparse.Namespace, log: Callable[..., None] = print) -> list
     text = report(rows, context, args)
     print(text)
     (args.out / "demo.md").write_text(text + "\n")
-    payload = {"settings": {"n": args.n, "guidance": args.guidance, "shift": args.shift,
+    payload = {"settings": {"n": args.n, "guidance": args.guidance_scale, "shift": args.shift,
                             "threads": torch.get_num_threads()},
                "context": context, "rows": [dict(asdict(r), sidenet_share=r.sidenet_share) for r in rows]}
     (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -248,14 +250,13 @@ def run_demo(args: argparse.Namespace, log: Callable[..., None] = print) -> list
 
 def report(rows: Sequence[DemoRow], context: dict, args: argparse.Namespace) -> str:
     """The markdown table with its header lines."""
-    from analysis._common import markdown_table
 
     body = [[r.solver, r.nfe, f"{r.trajectory_error:.4f}", f"{r.frechet:.3f}", f"{100 * r.accuracy:.1f}%",
              f"{r.wall_s:.2f}", "" if r.sidenet_share is None else f"{100 * r.sidenet_share:.1f}%"] for r in rows]
     table = markdown_table(["solver", "NFE", "trajectory error", "Fréchet distance", "class accuracy", "wall s",
                             "SideNet share"], body, "lrrrrrr")
     return "\n".join([
-        f"# baquad demo: {args.n} digits per solver, guidance {args.guidance:g}, grid shift {args.shift:g}, "
+        f"# baquad demo: {args.n} digits per solver, guidance {args.guidance_scale:g}, grid shift {args.shift:g}, "
         f"{torch.get_num_threads()} torch thread(s)", "",
         "Trajectory error: mean |x - x_ref|_2 over samples (64 pixels in [-1, 1]) against the reference solve of "
         f"the same noise ({context['reference_tolerance']}). Fréchet distance: classifier features of the samples "
@@ -276,7 +277,6 @@ def _tile(x: torch.Tensor) -> np.ndarray:
 
 def plot_samples(shown: dict, path: Path) -> None:
     """Rows: solvers (and the reference), columns: NFE; the same ten noises in every cell."""
-    from analysis._common import pyplot, save_figure
 
     plt = pyplot()
     cols = list(NFES) + list(EULER_NFES)
@@ -301,7 +301,6 @@ def plot_samples(shown: dict, path: Path) -> None:
 
 def plot_errors(rows: Sequence[DemoRow], context: dict, path: Path) -> None:
     """Trajectory error and Fréchet distance against NFE, one line per solver."""
-    from analysis._common import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -352,7 +351,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="samples per solver and NFE (the shipped reference covers up to 2000 at the default "
                         "guidance; other values are solved once and cached in --out); edit: the number of held-out "
                         "digits in the round-trip table (all 355 when larger)")
-    p.add_argument("--guidance", type=float, default=DIGITS_GUIDANCE_SCALE,
+    p.add_argument("--guidance-scale", type=float, default=DIGITS_GUIDANCE_SCALE,
                    help="classifier-free guidance scale (1 = none)")
     p.add_argument("--shift", type=float, default=DIGITS_GRID_SHIFT,
                    help="time shift of every solver's grid, t' = s t / (1 + (s - 1) t) on a uniform grid "
@@ -384,8 +383,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--nfe: BA-solver needs at least 2 calls per direction, got {args.nfe}")
     if not (args.shift > 0 and np.isfinite(args.shift)):
         raise SystemExit(f"--shift: must be a positive number, got {args.shift}")
-    if not args.guidance >= 1.0:
-        raise SystemExit(f"--guidance: classifier-free guidance scales are >= 1 (1 = unguided), got {args.guidance}")
+    if not args.guidance_scale >= 1.0:
+        raise SystemExit(f"--guidance-scale: classifier-free guidance scales are >= 1 (1 = unguided), got {args.guidance_scale}")
     if args.out.exists() and not args.out.is_dir():
         raise SystemExit(f"--out: {args.out} exists and is not a directory")
     torch.set_num_threads(args.threads)

@@ -33,6 +33,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from ...report import markdown_table, pyplot, save_figure
+
 __all__ = ["invert", "generate", "round_trip", "RoundTrip", "edit_grid", "run_edit", "ROUND_TRIP_PLAN"]
 
 #: (label, method, NFE per direction) of the round-trip table; "reference" is DOP853
@@ -136,7 +138,6 @@ def edit_grid(backbone: Any, sidenet: torch.nn.Module, x0: torch.Tensor, labels:
 
 def _plot_edits(cells: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
     """One row per digit: original, round trip, then the edits (each cell's label under it)."""
-    from analysis._common import pyplot, save_figure
 
     plt = pyplot()
     n, m = cells.shape[:2]
@@ -154,7 +155,6 @@ def _plot_edits(cells: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
 
 
 def report(rows: Sequence[RoundTrip], args: argparse.Namespace, n: int) -> str:
-    from analysis._common import markdown_table
 
     lines = ["# baquad demo edit: round trips by inversion", "",
              f"{n} held-out digits, inverted from t = 0 to t = 1 under their true label and regenerated under the "
@@ -190,17 +190,17 @@ def run_edit(args: argparse.Namespace, log: Callable[..., None] = print) -> list
     pick = torch.arange(len(labels))[: args.n]  # --n above the held-out count: all of them
     x0, y = images[pick], labels[pick]
     rows = []
-    for g in (args.guidance, 1.0) if args.guidance != 1.0 else (1.0,):
+    for g in (args.guidance_scale, 1.0) if args.guidance_scale != 1.0 else (1.0,):
         rows += round_trip(backbone, sidenet, x0, y, g, args.shift, progress=args.progress,
                            reference_backbone=reference_backbone)
     text = report(rows, args, len(pick))
     print(text)
     (args.out / "edit.md").write_text(text + "\n")
-    (args.out / "edit.json").write_text(json.dumps({"settings": {"n": len(pick), "guidance": args.guidance,
+    (args.out / "edit.json").write_text(json.dumps({"settings": {"n": len(pick), "guidance": args.guidance_scale,
                                                                  "shift": args.shift, "nfe": args.nfe},
                                                     "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     idx = torch.tensor(digits)
-    cells = edit_grid(backbone, sidenet, images[idx], labels[idx], nfe=args.nfe, guidance=args.guidance, shift=args.shift)
+    cells = edit_grid(backbone, sidenet, images[idx], labels[idx], nfe=args.nfe, guidance=args.guidance_scale, shift=args.shift)
     _plot_edits(cells, labels[idx], args.out / "edits.png")
     log(f"wrote {args.out / 'edit.md'} and {args.out / 'edits.png'}")
     return rows

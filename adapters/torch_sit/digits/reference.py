@@ -30,11 +30,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .._cli import HelpFormatter
+from ...commandline import HelpFormatter
 from .model import (DIGITS_GUIDANCE_INTERVAL, DIGITS_GUIDANCE_SCALE, STATE_SHAPE, digits_sit_backbone,
                      shipped_path)
 from ..files import InvalidFile, read_header, read_tensors, serialise
-from .shipped import sha256_file, verified, write_with_sum
+from ..files import sha256_file
+from .shipped import verified, write_with_sum
 
 __all__ = ["ReferenceSet", "reference_noise", "reference_labels", "solve_reference", "build_reference",
            "save_reference", "load_reference", "main"]
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="directory of digits_reference.safetensors")
     p.add_argument("--n", type=int, default=2000, help="samples per set")
-    p.add_argument("--guidance", type=float, default=DIGITS_GUIDANCE_SCALE, help="classifier-free guidance scale")
+    p.add_argument("--guidance-scale", type=float, default=DIGITS_GUIDANCE_SCALE, help="classifier-free guidance scale")
     p.add_argument("--rtol", type=float, default=1e-7, help="DOP853 rtol = atol")
     p.add_argument("--seed", type=int, default=0, help="noise seed (the second set uses seed + 1)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the same bytes on every rerun on one machine)")
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    ref = build_reference(args.n, args.guidance, seed=args.seed, rtol=args.rtol)
+    ref = build_reference(args.n, args.guidance_scale, seed=args.seed, rtol=args.rtol)
     path = args.out / shipped_path("reference").name
     digest = save_reference(ref, path)
     print(f"wrote {path} (sha256 {digest})")

@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from ..files import atomic_write
+from ..files import atomic_write, sha256_file
 
-__all__ = ["WEIGHTS_DIR", "SUMS_NAME", "ChecksumError", "sha256_file", "read_sums", "verified", "write_with_sum",
+__all__ = ["WEIGHTS_DIR", "SUMS_NAME", "ChecksumError", "read_sums", "verified", "write_with_sum",
            "shipped_file"]
 
 #: the package-data directory of the shipped weights
@@ -34,15 +34,6 @@ _LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 
 class ChecksumError(ValueError):
     """A file's SHA-256 differs from its manifest entry, or the file has no entry."""
-
-
-def sha256_file(path: "str | os.PathLike") -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_sums(directory: "str | os.PathLike") -> dict[str, str]:

@@ -42,7 +42,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .._cli import HelpFormatter
+from ...commandline import HelpFormatter
 from ..sidenet.chain import step_generator
 from ..files import InvalidFile, atomic_write, read_header, read_tensors, serialise
 from .model import (DIGITS_SIT_CONFIG, DigitsClassifier, load_digits_split, save_model, shipped_path,
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="class accuracy and Fréchet distance of a digits SiT's Euler samples",
                        formatter_class=HelpFormatter)
     e.add_argument("--weights", type=Path, default=None, help="a digits_sit.safetensors (default: the shipped one)")
-    e.add_argument("--guidance", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0], help="guidance scales")
+    e.add_argument("--guidance-scale", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0], help="guidance scales")
     e.add_argument("--n", type=int, default=500, help="samples per guidance scale")
     e.add_argument("--steps", type=int, default=100, help="Euler steps")
     for q in (b, c, e):
@@ -354,7 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         recipe = ClassifierRecipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClassifierRecipe)})
         train_classifier(args.out, recipe, progress=not args.no_progress)
     else:
-        evaluate_backbone(args.weights, args.guidance, args.n, args.steps)
+        evaluate_backbone(args.weights, args.guidance_scale, args.n, args.steps)
     return 0
 
 

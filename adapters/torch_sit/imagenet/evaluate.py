@@ -40,8 +40,6 @@ does; whether that port reproduces the TF tensor was not verified here, and the 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib
 import json
 import math
 import os
@@ -53,7 +51,8 @@ from typing import Any, Iterable, Optional, Protocol, Sequence
 import numpy as np
 
 from . import metrics
-from .._cli import HelpFormatter
+from ...commandline import HelpFormatter, load_object
+from ..files import sha256_file
 from .npz import iter_npz_array, npz_array_info, npz_members, read_npz_array
 
 __all__ = [
@@ -90,14 +89,6 @@ class FeatureExtractor(Protocol):
     provenance: dict[str, str]
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
-
-
-def _sha256_prefix(path: Path, n: int = 12) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:n]
 
 
 def _import_torch_fidelity() -> Any:
@@ -159,7 +150,7 @@ class TorchFidelityInception:
         layer.register_forward_hook(self._keep_spatial)
         version = getattr(tfid, "__version__", "unknown version")
         self.name = (f"torch-fidelity {version} FeatureExtractorInceptionV3 "
-                     f"(weights {weights.name}, sha256 {_sha256_prefix(weights)}...)")
+                     f"(weights {weights.name}, sha256 {sha256_file(weights)[:12]}...)")
         self.provenance = {
             "pool": "its '2048' output (pool_3)",
             "logits": "its 'logits_unbiased' output (pool_3 x classifier weights, no bias, 1008 classes)",
@@ -192,10 +183,7 @@ def _load_extractor(spec: str, weights: Optional[str], device: Any) -> FeatureEx
             raise ValueError("--inception-weights is required with the torch-fidelity extractor "
                              "(nothing is downloaded at run time); see docs/imagenet.md")
         return TorchFidelityInception(weights, device)
-    module, sep, attr = spec.partition(":")
-    if not sep:
-        raise ValueError(f"--extractor: expected 'torch-fidelity' or MODULE:NAME, got {spec!r}")
-    return getattr(importlib.import_module(module), attr)()
+    return load_object(spec, "--extractor", form="'torch-fidelity' or module:name")()
 
 
 def _check_images(images: np.ndarray, where: str) -> None:
@@ -405,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(ev.report(), flush=True)
         results.append(ev.to_dict())
     if args.json is not None:
-        from ..sidenet.checkpoint import atomic_write
+        from ..files import atomic_write
 
         atomic_write(args.json, (json.dumps(results, indent=2) + "\n").encode())
         print(f"wrote {args.json}")

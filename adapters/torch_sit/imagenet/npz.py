@@ -8,7 +8,8 @@ images as uint8 ``(N, H, W, 3)``; reference batches add the Inception statistics
 - :func:`write_npz` writes arrays from chunk iterators into an uncompressed zip with fixed
   member metadata (timestamp 1980-01-01, permissions 0600), so equal arrays give byte-identical
   files (``numpy.savez`` stamps the current time into the archive). The file appears
-  atomically: it is written to a temporary file beside the target, fsync'ed, then renamed.
+  atomically (:func:`adapters.torch_sit.files.atomic_stream`), readable by other users as a
+  plain ``open`` would make it (0666 less the umask).
 - :func:`iter_npz_array` reads one member in batches of rows without loading the rest, for
   stored and deflated archives alike (``numpy.savez`` and ``numpy.savez_compressed`` files).
 
@@ -17,52 +18,18 @@ Nothing here unpickles: object arrays are refused.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["NpyInfo", "atomic_stream", "write_npz", "npz_members", "npz_array_info", "iter_npz_array", "read_npz_array"]
+from ..files import atomic_stream
+
+__all__ = ["NpyInfo", "write_npz", "npz_members", "npz_array_info", "iter_npz_array", "read_npz_array"]
 
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
-
-
-@contextlib.contextmanager
-def atomic_stream(path: "str | os.PathLike") -> Iterator[IO[bytes]]:
-    """A binary file handle whose content replaces ``path`` only when the block succeeds.
-
-    Temporary file in the same directory, flushed and fsync'ed, ``os.replace``, then the
-    directory entry fsync'ed; on an exception the temporary file is removed and ``path`` is
-    untouched (the streaming sibling of ``checkpoint.atomic_write``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared data file from other users
-    try:
-        with os.fdopen(fd, "w+b") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    except OSError:  # pragma: no cover - file systems without directory fsync
-        pass
-    finally:
-        os.close(dfd)
 
 
 @dataclass(frozen=True)
@@ -88,7 +55,7 @@ def write_npz(path: "str | os.PathLike", arrays: "dict[str, tuple[NpyInfo, Itera
     ``info.shape``; the count is checked, so a short or long iterator raises instead of writing
     a wrong file. The output is byte-identical for equal inputs and appears atomically.
     """
-    with atomic_stream(path) as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with atomic_stream(path, shared=True) as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, (info, chunks) in arrays.items():
             if info.dtype.hasobject:
                 raise TypeError(f"{name}: object arrays cannot be written (they would need pickle)")

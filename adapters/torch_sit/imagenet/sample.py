@@ -2,7 +2,7 @@
 
     python -m adapters.torch_sit.imagenet.sample --backbone repa-sit-xl2-256 --ckpt pretrained/last.pt \\
         --vae pretrained/sd-vae-ft-ema --solver ba-solver --sidenet runs/sit-xl2/sidenet.safetensors \\
-        --nfe 7 --cfg-scale 2.8 --guidance-high 0.7 --out samples/ba-solver-nfe7
+        --nfe 7 --guidance-scale 2.8 --guidance-high 0.7 --out samples/ba-solver-nfe7
     torchrun --nproc_per_node=8 -m adapters.torch_sit.imagenet.sample ...same flags...
 
 Output directory ``--out``:
@@ -46,11 +46,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -61,9 +59,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .._cli import HelpFormatter
+from ...commandline import (HelpFormatter, add_dataclass_flags, dataclass_kwargs, flag_field, json_object,
+                            load_object)
 from ..backbones import Backbone, backbone_names, get_backbone
-from ..sidenet.checkpoint import atomic_write
+from ..files import atomic_write, sha256_file
 from ..distributed import dist_setup
 from .decode import LATENT_SCALE, SDVAEDecoder, UpsampleDecoder, to_uint8
 from .npz import NpyInfo, write_npz
@@ -75,7 +74,6 @@ __all__ = [
     "sample_inputs",
     "file_identity",
     "SettingsMismatch",
-    "SamplingInterrupted",
     "SampleConfig",
     "sample",
     "build_parser",
@@ -90,10 +88,6 @@ _VERSION = 1
 
 class SettingsMismatch(ValueError):
     """A restart asked for samples other than the ones the run directory holds."""
-
-
-class SamplingInterrupted(RuntimeError):
-    """Raised by ``sample(..., interrupt_after=k)`` after k shards (to test restarts)."""
 
 
 # ------------------------------------------------------------------------ per-index inputs
@@ -140,22 +134,14 @@ def file_identity(path: "str | os.PathLike | None") -> Optional[dict]:
         return None
     path = Path(path)
     if path.is_file():
-        return {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256_file(path)}
+        return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist")
     files = sorted(p for p in path.rglob("*")
                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    listing = {str(p.relative_to(path)): _sha256_file(p) for p in files}
+    listing = {str(p.relative_to(path)): sha256_file(p) for p in files}
     return {"name": path.name, "bytes": sum(p.stat().st_size for p in files),
             "sha256": hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()}
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _digest(settings: dict) -> str:
@@ -183,39 +169,62 @@ def _check_settings(out: Path, settings: dict) -> None:
 # ---------------------------------------------------------------------------------- sampling
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """argparse ``type=`` of ``--solver-option``: ``KEY=VALUE``, the value parsed as JSON when it is."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 @dataclass
 class SampleConfig:
-    """Everything that defines the samples (see ``--help`` for each field)."""
+    """Everything that defines the samples; every field is a flag of the command (``--help``),
+    generated from these declarations (:mod:`adapters.commandline`)."""
 
-    backbone: str
-    solver: str
-    nfe: int
-    out: Path
-    num_samples: int = 50_000
-    batch_size: int = 64
-    seed: int = 0
-    labels: str = "uniform"
-    ckpt: Optional[str] = None
-    backbone_kwargs: dict = dataclasses.field(default_factory=dict)
-    cfg_scale: Optional[float] = None
-    guidance_low: Optional[float] = None
-    guidance_high: Optional[float] = None
-    sidenet: Optional[str] = None
-    rule: Optional[str] = None
-    solver_options: dict = dataclasses.field(default_factory=dict)
-    schedule: str = "uniform"
-    shift: float = 1.0
-    state_dtype: str = "float32"
-    decoder: str = "sd-vae"
-    vae: Optional[str] = None
-    latent_scale: float = LATENT_SCALE
-    keep_shards: bool = False
+    backbone: str = flag_field("registered backbone (--import adds more)", group="model")
+    solver: str = flag_field("integration method", group="solver")
+    nfe: int = flag_field("backbone calls per sample (the grid is planned to meet it)", group="solver")
+    out: Path = flag_field("run directory (settings, shards, samples.npz, grid.png)")
+    num_samples: int = flag_field("number of images N", default=50_000, group="samples")
+    batch_size: int = flag_field("micro-batch size m (part of the settings: the samples depend on it, not on the "
+                                 "process count)", default=64, group="samples")
+    seed: int = flag_field("global seed; sample i depends on (seed, i) only", default=0, group="samples")
+    labels: str = flag_field("uniform random classes (REPA) or every class equally often", default="uniform",
+                             choices=("uniform", "balanced"), group="samples")
+    ckpt: Optional[str] = flag_field("backbone checkpoint, passed to the backbone as ckpt=", default=None, group="model")
+    backbone_kwargs: dict = flag_field("JSON object of further arguments for the backbone's factory, e.g. "
+                                       "'{\"name\": 1}'", default_factory=dict, type=json_object, group="model")
+    guidance_scale: Optional[float] = flag_field("classifier-free guidance scale, passed to the backbone (default: "
+                                                 "the backbone's)", default=None, group="model")
+    guidance_low: Optional[float] = flag_field("guidance only for t >= this (REPA time)", default=None, group="model")
+    guidance_high: Optional[float] = flag_field("guidance only for t <= this (REPA: 0.7)", default=None, group="model")
+    sidenet: Optional[str] = flag_field("BA-solver's SideNet (sidenet.safetensors from the train command); without "
+                                        "it BA-solver uses its training-free perception", default=None, group="solver")
+    rule: Optional[str] = flag_field("BA-solver quadrature rule (default gauss-lobatto-4)", default=None, group="solver")
+    solver_options: dict = flag_field("solver option, e.g. final_step=heun (heun at even NFE), order=3; repeatable",
+                                      default_factory=dict, flag="--solver-option", action="append", flag_default=[],
+                                      type=_option, metavar="KEY=VALUE", convert=dict, group="solver")
+    schedule: str = flag_field("time grid: uniform, sd3 (with --shift) or logsnr", default="uniform", group="solver")
+    shift: float = flag_field("SD3 time shift of the grid", default=1.0, group="solver")
+    state_dtype: str = flag_field("solver state dtype", default="float32", choices=("float32", "float64"),
+                                  group="solver")
+    decoder: str = flag_field("sd-vae (diffusers AutoencoderKL from --vae) or the stand-in upsample decoder for dry "
+                              "runs", default="sd-vae", choices=("sd-vae", "upsample"), group="samples")
+    vae: Optional[str] = flag_field("local diffusers folder of stabilityai/sd-vae-ft-ema", default=None,
+                                    group="samples")
+    latent_scale: float = flag_field("latents are divided by this before decoding", default=LATENT_SCALE,
+                                     group="samples")
+    keep_shards: bool = flag_field("keep shards/ after samples.npz is written", default=False, group="run")
 
     def validate(self) -> None:
-        from baquad import methods
+        from baquad.methods import method_names
 
-        if self.solver not in methods():
-            raise ValueError(f"--solver: unknown solver {self.solver!r}; choose from {', '.join(sorted(methods()))}")
+        if self.solver not in method_names():
+            raise ValueError(f"--solver: unknown solver {self.solver!r}; choose from {', '.join(method_names())}")
         for name in ("num_samples", "batch_size", "nfe"):
             v = getattr(self, name)
             if isinstance(v, bool) or int(v) != v or v < 1:
@@ -277,13 +286,13 @@ class _Generator:
                                  cfg.num_samples)
         x0 = noise.to(self.device, self.dtype)
         cond = {} if y is None else {"labels": y.to(self.device)}
-        if cfg.cfg_scale is not None:
-            cond["guidance_scale"] = cfg.cfg_scale
+        if cfg.guidance_scale is not None:
+            cond["guidance_scale"] = cfg.guidance_scale
         kwargs: dict[str, Any] = dict(cfg.solver_options)
         if cfg.solver == "ba-solver":
             if self.sidenet is not None:
                 kwargs["perception"] = NeuralPerception(self.sidenet, labels=cond.get("labels"),
-                                                        guidance_scale=cfg.cfg_scale, strict=False)
+                                                        guidance_scale=cfg.guidance_scale, strict=False)
             if cfg.rule is not None:
                 kwargs["rule"] = cfg.rule
         with torch.no_grad():
@@ -295,17 +304,22 @@ class _Generator:
         return images, labels
 
 
+#: the SampleConfig fields that do not change the samples (a restart may change them)
+_RUN_ONLY = ("out", "keep_shards")
+#: the SampleConfig fields naming files, recorded by name, size and sha256 (:func:`file_identity`)
+_FILES = ("ckpt", "sidenet", "vae")
+
+
 def _settings(cfg: SampleConfig, backbone: Backbone, ts: Sequence[float]) -> dict:
-    return {
-        "backbone": cfg.backbone, "backbone_kwargs": cfg.backbone_kwargs, "ckpt": file_identity(cfg.ckpt),
-        "cfg_scale": cfg.cfg_scale, "guidance_low": cfg.guidance_low, "guidance_high": cfg.guidance_high,
-        "state_shape": list(backbone.state_shape), "num_classes": backbone.num_classes,
-        "solver": cfg.solver, "nfe": cfg.nfe, "solver_options": cfg.solver_options, "rule": cfg.rule,
-        "sidenet": file_identity(cfg.sidenet), "grid": list(ts), "schedule": cfg.schedule, "shift": cfg.shift,
-        "state_dtype": cfg.state_dtype, "num_samples": cfg.num_samples, "batch_size": cfg.batch_size,
-        "seed": cfg.seed, "labels": cfg.labels, "decoder": cfg.decoder, "vae": file_identity(cfg.vae),
-        "latent_scale": cfg.latent_scale if cfg.decoder == "sd-vae" else None,
-    }
+    """What defines the samples: every :class:`SampleConfig` field but :data:`_RUN_ONLY` (files by
+    their identity; the latent scale only for the VAE decoder), the backbone's state shape and
+    class count, and the time grid."""
+    settings = {f.name: file_identity(getattr(cfg, f.name)) if f.name in _FILES else getattr(cfg, f.name)
+                for f in dataclasses.fields(cfg) if f.name not in _RUN_ONLY}
+    if cfg.decoder != "sd-vae":
+        settings["latent_scale"] = None
+    settings.update(state_shape=list(backbone.state_shape), num_classes=backbone.num_classes, grid=list(ts))
+    return settings
 
 
 def _grid_png(path: Path, images: np.ndarray, cols: int = 8, pad: int = 2) -> None:
@@ -384,13 +398,9 @@ def _pending(out: Path, batches: list[MicroBatch], digest: str, rank: int, world
 
 
 def sample(cfg: SampleConfig, *, device: Optional[str] = None, progress: bool = True,
-           log: Callable[[str], None] = print, interrupt_after: Optional[int] = None,
-           hard_kill: bool = False) -> Optional[Path]:
+           log: Callable[[str], None] = print) -> Optional[Path]:
     """Generate ``cfg.num_samples`` images into ``cfg.out`` (module docstring); single process
     or one rank under torchrun. Returns the ``.npz`` path on rank 0, None on other ranks.
-
-    ``interrupt_after=k`` stops this process after it wrote k shards: ``SamplingInterrupted``,
-    or SIGKILL with ``hard_kill`` (tests of the restart).
 
     Raises:
         SettingsMismatch: ``cfg.out`` holds a run with other settings.
@@ -435,15 +445,11 @@ def sample(cfg: SampleConfig, *, device: Optional[str] = None, progress: bool = 
             bar = tqdm(total=len(mine), desc=f"sampling (rank 0 of {world})", unit="batch", dynamic_ncols=True,
                        file=sys.stderr, disable=None)  # off when not a terminal
         t0 = time.perf_counter()
-        for written, mb in enumerate(mine, start=1):
+        for mb in mine:
             images, labels = generate(mb)
             write_shard(shard_path(out, mb.index), mb, images, labels, digest)
             if bar is not None:
                 bar.update(1)
-            if interrupt_after is not None and written >= interrupt_after:
-                if hard_kill:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                raise SamplingInterrupted(f"rank {rank}: interrupted after {written} shard(s)")
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
@@ -456,7 +462,7 @@ def sample(cfg: SampleConfig, *, device: Optional[str] = None, progress: bool = 
         summary = {"num_samples": cfg.num_samples, "image_shape": list(preview.shape[1:]), "solver": cfg.solver,
                    "nfe": cfg.nfe, "grid": list(generate.ts), "processes": world, "device": str(dev),
                    "micro_batches_this_session": len(todo), "seconds_this_session_rank0": round(elapsed, 3),
-                   "sha256": _sha256_file(npz)}
+                   "sha256": sha256_file(npz)}
         atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         if not cfg.keep_shards:
             for mb in batches:
@@ -474,32 +480,15 @@ def sample(cfg: SampleConfig, *, device: Optional[str] = None, progress: bool = 
 
 # -------------------------------------------------------------------------------------- CLI
 
-
-def _option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}); write e.g. '{{\"name\": 1}}'") from err
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object {{...}}, got {text!r}")
-    return value
+PROG = "python -m adapters.torch_sit.imagenet.sample"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from baquad import methods
+    """The command's parser: a flag per :class:`SampleConfig` field, plus how to run it."""
+    from baquad.methods import method_names
 
     p = argparse.ArgumentParser(
-        prog="python -m adapters.torch_sit.imagenet.sample",
+        prog=PROG,
         description="Generate N images with a solver at an NFE budget and write the ADM evaluator's .npz\n"
                     "(arr_0: uint8 N x H x W x 3) plus a grid PNG. Runs as one process or under torchrun;\n"
                     "an interrupted run continues when started again with the same command.",
@@ -507,74 +496,38 @@ def build_parser() -> argparse.ArgumentParser:
                "  torchrun --nproc_per_node=8 -m adapters.torch_sit.imagenet.sample \\\n"
                "      --backbone repa-sit-xl2-256 --ckpt pretrained/last.pt --vae pretrained/sd-vae-ft-ema \\\n"
                "      --solver ba-solver --sidenet runs/sit-xl2/sidenet.safetensors --nfe 7 \\\n"
-               "      --cfg-scale 2.8 --guidance-high 0.7 --out samples/ba-solver-nfe7\n"
+               "      --guidance-scale 2.8 --guidance-high 0.7 --out samples/ba-solver-nfe7\n"
                "dry run without weights: --decoder upsample and a registered toy backbone",
         formatter_class=HelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="run directory (settings, shards, samples.npz, grid.png)")
-    m = p.add_argument_group("model")
-    m.add_argument("--backbone", required=True,
-                   help=f"registered backbone (now: {', '.join(backbone_names())}; --import adds more)")
-    m.add_argument("--ckpt", default=None, help="backbone checkpoint, passed to the backbone as ckpt=")
-    m.add_argument("--backbone-kwargs", type=_json_object, default={},
-                   help="JSON object of further arguments for the backbone's factory, e.g. '{\"name\": 1}'")
-    m.add_argument("--cfg-scale", type=float, default=None,
-                   help="classifier-free guidance scale, passed to the backbone (default: the backbone's)")
-    m.add_argument("--guidance-low", type=float, default=None, help="guidance only for t >= this (REPA time)")
-    m.add_argument("--guidance-high", type=float, default=None, help="guidance only for t <= this (REPA: 0.7)")
-    m.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (it may register more backbones); repeatable")
-    s = p.add_argument_group("solver")
-    s.add_argument("--solver", required=True, choices=sorted(methods()), help="integration method")
-    s.add_argument("--nfe", type=int, required=True, help="backbone calls per sample (the grid is planned to meet it)")
-    s.add_argument("--sidenet", default=None,
-                   help="BA-solver's SideNet (sidenet.safetensors from the train command); without it BA-solver "
-                        "uses its training-free perception")
-    s.add_argument("--rule", default=None, help="BA-solver quadrature rule (default gauss-lobatto-4)")
-    s.add_argument("--solver-option", dest="solver_options", type=_option, action="append", default=[],
-                   metavar="KEY=VALUE", help="solver option, e.g. final_step=heun (heun at even NFE), order=3")
-    s.add_argument("--schedule", default="uniform", help="time grid: uniform, sd3 (with --shift) or logsnr")
-    s.add_argument("--shift", type=float, default=1.0, help="SD3 time shift of the grid")
-    s.add_argument("--state-dtype", choices=("float32", "float64"), default="float32", help="solver state dtype")
-    d = p.add_argument_group("samples")
-    d.add_argument("--num-samples", type=int, default=50_000, help="number of images N")
-    d.add_argument("--batch-size", type=int, default=64,
-                   help="micro-batch size m (part of the settings: the samples depend on it, not on the process count)")
-    d.add_argument("--seed", type=int, default=0, help="global seed; sample i depends on (seed, i) only")
-    d.add_argument("--labels", choices=("uniform", "balanced"), default="uniform",
-                   help="uniform random classes (REPA) or every class equally often")
-    d.add_argument("--decoder", choices=("sd-vae", "upsample"), default="sd-vae",
-                   help="sd-vae (diffusers AutoencoderKL from --vae) or the stand-in upsample decoder for dry runs")
-    d.add_argument("--vae", default=None, help="local diffusers folder of stabilityai/sd-vae-ft-ema")
-    d.add_argument("--latent-scale", type=float, default=LATENT_SCALE, help="latents are divided by this before decoding")
-    r = p.add_argument_group("run")
+    groups = {name: p.add_argument_group(name) for name in ("model", "solver", "samples", "run")}
+    add_dataclass_flags(p, SampleConfig, groups=groups, overrides={
+        "backbone": {"help": f"registered backbone (now: {', '.join(backbone_names())}; --import adds more)"},
+        "solver": {"choices": sorted(method_names())},
+    })
+    groups["model"].add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                                 help="import MODULE first (it may register more backbones); repeatable")
+    r = groups["run"]
     r.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    r.add_argument("--keep-shards", action="store_true", help="keep shards/ after samples.npz is written")
     r.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    r.add_argument("--_kill-after-shards", dest="kill_after", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(prog=PROG, add_help=False)
     pre.add_argument("--import", dest="imports", action="append", default=[])
     for module in pre.parse_known_args(argv)[0].imports:
-        importlib.import_module(module)  # before the parser lists the registered backbones
+        try:  # before the parser lists the registered backbones
+            load_object(module, "--import", form="a module name", module_only=True)
+        except ValueError as err:
+            pre.error(str(err))
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = SampleConfig(
-        backbone=args.backbone, solver=args.solver, nfe=args.nfe, out=args.out, num_samples=args.num_samples,
-        batch_size=args.batch_size, seed=args.seed, labels=args.labels, ckpt=args.ckpt,
-        backbone_kwargs=args.backbone_kwargs, cfg_scale=args.cfg_scale, guidance_low=args.guidance_low,
-        guidance_high=args.guidance_high, sidenet=args.sidenet, rule=args.rule,
-        solver_options=dict(args.solver_options), schedule=args.schedule, shift=args.shift,
-        state_dtype=args.state_dtype, decoder=args.decoder, vae=args.vae, latent_scale=args.latent_scale,
-        keep_shards=args.keep_shards)
+    cfg = SampleConfig(**dataclass_kwargs(args, SampleConfig))
     try:
-        sample(cfg, device=args.device, progress=not args.no_progress,
-               log=lambda msg: print(msg, flush=True), interrupt_after=args.kill_after, hard_kill=True)
+        sample(cfg, device=args.device, progress=not args.no_progress, log=lambda msg: print(msg, flush=True))
     except SettingsMismatch as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

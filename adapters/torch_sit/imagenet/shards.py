@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sidenet.checkpoint import atomic_write
+from ..files import atomic_write
 
 __all__ = ["MicroBatch", "micro_batches", "ShardInvalid", "shard_path", "write_shard", "read_shard"]
 

@@ -43,6 +43,7 @@ from torch import nn
 from baquad.bianchor import BiAnchorSolver
 from baquad.rules import get_rule
 
+from .networks import per_sample
 from .perception import NeuralPerception
 
 __all__ = [
@@ -440,15 +441,6 @@ def _cond(labels: Optional[torch.Tensor], guidance: Optional[float]) -> dict:
     return cond
 
 
-def _sidenet_g(net: Callable, x, v, t, d, labels, guidance, cond=None) -> torch.Tensor:
-    """g for rows (x, v, t, d); ``guidance`` None, one float, or one scale per row."""
-    if guidance is None or torch.is_tensor(guidance):
-        gs = None if guidance is None else guidance.to(t)
-    else:
-        gs = torch.full_like(t, float(guidance))
-    return net(x, v, t, d, labels, gs) if cond is None else net(x, v, t, d, labels, gs, cond=cond)
-
-
 @torch.no_grad()
 def simulate_chain(sidenet: nn.Module, backbone: Callable, x: torch.Tensor, times: torch.Tensor,
                    cfg: ChainConfig, labels: Optional[torch.Tensor] = None,
@@ -534,10 +526,12 @@ def rollout_loss(sidenet: nn.Module, ro: Rollout, cfg: ChainConfig,
     v_in = torch.cat([flat(v0), flat(v1)])
     t_in = torch.cat([t0.reshape(-1), t1.reshape(-1)])
     d_in = torch.cat([h.reshape(-1), -h.reshape(-1)])
-    lab = None if ro.labels is None else ro.labels[samples].repeat(2 * K)
-    cnd = None if ro.cond is None else ro.cond[samples].repeat(2 * K, 1)
-    gsc = ro.guidance[samples].repeat(2 * K) if torch.is_tensor(ro.guidance) else ro.guidance
-    g = _sidenet_g(sidenet, x_in, v_in, t_in, d_in, lab, gsc, cnd)
+    rows = dict(blocks=2 * K)  # the b samples once per interval, forward then backward
+    lab = per_sample(None if ro.labels is None else ro.labels[samples], b, what="labels", **rows)
+    cnd = per_sample(None if ro.cond is None else ro.cond[samples], b, item_ndim=1, what="cond", **rows)
+    gsc = per_sample(ro.guidance[samples] if torch.is_tensor(ro.guidance) else ro.guidance, b,
+                     device=t_in.device, dtype=t_in.dtype, what="guidance", **rows)
+    g = sidenet(x_in, v_in, t_in, d_in, lab, gsc, **({} if cnd is None else {"cond": cnd}))
     g = g.reshape(2, K, b, *shape)
     hb = h.reshape(K, b, *([1] * len(shape)))
     pf = v0 if ro.base_f is None else torch.stack(ro.base_f)[:, samples]

@@ -71,7 +71,6 @@ __all__ = [
     "InvalidFile",
     "UnverifiedFileWarning",
     "Checkpoint",
-    "atomic_write",
     "save_checkpoint",
     "load_checkpoint",
     "find_checkpoint",

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "per_sample",
     "MLPSideNet",
     "ConvSideNet",
     "TokenSideNet",
@@ -84,14 +85,43 @@ def _offset_extras(d: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.sign(d), torch.log(d.abs() + 1e-4) / 4.0], dim=1)
 
 
-def _per_sample(s: Any, n: int, like: torch.Tensor) -> torch.Tensor:
-    """A per-sample time/offset/scale tensor ``(n,)`` on like's device and dtype."""
-    s = torch.as_tensor(s, device=like.device, dtype=like.dtype)
-    if s.ndim == 0 or s.numel() == 1:
-        return s.reshape(()).expand(n)
-    if tuple(s.shape) != (n,):
-        raise ValueError(f"expected a scalar or a per-sample tensor of shape ({n},), got {tuple(s.shape)}")
-    return s
+def per_sample(value: Any, n: int, *, blocks: int = 1, device: Any = None, dtype: Optional[torch.dtype] = None,
+               item_ndim: int = 0, what: str = "value") -> Optional[torch.Tensor]:
+    """A SideNet input for every row of a batch made of ``blocks`` stacked copies of ``n`` samples
+    (row ``j n + i`` is sample i): the one broadcasting of times, offsets, labels, guidance
+    scales and conditioning vectors that the SideNet's forward, its perception (m offsets of one
+    anchor batch) and the chain loss (2K intervals of one batch) share.
+
+    Args:
+        value: None (returned as is); one item for the whole batch (a number, or a tensor with
+            ``item_ndim`` dimensions, or for scalars any one-element tensor); or one item per
+            sample (a tensor whose first axis is n).
+        n: the samples of a block.
+        blocks: how many copies of the batch are stacked.
+        device, dtype: where and as what the result is (``torch.as_tensor``; None keeps
+            the value's; a Python number becomes ``dtype`` directly).
+        item_ndim: the dimensions of one item (0 for a time or a label, 1 for a conditioning
+            vector).
+        what: the input's name, for the error.
+
+    Returns:
+        ``(blocks * n, *item_shape)``: a shared item expanded (a view), per-sample items repeated
+        block by block.
+
+    Raises:
+        ValueError: neither one item nor one per sample (naming ``what`` and the shapes accepted).
+    """
+    if value is None:
+        return None
+    v = torch.as_tensor(value, dtype=dtype, device=device)
+    if v.ndim == item_ndim or (item_ndim == 0 and v.numel() == 1):
+        v = v.reshape(v.shape if item_ndim else ())
+        return v.expand(blocks * n, *v.shape)
+    if v.ndim == item_ndim + 1 and v.shape[0] == n:
+        return v if blocks == 1 else v.repeat(blocks, *([1] * item_ndim))
+    item = "one number" if item_ndim == 0 else f"one tensor of {item_ndim} dimension(s)"
+    raise ValueError(f"{what}: expected {item} for the whole batch or one per sample (first axis {n}), "
+                     f"got shape {tuple(v.shape)}")
 
 
 def _inputs(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, path_features: bool) -> torch.Tensor:
@@ -251,15 +281,10 @@ class _SideNetBase(nn.Module):
         return config[name] if name in config else inspect.signature(cls.__init__).parameters[name].default
 
     def _prepare(self, x: torch.Tensor, t: Any, d: Any, labels: Any, guidance: Any):
-        n = x.shape[0]
-        t = _per_sample(t, n, x)
-        d = _per_sample(d, n, x)
-        if labels is not None:
-            labels = torch.as_tensor(labels, device=x.device).long()
-            labels = labels.reshape(()).expand(n) if labels.numel() == 1 else labels
-        if guidance is not None:
-            guidance = _per_sample(guidance, n, x)
-        return t, d, labels, guidance
+        n, place = x.shape[0], dict(device=x.device, dtype=x.dtype)
+        return (per_sample(t, n, what="t", **place), per_sample(d, n, what="d", **place),
+                per_sample(labels, n, device=x.device, dtype=torch.long, what="labels"),
+                per_sample(guidance, n, what="guidance", **place))
 
 
 class MLPSideNet(_SideNetBase):

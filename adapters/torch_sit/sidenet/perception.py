@@ -23,6 +23,8 @@ from torch import nn
 
 from baquad.perception import Anchor, Perception, get_perception, history_size
 
+from .networks import per_sample
+
 __all__ = ["NeuralPerception"]
 
 
@@ -105,13 +107,8 @@ class NeuralPerception(Perception):
         dev, dt = p.device, p.dtype
         xs = x.to(dev, dt).unsqueeze(0).expand(m, *x.shape).reshape(m * n, *x.shape[1:])
         vs = v.to(dev, dt).unsqueeze(0).expand(m, *v.shape).reshape(m * n, *v.shape[1:])
-        tt = torch.as_tensor(t, dtype=dt, device=dev)
-        if tt.ndim == 0 or tt.numel() == 1:
-            ts = tt.reshape(()).expand(m * n)
-        elif tuple(tt.shape) == (n,):
-            ts = tt.repeat(m)
-        else:
-            raise ValueError(f"NeuralPerception: t must be a scalar or of shape ({n},), got {tuple(tt.shape)}")
+        rows = dict(blocks=m, device=dev)  # m stacked copies of the batch, one per offset
+        ts = per_sample(t, n, dtype=dt, what="NeuralPerception: t", **rows)
         if isinstance(offsets, torch.Tensor):  # per-sample offsets (m, B): row j is offset j of every sample
             if tuple(offsets.shape) != (m, n):
                 raise ValueError(f"NeuralPerception: per-sample offsets must have shape (m, {n}), got {tuple(offsets.shape)}")
@@ -120,26 +117,10 @@ class NeuralPerception(Perception):
         else:
             ds = torch.tensor([float(o) for o in offsets], dtype=dt, device=dev).repeat_interleave(n)
             d = torch.tensor([float(o) for o in offsets], dtype=x.dtype, device=x.device).reshape(m, *([1] * x.ndim))
-        labels = None
-        if self.labels is not None:
-            lab = torch.as_tensor(self.labels, device=dev).long()
-            labels = lab.reshape(()).expand(m * n) if lab.numel() == 1 else lab.repeat(m)
-        guidance = None
-        if self.guidance_scale is not None:
-            gs = torch.as_tensor(self.guidance_scale, dtype=dt, device=dev).reshape(-1)
-            if gs.numel() == 1:
-                guidance = torch.full((m * n,), float(gs), dtype=dt, device=dev)
-            elif gs.numel() == n:  # one scale per sample (chains drawn over a guidance range)
-                guidance = gs.repeat(m)
-            else:
-                raise ValueError(f"NeuralPerception: guidance_scale must be one number or one per sample ({n}), got {gs.numel()}")
-        extra = {}
-        if self.cond is not None:
-            c = torch.as_tensor(self.cond).to(dev, dt)
-            c = c.reshape(1, -1).expand(n, -1) if c.ndim == 1 else c
-            if c.ndim != 2 or c.shape[0] != n:
-                raise ValueError(f"NeuralPerception: cond must have shape ({n}, cond_dim) or (cond_dim,), got {tuple(c.shape)}")
-            extra["cond"] = c.repeat(m, 1)
+        labels = per_sample(self.labels, n, dtype=torch.long, what="NeuralPerception: labels", **rows)
+        guidance = per_sample(self.guidance_scale, n, dtype=dt, what="NeuralPerception: guidance_scale", **rows)
+        cond = per_sample(self.cond, n, dtype=dt, item_ndim=1, what="NeuralPerception: cond", **rows)
+        extra = {} if cond is None else {"cond": cond}
         with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
             g = self.sidenet(xs, vs, ts, ds, labels, guidance, **extra)
         self.calls += 1

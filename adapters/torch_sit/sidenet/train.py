@@ -2,8 +2,9 @@
 
     python -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/ring2d --iters 2000
     torchrun --nproc_per_node=2 -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/ring2d
-    python -m adapters.torch_sit.train --backbone diffusers --model PATH --prompt-embeddings emb.safetensors \
-        --latent-size 64 --guidance-scale 7.0 --out runs/sd3     (a diffusers SD3/Flux transformer)
+
+A diffusers SD3/Flux transformer has a command of its own, with these flags plus the
+transformer's (:mod:`adapters.diffusers_flow.train`): ``python -m adapters.diffusers_flow.train --model PATH ...``.
 
 Every :class:`~adapters.torch_sit.sidenet.chain.ChainConfig` field is a flag (``--chain-length``,
 ``--intervals``, ``--batch``/``--batch-size``, ``--lr``, ``--ema-decay none``, ...), and the
@@ -42,8 +43,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
-import importlib
 import inspect
 import io
 import json
@@ -52,7 +51,6 @@ import os
 import re
 import sys
 import time
-import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,14 +59,16 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from ...commandline import HelpFormatter, add_dataclass_flags, dataclass_kwargs, json_object, load_object
 from ..backbones import Backbone, CountingBackbone, backbone_names, get_backbone
 from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
-from .checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
+from ..files import atomic_write
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
 from ..distributed import dist_setup
 from .networks import BASES, SIDENETS, build_sidenet, count_parameters, sidenet_report, size_ratio
 
 __all__ = ["train", "TrainResult", "default_sidenet_config", "recipe_for", "RECIPES", "main",
-           "build_parser"]
+           "build_parser", "run_parsed", "backbone_from_factory", "OWN_COMMANDS"]
 
 LOG_FIELDS = ("step", "loss", "loss_forward", "loss_backward", "lr", "grad_norm", "intervals",
               "backbone_calls", "elapsed_s")
@@ -228,7 +228,7 @@ def _read_log(path: Path, upto: int) -> list[dict]:
         return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
 
 
-#: The names this module and :func:`~adapters.torch_sit.sidenet.checkpoint.atomic_write` write in an
+#: The names this module and :func:`~adapters.torch_sit.files.atomic_write` write in an
 #: output directory: the files of a run, and the temporary files of an atomic write
 #: (``.<name>.<8 random characters>.tmp``, left behind only by a killed process).
 RUN_FILES = ("checkpoint.safetensors", "checkpoint.json", "sidenet.safetensors", "sidenet.json", "summary.json",
@@ -298,12 +298,6 @@ def _log_text(rows: list[dict]) -> bytes:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue().encode()
-
-
-#: Test hook, not an API: when set, called on every process with the number of finished
-#: iterations, after that iteration's log row and checkpoint. The tests set it to stop a run
-#: mid-way (by raising), as a crash would, and then resume it.
-_after_step: Optional[Callable[[int], None]] = None
 
 
 def train(
@@ -506,8 +500,6 @@ def _run_iterations(run: _Run, ckpt_every: int, progress: bool) -> tuple[dict, f
                 bar.set_postfix(loss=f"{stats['loss']:.4g}", lr=f"{stats['lr']:.2e}")
             if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < cfg.iters:
                 run.save(step + 1)
-            if _after_step is not None:
-                _after_step(step + 1)
     finally:
         if bar is not None:
             bar.close()
@@ -560,18 +552,27 @@ def _finish_run(run: _Run, last: dict, wall: float) -> TrainResult:
 # ----------------------------------------------------------------------------------------
 # command line
 
+PROG = "python -m adapters.torch_sit.train"
+
 _ARCH_FLAGS = {  # SideNet config key (flag --key-with-dashes) -> type
     "hidden": int, "depth": int, "embed_dim": int, "base_channels": int, "time_embed_dim": int,
     "num_layers": int, "num_heads": int, "res_blocks": int, "max_freq": float, "width": int,
 }
 
+#: backbones trained by a command of their own (they need flags this one does not have)
+OWN_COMMANDS = {"diffusers": "python -m adapters.diffusers_flow.train"}
 
-def _optional_float(s: str) -> Optional[float]:
-    return None if s.lower() in ("none", "off", "null") else float(s)
+_EPILOG = """examples:
+  python -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/gmm-ring2d          # a few minutes on a CPU
+  python -m adapters.torch_sit.train --backbone digits-sit --out runs/digits              # the demo's SideNet
+  torchrun --nproc_per_node=8 -m adapters.torch_sit.train --backbone repa-sit-xl2-256 \\
+      --ckpt pretrained/last.pt --out runs/sit-xl2-256                                    # the paper's (docs/imagenet.md)
+  python -m adapters.torch_sit.train --backbone mymodels:make_backbone --out runs/mine     # your own model (docs/own-model.md)
+  python -m adapters.diffusers_flow.train --model PATH ...                                # a diffusers SD3/Flux transformer
 
-
-def _optional_int(s: str) -> Optional[int]:
-    return None if s.lower() in ("none", "off", "null") else int(s)
+Every recipe field below defaults to the backbone's recipe (RECIPES in this module; the mixtures'
+measured recipe for a backbone without one), then to the checkpoint's when resuming; flags given
+win. A run resumes from OUT automatically and checkpoints every --ckpt-every iterations."""
 
 
 def _directory(s: str) -> Path:
@@ -591,26 +592,31 @@ def _int_at_least(low: int):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m adapters.torch_sit.train", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Chain-train a BA-solver SideNet on a frozen backbone (no data set: chains start from noise).",
-        epilog="""examples:
-  python -m adapters.torch_sit.train --backbone gmm-ring2d --out runs/gmm-ring2d          # a few minutes on a CPU
-  python -m adapters.torch_sit.train --backbone digits-sit --out runs/digits              # the demo's SideNet
-  torchrun --nproc_per_node=8 -m adapters.torch_sit.train --backbone repa-sit-xl2-256 \\
-      --ckpt pretrained/last.pt --out runs/sit-xl2-256                                    # the paper's (docs/imagenet.md)
-  python -m adapters.torch_sit.train --backbone mymodels:make_backbone --out runs/mine     # your own model (docs/own-model.md)
+def build_parser(*, prog: str = PROG, description: Optional[str] = None, epilog: str = _EPILOG,
+                 backbone_options: bool = True) -> argparse.ArgumentParser:
+    """The trainer's parser: the run's flags, every :class:`ChainConfig` field (the recipe) and
+    the SideNet architecture.
 
-Every recipe field below defaults to the backbone's recipe (RECIPES in this module; the mixtures'
-measured recipe for a backbone without one), then to the checkpoint's when resuming; flags given
-win. A run resumes from OUT automatically and checkpoints every --ckpt-every iterations.""")
-    p.add_argument("--backbone", required=True,
-                   help=f"registered backbone ({', '.join(backbone_names())}) or module:factory returning a Backbone")
-    p.add_argument("--ckpt", default=None, help="the backbone's weights (e.g. REPA's last.pt for repa-sit-xl2-256)")
-    p.add_argument("--guidance-low", type=float, default=None, help="guidance interval of a guided backbone: low end (REPA: 0)")
-    p.add_argument("--guidance-high", type=float, default=None, help="guidance interval: high end (REPA's evaluation: 0.7)")
-    p.add_argument("--backbone-kwargs", default=None, help="other options of the backbone's factory, as a JSON object")
+    A command for another kind of backbone builds on it (:mod:`adapters.diffusers_flow.train`):
+    it names itself (``prog``, ``description``, ``epilog``), leaves out the registry's backbone
+    flags (``backbone_options=False``: ``--backbone``, ``--ckpt``, ``--guidance-low/-high``,
+    ``--backbone-kwargs``), adds its own argument group, builds the backbone and calls
+    :func:`run_parsed`.
+    """
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=HelpFormatter, epilog=epilog,
+        description=description or "Chain-train a BA-solver SideNet on a frozen backbone (no data set: chains "
+                                   "start from noise).")
+    if backbone_options:
+        p.add_argument("--backbone", required=True,
+                       help=f"registered backbone ({', '.join(backbone_names())}) or module:factory returning a Backbone")
+        p.add_argument("--ckpt", default=None, help="the backbone's weights (e.g. REPA's last.pt for repa-sit-xl2-256)")
+        p.add_argument("--guidance-low", type=float, default=None,
+                       help="guidance interval of a guided backbone: low end (REPA: 0)")
+        p.add_argument("--guidance-high", type=float, default=None,
+                       help="guidance interval: high end (REPA's evaluation: 0.7)")
+        p.add_argument("--backbone-kwargs", type=json_object, default=None,
+                       help="other options of the backbone's factory, as a JSON object, e.g. '{\"seed\": 1}'")
     p.add_argument("--out", required=True, type=_directory, help="output directory")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
@@ -623,33 +629,13 @@ win. A run resumes from OUT automatically and checkpoints every --ckpt-every ite
     p.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     p.add_argument("--threads", type=_int_at_least(1), default=None, help="torch CPU threads per process")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    d = p.add_argument_group("--backbone diffusers (a Stable Diffusion 3 / Flux transformer)")
-    d.add_argument("--model", default=None, help="local diffusers pipeline (or transformer) directory")
-    d.add_argument("--prompt-embeddings", default=None,
-                   help="file of python -m adapters.diffusers_flow.embeddings (the prompts chains are conditioned on)")
-    d.add_argument("--latent-size", type=int, default=None, help="latent height = width to train at (SD3 default: sample_size)")
-    d.add_argument("--model-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="dtype the transformer runs in")
 
     c = p.add_argument_group("recipe (ChainConfig; defaults: the checkpoint's when resuming, else the dataclass's)")
-    hints = typing.get_type_hints(ChainConfig)
-    for f in dataclasses.fields(ChainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        names = [flag] + (["--batch"] if f.name == "batch_size" else [])
-        hint = hints[f.name]
-        if f.name == "window_weights":
-            c.add_argument(*names, dest=f.name, type=_window_weights, default=argparse.SUPPRESS,
-                           help="JSON list of [lo, hi, w]: loss terms of intervals whose midpoint lies in [lo, hi] "
-                                "weigh w, e.g. '[[0.5, 1, 3]]' (default none)")
-            continue
-        if hint is bool:
-            c.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=f"(default {f.default})")
-        else:
-            optional = typing.get_origin(hint) is typing.Union
-            conv = (_optional_int if int in typing.get_args(hint) else _optional_float) if optional else hint
-            c.add_argument(*names, dest=f.name, type=conv, default=argparse.SUPPRESS,
-                           help=f"(default {f.default!r}{'; none to disable' if optional else ''})")
+    add_dataclass_flags(c, ChainConfig, defaults="suppress", overrides={
+        "batch_size": {"aliases": ("--batch",)},
+        "window_weights": {"type": _window_weights, "help": "JSON list of [lo, hi, w]: loss terms of intervals whose "
+                           "midpoint lies in [lo, hi] weigh w, e.g. '[[0.5, 1, 3]]' (default none)"},
+    })
 
     a = p.add_argument_group("SideNet architecture (defaults: the checkpoint's when resuming)")
     a.add_argument("--arch", choices=("mlp", "conv", "token"), default=None,
@@ -686,27 +672,15 @@ def _window_weights(text: str) -> Any:
 
 def _backbone_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Backbone:
     """The backbone the flags describe, built: a registered name with its options (``--ckpt``,
-    ``--guidance-low/--guidance-high``, ``--backbone-kwargs``; the diffusers flags for
-    ``--backbone diffusers``), or a user's ``module:factory`` called with the options."""
-    kwargs: dict = {}
-    if args.backbone_kwargs:
-        try:
-            kwargs = json.loads(args.backbone_kwargs)
-        except json.JSONDecodeError as err:
-            parser.error(f"--backbone-kwargs: not JSON ({err}); e.g. '{{\"seed\": 1}}'")
-        if not isinstance(kwargs, dict):
-            parser.error(f"--backbone-kwargs: expected a JSON object, got {args.backbone_kwargs!r}")
+    ``--guidance-low/--guidance-high``, ``--backbone-kwargs``), or a user's ``module:factory``
+    called with the options."""
+    if args.backbone in OWN_COMMANDS:
+        parser.error(f"--backbone {args.backbone}: trained by its own command, {OWN_COMMANDS[args.backbone]} "
+                     "(the same recipe and architecture flags plus its own; see its --help)")
+    kwargs = dict(args.backbone_kwargs or {})
     for key in ("ckpt", "guidance_low", "guidance_high"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
-    given = {k: getattr(args, k) for k in ("model", "prompt_embeddings", "latent_size") if getattr(args, k) is not None}
-    if args.backbone == "diffusers":
-        for k in ("model", "prompt_embeddings"):
-            if k not in given:
-                parser.error(f"--backbone diffusers needs --{k.replace('_', '-')}")
-        return get_backbone("diffusers", dtype=args.model_dtype, **given, **kwargs)
-    if given:
-        parser.error(", ".join("--" + k.replace("_", "-") for k in given) + ": only for --backbone diffusers")
     if ":" in args.backbone:
         return backbone_from_factory(args.backbone, parser, **kwargs)
     if args.backbone not in backbone_names():
@@ -720,22 +694,19 @@ def _backbone_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
 
 def backbone_from_factory(spec: str, parser: Optional[argparse.ArgumentParser] = None, **kwargs: Any) -> Backbone:
     """``module:factory`` (e.g. ``mypkg.models:make_backbone``): import the module (from the
-    working directory too) and call ``factory(**kwargs)``, which must return a :class:`Backbone`
-    (``Backbone.from_module(model, name, state_shape, ...)`` wraps a torch velocity model)."""
+    working directory too; :func:`adapters.commandline.load_object`) and call
+    ``factory(**kwargs)``, which must return a :class:`Backbone` (``Backbone.from_module(model,
+    name, state_shape, ...)`` wraps a torch velocity model). Errors go to ``parser.error`` when a
+    parser is given, else raise ValueError."""
     def fail(msg: str):
         if parser is not None:
             parser.error(msg)
         raise ValueError(msg)
 
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        fail(f"--backbone {spec!r}: expected module:factory")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        fail(f"--backbone {spec!r}: cannot import {attr!r} from {module_name!r} ({err})")
+        factory = load_object(spec, "--backbone", form="module:factory")
+    except ValueError as err:
+        fail(str(err))
     try:
         bb = factory(**kwargs)
     except ValueError as err:  # a bad option, or the wrap-time probe of Backbone.from_module
@@ -754,12 +725,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     its range, an empty ``--out``, a negative ``--ckpt-every``) are reported by the parser
     (exit status 2) before anything is loaded or written."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_parsed(parser.parse_args(argv), parser, _backbone_from_args)
+
+
+def run_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser,
+               make_backbone: Callable[[argparse.Namespace, argparse.ArgumentParser], Backbone]) -> int:
+    """Train as the parsed flags of :func:`build_parser` say: the torch threads set, the
+    backbone built by ``make_backbone(args, parser)`` (which reports bad flags through
+    ``parser.error``), the recipe and the SideNet architecture from the backbone's recipe, the
+    checkpoint and the flags, then :func:`train`. A bad recipe is reported through
+    ``parser.error``. Returns the exit status."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    backbone = _backbone_from_args(args, parser)
-    chain_fields = {f.name for f in dataclasses.fields(ChainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in chain_fields}
+    backbone = make_backbone(args, parser)
+    overrides = dataclass_kwargs(args, ChainConfig)
     recipe_cfg, recipe_sidenet = recipe_for(backbone)
     base = recipe_cfg.to_dict()
     ckpt = find_checkpoint(args.out) if args.resume is not False else None
