@@ -30,7 +30,7 @@ def test_two_steps_written_out_on_a_nonuniform_grid():
     r = 0.5 / 0.3
     x2 = x1 + 0.5 * ((1 + r / 2) * v1 - (r / 2) * v0)
     res = baquad.solve(field, x0, ts, method="adams")
-    np.testing.assert_allclose(res.x, x2, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(res.x, x2, rtol=1e-15, atol=0)  # ~4.5 float64 ulps: the same formula, grouped otherwise
     assert res.nfe == 2
 
 
@@ -39,7 +39,7 @@ def test_order_one_is_euler():
     x0 = np.array([0.5, 1.5])
     a = baquad.solve(field, x0, ts, method="adams", order=1).x
     b = baquad.solve(field, x0, ts, method="euler").x
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, b)  # adams.py's promise: order 1 takes Euler's update x + h v, bit for bit
 
 
 @pytest.mark.parametrize("t0, t1", [(0.0, 2.0), (2.0, 0.0)])

@@ -97,7 +97,8 @@ def test_prediction_drift_quick_run(tmp_path, capsys):
     assert set(rows) == {(p, a) for p in ("anchor-only", "polynomial") for a in ("single", "bi")}
     for p in ("anchor-only", "polynomial"):
         single, bi = rows[(p, "single")], rows[(p, "bi")]
-        # both start at the same anchor and agree up to h/4; the bi-anchor error is 0 at s = h
+        # both start at the same anchor and agree up to h/4 (bi copies the forward prediction for
+        # s < h/2: the same numbers, so the same printed cell); the bi-anchor error is 0 at s = h
         assert single[2] == bi[2] and float(bi[5]) == 0.0 and float(single[5]) > 0.1
         assert float(bi[6]) < float(single[6])  # interval mean
     assert re.search(r"\| 1\.00 -> 0\.75 \|", text)  # per-interval table

@@ -113,10 +113,12 @@ def test_diffusers_style_field_is_the_model_called_the_diffusers_way():
     t = torch.tensor([1.0, 0.5, 0.02])
     got = bb(t, x)
     want = model(x, torch.tensor([1000.0, 500.0, 20.0]))
+    # pass-through: 1000 t rounds to exactly these timesteps in float32 (0.02f * 1000 -> 20.0), so
+    # the model sees the same inputs and the wrapper returns its output untouched
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    # the solver's form: t a Python float
-    torch.testing.assert_close(bb.vfield()(0.3, x), model(x, torch.full((3,), 300.0)), rtol=1e-6, atol=0)
-    # a model that takes sigma itself
+    # the solver's form: t a Python float (0.3f * 1000 rounds to 300.0 exactly: the same inputs)
+    torch.testing.assert_close(bb.vfield()(0.3, x), model(x, torch.full((3,), 300.0)), rtol=0, atol=0)
+    # a model that takes sigma itself: t passes through untouched
     unit = Backbone.from_diffusers_style(model, "ds1", SHAPE, timestep_scale=1)
     torch.testing.assert_close(unit(t, x), model(x, t), rtol=0, atol=0)
     for bad in (0, -1000, float("nan"), True):
@@ -131,6 +133,7 @@ def test_diffusers_style_labels_reach_the_class_labels_keyword_and_guidance_is_r
     x = torch.randn(2, *SHAPE)
     labels = torch.tensor([2, 1])
     got = bb(torch.tensor([0.4, 0.9]), x, labels=labels)
+    # pass-through, as above (0.4f * 1000 and 0.9f * 1000 round to 400.0 and 900.0 exactly)
     torch.testing.assert_close(got, model(x, torch.tensor([400.0, 900.0]), class_labels=labels), rtol=0, atol=0)
     with pytest.raises(TypeError, match="guidance_scale"):
         bb(torch.tensor([0.4, 0.9]), x, labels=labels, guidance_scale=2.0)

@@ -173,6 +173,7 @@ def pristine(tmp_path_factory):
 
 
 def same_checkpoint(a, b) -> bool:
+    # bitwise: a file stores its tensors' bytes, so loading must give them back untouched
     same = lambda x, y: x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     return (a.step == b.step and a.config == b.config and a.sidenet_config == b.sidenet_config
             and same(a.model, b.model) and same(a.ema, b.ema) and same(a.rng, b.rng)
@@ -200,7 +201,7 @@ def flip_and_load(pristine, kind: str, bit: int, region: str):
     if kind == "sidenet":
         state, config = original
         got = loaded.state_dict()
-        assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in got), pos
+        assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in got), pos  # stored bytes, untouched
         assert loaded.config() == config, pos  # e.g. max_freq changes the outputs, not the weights
     else:
         assert same_checkpoint(loaded, original), pos
@@ -239,7 +240,7 @@ def test_a_file_written_before_the_hash_loads_with_a_warning_naming_it(tmp_path)
                   {"format": "baquad-sidenet", "sidenet_config": net.config(), "extra": {}})
     with pytest.warns(UnverifiedFileWarning, match=str(path)):
         loaded = load_sidenet(path)
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())  # stored bytes, untouched
 
 
 def test_training_resumes_from_a_checkpoint_written_before_the_hash(tmp_path, stop_training_after):
@@ -257,7 +258,7 @@ def test_training_resumes_from_a_checkpoint_written_before_the_hash(tmp_path, st
         resumed = run(tmp_path / "b", ckpt_every=6)
     assert resumed.summary["resumed_from"] == 6
     a, b = whole.sidenet.state_dict(), resumed.sidenet.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the resume promise: bit for bit (same machine, threads)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_checkpoint(tmp_path / "b")  # rewritten with a hash: no warning any more
@@ -534,7 +535,7 @@ def test_weights_choices_give_what_they_name(tmp_path):
     f, net, _, ema = small_checkpoint(tmp_path / "ck")
     for choice, want in (("model", dict(net.state_dict())), ("ema", ema), ("auto", ema)):
         got = load_sidenet(f, weights=choice).state_dict()
-        assert all(torch.equal(got[k], want[k]) for k in want), choice
+        assert all(torch.equal(got[k], want[k]) for k in want), choice  # stored bytes, untouched
     exported = save_sidenet(net, tmp_path / "ema.safetensors", state=ema, extra={"weights": "ema"})
     assert all(torch.equal(load_sidenet(exported, weights="ema").state_dict()[k], ema[k]) for k in ema)
     with pytest.raises(ValueError, match="weights='model', but this exported SideNet holds the 'ema' weights") as err:

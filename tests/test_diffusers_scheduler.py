@@ -27,6 +27,7 @@ diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")  # without it the SD3/Flux pipeline classes are placeholders
 
 import baquad  # noqa: E402
+from _ulps import NETWORK_ULPS, ulps  # noqa: E402
 from adapters.diffusers_flow import BASolverScheduler  # noqa: E402
 from adapters.torch_sit.sidenet.checkpoint import ArchitectureMismatch, save_sidenet  # noqa: E402
 from adapters.torch_sit.sidenet.perception import NeuralPerception  # noqa: E402
@@ -155,7 +156,8 @@ def test_one_step_equals_solve_single_anchor(kind):
         return v
 
     ref = baquad.solve(field, x, [s0, s1], perception=NeuralPerception(net, cond=cond), anchors="single")
-    torch.testing.assert_close(out, ref.x, rtol=0, atol=1e-6)
+    # two call paths into one float32 step x + h (v + d g): NETWORK_ULPS float32 ulps of the magnitudes
+    torch.testing.assert_close(out, ref.x, rtol=0, atol=ulps(NETWORK_ULPS, torch.float32, x, v, ref.x))
     euler = x + (s1 - s0) * v
     assert (out - euler).abs().max() > 1e-3  # the SideNet acts
 
@@ -182,7 +184,8 @@ def test_lagged_bi_anchor_equals_solve_scheme_b():
         latents = sched.step(v, t, latents, return_dict=False)[0]
     ref = baquad.solve(field, x, sched.sigmas.tolist(), perception=NeuralPerception(net), anchors="bi", final="single")
     assert ref.nfe == 5
-    torch.testing.assert_close(latents, ref.x, rtol=0, atol=1e-5)
+    # two call paths through 5 float32 steps: NETWORK_ULPS float32 ulps of the magnitudes per step
+    torch.testing.assert_close(latents, ref.x, rtol=0, atol=5 * ulps(NETWORK_ULPS, torch.float32, x, latents, ref.x))
     assert len(sched.gaps) == 4 and all(g > 0 for g in sched.gaps)
     single = BASolverScheduler(shift=3.0, sidenet=net)
     single.set_timesteps(5)
@@ -207,7 +210,7 @@ def test_lagged_correction_dropped_when_latents_change():
     fresh.set_timesteps(3)
     fresh.set_begin_index(1)
     expected = fresh.step(v1, fresh.timesteps[1], edited).prev_sample
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, expected, rtol=0, atol=ulps(NETWORK_ULPS, torch.float32, edited, v1, expected))
     assert sched.gaps == [] and s1 > s2
 
 
@@ -248,7 +251,7 @@ def test_bind_feeds_the_positive_pooled_embedding_and_guidance():
     pipe.scheduler.set_condition(cond=torch.zeros(2, 64), guidance_scale=5.0)  # explicit values win
     spy.seen.clear()
     pipe(**prompt, **dict(SD3_CALL, num_inference_steps=2), output_type="latent")
-    assert all(torch.all(c == 0) and torch.all(gs == 5.0) for c, gs in spy.seen)
+    assert all(torch.all(c == 0) and torch.all(gs == 5.0) for c, gs in spy.seen)  # passed through untouched
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +273,8 @@ def test_save_and_reload_pipeline_gives_identical_images(tmp_path):
     again = DiffusionPipeline.from_pretrained(tmp_path, **NO_TEXT)
     assert isinstance(again.scheduler, BASolverScheduler) and again.scheduler.sidenet is not net
     _, img2, _ = run(again, SD3_CALL, sd3_prompt(), output_type="pt")
+    # the weights pass through the files untouched, so the same arithmetic on the same numbers
+    # (same machine, same threads) gives the same images bit for bit
     assert torch.equal(img, img2)
     alone = BASolverScheduler.from_pretrained(tmp_path / "scheduler")
     for a, b in zip(alone.sidenet.state_dict().values(), net.state_dict().values()):
@@ -322,7 +327,7 @@ def test_a_saved_grid_replaces_the_pipeline_schedule(tmp_path):
     pipe = sd3_pipeline(FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True))
     pipe.scheduler = BASolverScheduler.from_config(pipe.scheduler.config, sidenet=tmp_path / "net.safetensors")
     states, _, calls = run(pipe, dict(SD3_CALL, num_inference_steps=4), sd3_prompt())
-    assert pipe.scheduler.sigmas.tolist() == torch.tensor(grid4).tolist() and calls == 4
+    assert pipe.scheduler.sigmas.tolist() == torch.tensor(grid4).tolist() and calls == 4  # the saved grid, untouched
     assert pipe.scheduler.sidenet_grid_in_use is not None
     run(pipe, dict(SD3_CALL, num_inference_steps=3), sd3_prompt())  # no grid for 3 steps: the pipeline's
     assert pipe.scheduler.sidenet_grid_in_use is None and len(pipe.scheduler.sigmas) == 4
@@ -370,4 +375,6 @@ def test_lagged_correction_survives_a_dtype_cast_by_the_pipeline():
             x = x.bfloat16() if cast else x
         runs.append((x.float(), len(sched.gaps)))
     assert runs[0][1] == runs[1][1] == 2  # both runs corrected intervals 1 and 2
-    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=5e-2)
+    # 3 casts to bfloat16, each rounding by at most half a bfloat16 ulp of |x|, carried through the
+    # later steps (a factor 2 of room): one bfloat16 ulp of the largest magnitude per cast
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=3 * ulps(1, torch.bfloat16, runs[0][0]))

@@ -95,6 +95,8 @@ def test_held_out_split_is_every_fifth_image_of_each_class():
     x_train, y_train = load_digits_split("train")
     assert len(y_test) + len(y_train) == 1797 and held.sum() == len(y_test)
     np.testing.assert_array_equal(y_test.numpy(), target[held])
+    # pixels k / 8 - 1 (k = 0..16) are exact in float32 on any machine: 1e-7, under one float32
+    # ulp at 1, admits no rounding
     np.testing.assert_allclose(x_test.numpy().reshape(-1, 64), data.data[held] / 8.0 - 1.0, atol=1e-7)
     np.testing.assert_allclose(x_train.numpy().reshape(-1, 64), data.data[~held] / 8.0 - 1.0, atol=1e-7)
 
@@ -144,5 +146,5 @@ def test_backbone_training_resumes_exactly(tmp_path):
     train_backbone(tmp_path / "b", BackboneRecipe(iters=4, **recipe), cfg, progress=False, log=say)
     b = load_file(str(tmp_path / "b" / "digits_sit.safetensors"))
     assert a.keys() == b.keys()
-    for k in a:
+    for k in a:  # the resume promise: bit for bit on the same machine and threads
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -91,14 +91,16 @@ def test_save_states(kind, method):
     res = baquad.solve(field, x0, TS, method=method, save_states=True)
     assert type(res.xs) is cls and res.xs.dtype == dtype
     assert tuple(res.xs.shape) == (len(TS), *X0.shape)
-    assert (_np(res.xs[0]) == _np(x0)).all()
-    assert (_np(res.xs[-1]) == _np(res.x)).all()
+    assert (_np(res.xs[0]) == _np(x0)).all()  # the initial state is stored untouched
+    assert (_np(res.xs[-1]) == _np(res.x)).all()  # the last stored state is the one returned
     # intermediate states are the solves on the truncated grids (the scheme is causal, but
     # the last interval of the default scheme is single-anchor: use final="bi" to compare)
     if method == "ba-solver":
         full = baquad.solve(field, x0, TS, save_states=True, final="bi")
         for k in range(1, len(TS)):
             part = baquad.solve(field, x0, TS[: k + 1], final="bi").x
+            # bitwise: the first k steps of a solve are the same operations on the same numbers
+            # as the solve on the first k + 1 times (the scheme is causal)
             np.testing.assert_allclose(_np(full.xs[k]), _np(part), rtol=0, atol=0)
 
 

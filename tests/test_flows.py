@@ -257,7 +257,7 @@ def test_per_sample_time_equals_loop(name: str) -> None:
     vt = flow(torch.from_numpy(t), torch.from_numpy(x))
     np.testing.assert_allclose(vt.numpy(), loop, rtol=1e-10, atol=1e-10)
     # 0-dim time arrays and tensors are accepted
-    np.testing.assert_array_equal(flow(np.array(t[3]), x), flow(float(t[3]), x))
+    np.testing.assert_array_equal(flow(np.array(t[3]), x), flow(float(t[3]), x))  # the same time, the same arithmetic
     with pytest.raises(ValueError, match="t must"):
         flow(np.zeros(3), x)
 
@@ -298,7 +298,7 @@ def test_registry() -> None:
     f32 = get_flow("gmm-32d", seed=0)
     assert f32.dim == 32 and f32.means.shape == (10, 32)
     assert np.all((f32.stds >= 0.1) & (f32.stds <= 0.5))
-    np.testing.assert_array_equal(gmm_32d(0).means, f32.means)
+    np.testing.assert_array_equal(gmm_32d(0).means, f32.means)  # the preset is this call: the same draws
     assert not np.allclose(gmm_32d(1).means, f32.means)
 
 
@@ -309,7 +309,7 @@ def test_gmm_64d_preset_as_specified() -> None:
     means, stds, weights = g.standard_normal((16, 64)), g.uniform(0.1, 0.5, (16, 64)), g.dirichlet(np.full(16, 3.0))
     flow = get_flow("gmm-64d")
     assert flow.dim == 64 and flow.name == "gmm-64d" and {"velocity", "density", "samples"} <= set(flow.truth)
-    np.testing.assert_array_equal(flow.means, means)
+    np.testing.assert_array_equal(flow.means, means)  # the preset's parameters are these draws, untouched
     np.testing.assert_array_equal(flow.stds, stds)
     np.testing.assert_allclose(flow.weights, weights, rtol=1e-15)
     # density against scipy, samples against the exact moments
@@ -363,7 +363,7 @@ def test_gaussian_field_equals_k1_mixture() -> None:
     mix = GaussianMixtureFlow(mean[None], std[None], [1.0])
     x = np.random.default_rng(7).normal(0, 2, (9, 3))
     for t in [0.0, 0.01, 0.5, 0.99, 1.0]:
-        np.testing.assert_array_equal(gf(t, x), mix(t, x))
+        np.testing.assert_array_equal(gf(t, x), mix(t, x))  # GaussianFlow is the K = 1 mixture class: the same code
     # and with the hand-derived single-Gaussian field ((t - a s^2)/S)(x - a mu) - mu
     t = 0.37
     a = 1 - t

@@ -18,7 +18,7 @@ def test_tiny_run_writes_results(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "| ba-solver |" in out and "| ChainTrainer.step |" in out
     saved = json.loads((tmp_path / "gpu_check_sit.json").read_text())
-    assert saved["sampling"] == json.loads(json.dumps(res["sampling"]))
+    assert saved["sampling"] == json.loads(json.dumps(res["sampling"]))  # JSON's float repr round-trips exactly
     assert [r["method"] for r in res["sampling"]] == ["euler", "ba-solver"] * 2
     assert all(r["nfe"] == 4 for r in res["sampling"])
     assert all(r["perception_calls"] > 0 for r in res["sampling"] if r["method"] == "ba-solver")

@@ -67,9 +67,9 @@ def test_step_is_predict_field_call_correct():
     full, _ = solver.step(field, state, 0.7, bi=True)
     pred = solver.predict(state, 0.7)
     halves, _ = solver.correct(pred, Anchor(0.7, pred.x_pred, field(0.7, pred.x_pred)))
-    assert np.array_equal(full.x, halves.x)
+    assert np.array_equal(full.x, halves.x)  # step is these halves: the same arithmetic, bit for bit
     single, _ = solver.step(field, state, 0.7, bi=False, evaluate_end=False)
-    assert np.array_equal(single.x, pred.x_pred) and single.anchor is None
+    assert np.array_equal(single.x, pred.x_pred) and single.anchor is None  # the predictor, passed on untouched
 
 
 def test_predict_refuses_a_final_state():

@@ -25,7 +25,7 @@ def test_matches_analytic_numpy(ts) -> None:
     out = reference_solve(field_tx, x0, ts)
     assert isinstance(out, np.ndarray) and out.shape == (len(ts), 4, 3)
     np.testing.assert_allclose(out, truth_tx(x0, ts[0], ts), rtol=1e-8, atol=1e-9)
-    np.testing.assert_array_equal(out[0], x0)
+    np.testing.assert_array_equal(out[0], x0)  # the initial state is returned untouched
 
 
 def test_matches_analytic_torch_and_preserves_dtype() -> None:
@@ -77,7 +77,7 @@ def test_single_time_returns_initial_state() -> None:
     x0 = np.arange(6.0).reshape(3, 2)
     out = reference_solve(field_tx, x0, [0.3])
     assert out.shape == (1, 3, 2)
-    np.testing.assert_array_equal(out[0], x0)
+    np.testing.assert_array_equal(out[0], x0)  # the initial state is returned untouched
 
 
 @pytest.mark.parametrize("ts", [[0.0, 0.5, 0.2], [0.0, 0.0], [1.0, np.nan], [[0.0, 1.0]], []])

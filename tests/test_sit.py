@@ -102,7 +102,7 @@ def test_zero_init_outputs_exactly_zero():
     cfg = SiTConfig(depth=2, hidden_size=32, num_heads=2, input_size=4, num_classes=3, encoder_depth=1,
                     z_dims=(8,), projector_dim=16)
     v = SiT(cfg)(torch.randn(2, 4, 4, 4), 0.5, torch.tensor([0, 3]))
-    assert torch.equal(v, torch.zeros_like(v))
+    assert torch.equal(v, torch.zeros_like(v))  # zero weights in the output layer give exact zeros
 
 
 def test_bad_inputs_are_named():
@@ -228,7 +228,7 @@ def test_forward_equals_the_published_arithmetic(patch):
         v, feats = model(x, t, y, return_features=True)
         v_only = model(x, t, y)
     ref_v, ref_feats = reference_forward(model.state_dict(), cfg, x, t, y)
-    assert torch.equal(v, v_only)
+    assert torch.equal(v, v_only)  # the features are a by-product: the velocity is the same computation
     assert ref_v.abs().mean() > 0.1
     assert torch.allclose(v.double(), ref_v, rtol=1e-4, atol=1e-5), float((v.double() - ref_v).abs().max())
     assert len(feats) == 1 and feats[0].shape == (3, (8 // patch) ** 2, 32)

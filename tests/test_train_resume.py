@@ -51,7 +51,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, stop_trainin
     assert load_checkpoint(tmp_path / "b").step == 10
     b = run(tmp_path / "b", ckpt_every=10)  # resumes automatically from step 10
     assert b.summary["resumed_from"] == 10 and b.summary["iterations"] == 10
-    sa, sb = a.sidenet.state_dict(), b.sidenet.state_dict()
+    sa, sb = a.sidenet.state_dict(), b.sidenet.state_dict()  # the resume promise: bitwise, same machine and threads
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
     # the log was rewound to the checkpoint and continued: same rows as the uninterrupted run
@@ -60,7 +60,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(tmp_path, stop_trainin
     assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
     # the exported SideNet (EMA weights) loads in one line
     net = load_sidenet(tmp_path / "b" / "sidenet.safetensors")
-    assert all(torch.equal(p, b.ema[k]) for k, p in net.named_parameters())
+    assert all(torch.equal(p, b.ema[k]) for k, p in net.named_parameters())  # stored bytes, untouched
     assert json.loads((tmp_path / "b" / "sidenet.json").read_text())["sidenet_config"] == ARCH
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert summary["backbone_parameters"] == "analytic" and summary["backbone_calls_per_process"] == 10 * 4
@@ -127,6 +127,7 @@ def test_checkpoint_roundtrip_without_pickle(tmp_path):
     assert "__metadata__" in header and b"pickle" not in raw[:8 + n]
     ck = load_checkpoint(f, sidenet_config=net.config())
     assert ck.step == 7 and ck.config == {"seed": 7}
+    # a file stores its tensors' bytes: they load untouched
     assert all(torch.equal(ck.model[k], v) for k, v in net.state_dict().items())
     assert all(torch.equal(ck.ema[k], 2 * p.detach()) for k, p in net.named_parameters())
     opt2 = torch.optim.AdamW(MLPSideNet(2, hidden=8, depth=1, embed_dim=4).parameters(), lr=1e-3)
