@@ -268,12 +268,12 @@ def test_bad_image_batches_are_refused(tmp_path):
 # -------------------------------------------------------------- the torch-fidelity extractor
 
 
-def test_missing_torch_fidelity_names_the_extra(monkeypatch, tmp_path):
+def test_missing_torch_fidelity_names_the_extra(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # makes the import fail
     with pytest.raises(ImportError, match=r"baquad\[eval\]"):
         ev.TorchFidelityInception(tmp_path / "w.pth")
-    with pytest.raises(ValueError, match="--inception-weights is required"):
-        ev.main([str(tmp_path / "r.npz"), str(tmp_path / "s.npz")])
+    assert ev.main([str(tmp_path / "r.npz"), str(tmp_path / "s.npz")]) == 2
+    assert "error: --inception-weights is required" in capsys.readouterr().err
 
 
 def fake_torch_fidelity():
@@ -401,3 +401,59 @@ def test_npz_reader_streams_numpy_files(tmp_path, saver):
     np.testing.assert_array_equal(np.concatenate(blocks), images)
     with pytest.raises(KeyError, match="other"):
         list(iter_npz_array(tmp_path / "x.npz", "missing"))
+
+
+# ------------------------------------------------------------ issue 27: what a user is told
+
+
+def test_27_10_precision_recall_on_too_few_images_says_how_many_are_needed(tmp_path, capsys):
+    ref = np.random.default_rng(1).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "ref.npz", arr_0=ref)
+    np.savez(tmp_path / "three.npz", arr_0=ref[:3])
+    with pytest.raises(ValueError, match=r"three.npz against .*ref.npz: samples: 3 images; precision and recall "
+                                         r"with k = 3 nearest neighbours need at least 4 in each set"):
+        ev.evaluate(tmp_path / "ref.npz", tmp_path / "three.npz", ToyExtractor())
+    # k + 1 points is the least the definition allows: every point needs k neighbours besides itself
+    assert M.precision_recall(np.eye(4), np.eye(4), k=3) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="reference: 3 images.*at least 4"):
+        M.precision_recall(np.eye(4)[:3], np.eye(4), k=3)
+    rc = ev.main([str(tmp_path / "ref.npz"), str(tmp_path / "three.npz"), "--extractor", "_tiny_image:toy_extractor",
+                  "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "need at least 4" in err[0]
+
+
+def test_27_11_nan_in_stored_reference_statistics_names_the_file_and_the_key(tmp_path):
+    _, smp, _, smp_path = toy_batches(tmp_path)
+    f = ToyExtractor()(smp)
+    stats_ = dict(mu=f["pool"].mean(0), sigma=np.cov(f["pool"], rowvar=False), mu_s=f["spatial"].mean(0),
+                  sigma_s=np.cov(f["spatial"], rowvar=False))
+    stats_["sigma_s"][2, 1] = np.nan
+    np.savez(tmp_path / "stats.npz", **stats_)
+    with pytest.raises(ValueError, match=r"stats.npz: sigma_s holds NaN or inf.*--reference-stats recompute"):
+        ev.evaluate(tmp_path / "stats.npz", smp_path, ToyExtractor())
+    with pytest.raises(ValueError, match="mu2/sigma2: the statistics hold NaN or inf"):
+        M.frechet_distance(stats_["mu"], stats_["sigma"], stats_["mu_s"], stats_["sigma_s"])
+
+
+@pytest.mark.parametrize("damage", ["cut-half", "cut-tail", "flip"])
+def test_27_12_a_damaged_npz_names_the_file(tmp_path, damage, capsys):
+    ref, smp, ref_path, smp_path = toy_batches(tmp_path)
+    data = bytearray(smp_path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01  # inside arr_0: the member's CRC-32 no longer matches
+    else:
+        data = data[:len(data) // 2] if damage == "cut-half" else data[:-30]
+    bad = tmp_path / "damaged.npz"
+    bad.write_bytes(bytes(data))
+    for a, b in ((ref_path, bad), (bad, ref_path)):
+        with pytest.raises(ValueError, match=r"damaged.npz: not a readable .npz .*truncated or damaged"):
+            ev.evaluate(a, b, ToyExtractor())
+    assert ev.main([str(ref_path), str(bad), "--extractor", "_tiny_image:toy_extractor", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0]
+
+
+def test_a_missing_npz_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.npz: no such file"):
+        ev.read_statistics(tmp_path / "nothing.npz")

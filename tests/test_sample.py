@@ -182,7 +182,10 @@ def test_interrupted_run_with_damaged_shards_finishes_identically(tmp_path, refe
     data[-5] ^= 0xFF  # inside the image data
     flip.write_bytes(bytes(data))
     cut.write_bytes(cut.read_bytes()[:-100])
-    (out / "shards" / ".shard-000003.safetensors.abc.tmp").write_bytes(b"half a write")
+    stale = out / "shards" / ".shard-000003.safetensors.abc.tmp"
+    stale.write_bytes(b"half a write")
+    old = stale.stat().st_mtime - S.STALE_TEMP_SECONDS - 60  # not written to for over the threshold: stale
+    os.utime(stale, (old, old))
     assert not (out / "samples.npz").exists() and len(batches) == 6
 
     quiet.lines.clear()

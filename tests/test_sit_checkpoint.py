@@ -169,3 +169,34 @@ def test_missing_file_and_bad_weights_choice(tmp_path):
     torch.save({"something": 1}, tmp_path / "odd.pt")
     with pytest.raises(ValueError, match="'ema' entry"):
         load_repa_checkpoint(tmp_path / "odd.pt", blank())
+
+
+# ------------------------------------------------------------ issue 27: damaged values
+
+
+def test_27_13_a_nan_weight_is_refused_naming_the_tensor(tmp_path):
+    state = random_sit(0).state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 4)
+    state[name] = state[name].clone()
+    state[name].view(-1)[[1, 3]] = torch.tensor([float("nan"), float("inf")])
+    torch.save(state, tmp_path / "nan.pt")
+    model = blank()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatch, match=rf"nan.pt \(state_dict\): NaN or inf in 1 tensor\(s\): "
+                                                 rf"{name} \(2 of {state[name].numel()} values\).*damaged"):
+        load_repa_checkpoint(tmp_path / "nan.pt", model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing loaded
+
+
+def test_27_14_float_weights_stored_as_integers_are_refused_half_precision_loads(tmp_path):
+    state = random_sit(0).state_dict()
+    cast = {k: (v * 100).to(torch.int64) if k == "x_embedder.proj.weight" else v for k, v in state.items()}
+    torch.save(cast, tmp_path / "int.pt")
+    with pytest.raises(CheckpointMismatch, match=r"x_embedder.proj.weight: checkpoint torch.int64, model torch.float32"):
+        load_repa_checkpoint(tmp_path / "int.pt", blank())
+    # deliberate: a float16 checkpoint of the model loads (cast to the model's float32, as load_state_dict does)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(half, tmp_path / "half.pt")
+    model = blank()
+    load_repa_checkpoint(tmp_path / "half.pt", model)
+    assert all(torch.equal(model.state_dict()[k], v.float()) for k, v in half.items() if v.is_floating_point())

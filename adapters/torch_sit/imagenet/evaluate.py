@@ -236,7 +236,7 @@ def read_statistics(path: "str | os.PathLike") -> Optional[dict[str, np.ndarray]
     """``{mu, sigma, mu_s, sigma_s}`` stored in a batch file, or None when it has none.
 
     Raises:
-        ValueError: the file has some of the four but not all.
+        ValueError: the file has some of the four but not all, or one holds NaN or inf.
     """
     keys = set(npz_members(path))
     present = [k for k in STAT_KEYS if k in keys]
@@ -245,7 +245,12 @@ def read_statistics(path: "str | os.PathLike") -> Optional[dict[str, np.ndarray]
     if len(present) != len(STAT_KEYS):
         missing = [k for k in STAT_KEYS if k not in keys]
         raise ValueError(f"{path}: has statistics {present} but not {missing}; a reference needs all of {list(STAT_KEYS)}")
-    return {k: read_npz_array(path, k).astype(np.float64) for k in STAT_KEYS}
+    stats = {k: read_npz_array(path, k).astype(np.float64) for k in STAT_KEYS}
+    for k, v in stats.items():
+        if not np.isfinite(v).all():
+            raise ValueError(f"{path}: {k} holds NaN or inf values, so the reference statistics are damaged; use an "
+                             "intact copy of the reference batch, or --reference-stats recompute (from its images)")
+    return stats
 
 
 @dataclass
@@ -340,7 +345,10 @@ def evaluate(
 
     precision = recall = None
     if reference_features is not None:
-        precision, recall = metrics.precision_recall(reference_features["pool"], smp["pool"], k)
+        try:
+            precision, recall = metrics.precision_recall(reference_features["pool"], smp["pool"], k)
+        except ValueError as err:  # too few images: name the files
+            raise ValueError(f"{samples} against {reference}: {err}") from err
         prov["Precision/Recall"] = (f"k = {k} nearest neighbours on {_describe(extractor, 'pool')} of "
                                     f"{len(reference_features['pool'])} reference and {len(smp['pool'])} sample images")
     else:
@@ -375,7 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line; a bad file or flag is one line on stderr (``...: error: ...``, exit status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"{parser.prog}: error: {text}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     device = args.device
     if device is None and args.extractor == "torch-fidelity":
         import torch

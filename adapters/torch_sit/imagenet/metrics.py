@@ -82,6 +82,9 @@ def _check_stats(mu: np.ndarray, sigma: np.ndarray, name: str) -> tuple[np.ndarr
     if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
         raise ValueError(f"{name}: mean of shape {mu.shape} and covariance of shape {sigma.shape} do not match "
                          f"(expected ({mu.size},) and ({mu.size}, {mu.size}))")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{name}: the statistics hold NaN or inf values (damaged, or computed from non-finite "
+                         "features); use intact statistics")
     return mu, sigma
 
 
@@ -190,6 +193,11 @@ def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3,
     smp = _features(samples, "samples")
     if ref.shape[1] != smp.shape[1]:
         raise ValueError(f"reference/samples: feature dimensions differ ({ref.shape[1]} and {smp.shape[1]})")
+    for name, f in (("samples", smp), ("reference", ref)):
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 and len(f) <= k:
+            raise ValueError(f"{name}: {len(f)} images; precision and recall with k = {k} nearest neighbours need at "
+                             f"least {k + 1} in each set (ADM: 50,000 samples, 10,000 reference images); evaluate "
+                             "more images")
     r_ref = manifold_radii(ref, k, block)
     r_smp = manifold_radii(smp, k, block)
     precision = manifold_membership(smp, ref, r_ref, block).mean()

@@ -18,8 +18,10 @@ Nothing here unpickles: object arrays are refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import IO, Iterable, Iterator
 
@@ -77,9 +79,35 @@ def write_npz(path: "str | os.PathLike", arrays: "dict[str, tuple[NpyInfo, Itera
                     raise ValueError(f"{name}: got {rows} rows from the chunks, the header says {expected}")
 
 
+def _damaged(path: "str | os.PathLike", err: BaseException) -> ValueError:
+    return ValueError(f"{path}: not a readable .npz ({type(err).__name__}: {err}); the file is truncated or damaged "
+                      "(an interrupted copy or write?): copy or write it again")
+
+
+def _require_file(path: "str | os.PathLike") -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (or not a regular file)")
+
+
+@contextlib.contextmanager
+def _open_zip(path: "str | os.PathLike") -> Iterator[zipfile.ZipFile]:
+    """``zipfile.ZipFile(path)``; a damaged archive, found on opening or while reading, is a
+    ValueError naming ``path``."""
+    _require_file(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise _damaged(path, err) from err
+    with zf:
+        try:
+            yield zf
+        except (zipfile.BadZipFile, EOFError, zlib.error) as err:  # a bad CRC or a torn member, met while reading
+            raise _damaged(path, err) from err
+
+
 def npz_members(path: "str | os.PathLike") -> tuple[str, ...]:
     """The array names of an ``.npz`` (member names without ``.npy``)."""
-    with zipfile.ZipFile(path) as zf:
+    with _open_zip(path) as zf:
         return tuple(n[:-4] for n in zf.namelist() if n.endswith(".npy"))
 
 
@@ -108,7 +136,7 @@ def _open_member(zf: zipfile.ZipFile, key: str, path: "str | os.PathLike") -> IO
 
 def npz_array_info(path: "str | os.PathLike", key: str = "arr_0") -> NpyInfo:
     """Shape and dtype of array ``key`` without reading its data."""
-    with zipfile.ZipFile(path) as zf, _open_member(zf, key, path) as fh:
+    with _open_zip(path) as zf, _open_member(zf, key, path) as fh:
         return _read_header(fh, f"{path}:{key}")
 
 
@@ -116,7 +144,7 @@ def iter_npz_array(path: "str | os.PathLike", key: str = "arr_0", batch: int = 2
     """Yield array ``key`` of ``path`` in consecutive blocks of up to ``batch`` rows."""
     if int(batch) != batch or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    with zipfile.ZipFile(path) as zf, _open_member(zf, key, path) as fh:
+    with _open_zip(path) as zf, _open_member(zf, key, path) as fh:
         info = _read_header(fh, f"{path}:{key}")
         n = info.shape[0] if info.shape else 1
         for start in range(0, n, int(batch)):
@@ -129,7 +157,13 @@ def iter_npz_array(path: "str | os.PathLike", key: str = "arr_0", batch: int = 2
 
 def read_npz_array(path: "str | os.PathLike", key: str) -> np.ndarray:
     """Array ``key`` of ``path`` in memory (for small members such as statistics)."""
-    with np.load(path, allow_pickle=False) as z:
-        if key not in z.files:
-            raise KeyError(f"{path}: no array {key!r} (it holds: {', '.join(z.files) or 'nothing'})")
-        return z[key]
+    _require_file(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if key not in z.files:
+                raise KeyError(f"{path}: no array {key!r} (it holds: {', '.join(z.files) or 'nothing'})")
+            return z[key]
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise _damaged(path, err) from err
+    except ValueError as err:  # numpy's, e.g. an array cut short or one that needs pickle
+        raise ValueError(f"{path}:{key}: {err}") from err

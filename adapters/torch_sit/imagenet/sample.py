@@ -12,7 +12,8 @@ Output directory ``--out``:
     samples.npz     ``arr_0``: uint8 images (N, H, W, 3), the ADM evaluator's input;
                     ``arr_1``: int64 class labels (N,)
     grid.png        the first 64 images, 8 x 8
-    summary.json    counts, NFE, wall time of the last session, sha256 of samples.npz
+    summary.json    counts, NFE, wall time of the last session, the settings and their digest,
+                    sha256 of samples.npz (written last)
 
 Reproducibility. Sample i depends only on (seed, i): its initial noise (and, with uniform
 labels, its class) come from a torch generator seeded with a 64-bit hash of (seed, i)
@@ -34,6 +35,17 @@ process count may differ). Rank 0 then streams the verified shards into ``sample
 (written to a temporary file and renamed). A restart whose settings differ from
 ``settings.json`` is refused, naming the differing settings (files such as ``--ckpt``,
 ``--sidenet`` and ``--vae`` are identified by name, size and sha256).
+
+Every artefact is tied to its settings: ``settings.json`` holds them, every shard's header their
+digest, ``summary.json`` both and the sha256 of ``samples.npz``. Before anything is written, every
+flag is checked (values, the solver's options, the SideNet against the backbone's states, classes
+and guidance) and so is the run directory: other settings in ``settings.json``, or in
+``summary.json`` beside a ``samples.npz``, or (with ``settings.json`` missing) in a shard's header
+are refused, and so is a ``samples.npz`` that nothing describes. "Nothing to do" needs
+``summary.json`` to record these settings and the sha256 of ``samples.npz`` as it is now; a
+``samples.npz`` that fails that check is written again. Temporary files of killed writes are
+removed only when nobody has written to them for :data:`STALE_TEMP_SECONDS` (another sampler on
+the same ``--out`` may be writing the younger ones).
 
 Decoding, as REPA's ``generate.py``: ``img = vae.decode(z / 0.18215).sample`` with diffusers'
 ``AutoencoderKL`` loaded from a local folder (``--vae``), then ``clamp(255 (img + 1) / 2, 0, 255)``
@@ -66,7 +78,7 @@ from ..files import atomic_write, sha256_file
 from ..distributed import dist_setup
 from .decode import LATENT_SCALE, SDVAEDecoder, UpsampleDecoder, to_uint8
 from .npz import NpyInfo, write_npz
-from .shards import MicroBatch, ShardInvalid, micro_batches, read_shard, shard_path, write_shard
+from .shards import MicroBatch, ShardInvalid, micro_batches, read_shard, shard_path, shard_settings, write_shard
 
 __all__ = [
     "index_seed",
@@ -81,7 +93,12 @@ __all__ = [
 ]
 
 SETTINGS_NAME = "settings.json"
+SUMMARY_NAME = "summary.json"
 NPZ_NAME = "samples.npz"
+_OUT_FILES = (SETTINGS_NAME, SUMMARY_NAME, NPZ_NAME, "grid.png")
+#: a temporary file of an atomic write not written to for this long is stale (its writer is dead:
+#: a shard is written in one call, samples.npz streamed in blocks of seconds) and is removed
+STALE_TEMP_SECONDS = 3600
 _SETTINGS_FORMAT = "baquad-sample-run"
 _VERSION = 1
 
@@ -148,22 +165,124 @@ def _digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _check_settings(out: Path, settings: dict) -> None:
-    """Record ``settings`` in ``out/settings.json``, or refuse if it holds different ones."""
+def _differences(recorded: dict, settings: dict) -> str:
+    """``"key: recorded a, requested b; ..."`` for every setting that differs ("" when none)."""
+    keys = sorted(set(recorded) | set(settings))
+    return "; ".join(f"{k}: recorded {recorded.get(k)!r}, requested {settings.get(k)!r}"
+                     for k in keys if recorded.get(k) != settings.get(k))
+
+
+def _read_json(path: Path) -> tuple[Optional[dict], str]:
+    """``(object, "")`` for a JSON object in ``path``; ``(None, why)`` when there is no such file or
+    it holds something else."""
+    if not path.is_file():
+        return None, "is not a regular file" if path.exists() else "is missing"
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"is not readable JSON ({err})"
+    return (value, "") if isinstance(value, dict) else (None, f"holds a JSON {type(value).__name__}, not an object")
+
+
+def _recorded_settings(out: Path) -> Optional[dict]:
+    """The settings ``out/settings.json`` records; None when there is no such file.
+
+    Raises:
+        SettingsMismatch: the file is not a settings record of this command (damaged or foreign).
+    """
     path = out / SETTINGS_NAME
-    if path.is_file():
-        saved = json.loads(path.read_text())["settings"]
-        keys = sorted(set(saved) | set(settings))
-        diff = [k for k in keys if saved.get(k) != settings.get(k)]
+    if not path.exists():
+        return None
+    record, why = _read_json(path)
+    if record is not None:
+        settings = record.get("settings")
+        if record.get("format") != _SETTINGS_FORMAT:
+            why = f"its format is {record.get('format')!r}, not {_SETTINGS_FORMAT!r}"
+        elif not isinstance(settings, dict) or record.get("digest") != _digest(settings):
+            why = "its settings do not match the digest it records (edited or damaged)"
+        else:
+            return settings
+    raise SettingsMismatch(
+        f"{path} {why}: it is not a settings record of this command. Move it away (the samples, summary and "
+        f"shards in {out} are then checked against the settings requested), or use a new --out directory.")
+
+
+def _check_run_directory(out: Path, settings: dict, digest: str, say: Callable[[str], None]) -> bool:
+    """Rank 0, before anything is written: refuse a run directory that holds work made with other
+    settings; True when its ``samples.npz`` is finished for these settings.
+
+    The work is tied to its settings by ``settings.json`` (the full settings), the header of every
+    shard (their digest) and ``summary.json`` (the settings and the sha256 of the finished
+    ``samples.npz``). Finished means that ``summary.json`` records these settings (or, written by
+    an earlier version, none, with ``settings.json`` matching) and the sha256 of ``samples.npz``
+    as it is now.
+
+    Raises:
+        SettingsMismatch: ``settings.json``, ``summary.json`` (with ``samples.npz``) or, when
+            ``settings.json`` is missing, a shard records other settings; ``samples.npz`` without
+            ``settings.json`` or a readable ``summary.json``; a damaged or foreign ``settings.json``.
+    """
+    if not out.is_dir():
+        return False
+    recorded = _recorded_settings(out)
+    if recorded is not None:
+        diff = _differences(recorded, settings)
         if diff:
-            parts = "; ".join(f"{k}: recorded {saved.get(k)!r}, requested {settings.get(k)!r}" for k in diff)
             raise SettingsMismatch(
-                f"{out} holds samples made with other settings ({parts}). Restart with the recorded settings to "
+                f"{out} holds samples made with other settings ({diff}). Restart with the recorded settings to "
                 f"finish that run, or use a new --out directory for these settings.")
-        return
-    record = {"format": _SETTINGS_FORMAT, "version": _VERSION, "digest": _digest(settings), "settings": settings,
+    npz = out / NPZ_NAME
+    summary, why = _read_json(out / SUMMARY_NAME)
+    if npz.is_file() and summary is not None and isinstance(summary.get("settings"), dict):
+        diff = _differences(summary["settings"], settings)
+        if diff:
+            raise SettingsMismatch(
+                f"{out}: {NPZ_NAME} was made with other settings ({diff}; {SUMMARY_NAME} records them). Use a new "
+                f"--out directory for these settings, or move {NPZ_NAME} and {SUMMARY_NAME} away to sample them here.")
+    elif npz.is_file() and recorded is None:
+        why = why if summary is None else "records no settings"
+        raise SettingsMismatch(
+            f"{out} holds {NPZ_NAME}, but {SETTINGS_NAME} is missing and {SUMMARY_NAME} {why}: nothing says which "
+            f"settings made it. Move {NPZ_NAME} away to sample here, or use a new --out directory.")
+    if recorded is None:
+        shards = sorted((out / "shards").glob("shard-*.safetensors"))
+        foreign = [p.name for p in shards if shard_settings(p) not in (None, digest)]  # None: torn, recomputed
+        if foreign:
+            raise SettingsMismatch(
+                f"{out / 'shards'} holds {len(foreign)} micro-batch(es) made with other settings ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}) and {SETTINGS_NAME}, which would name them, is missing. Restore "
+                f"{SETTINGS_NAME} and restart with its settings, move shards/ away, or use a new --out directory.")
+    if summary is None or not npz.is_file():
+        return False
+    if summary.get("sha256") != sha256_file(npz):
+        say(f"{npz} does not match the sha256 that {SUMMARY_NAME} records (damaged or changed since it was "
+            "written); writing it again")
+        return False
+    return True
+
+
+def _write_settings(out: Path, settings: dict, digest: str) -> None:
+    record = {"format": _SETTINGS_FORMAT, "version": _VERSION, "digest": digest, "settings": settings,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__}
-    atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write(out / SETTINGS_NAME, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def _remove_stale_temps(out: Path) -> list[Path]:
+    """Remove the temporary files of atomic writes (``.<name>.<random>.tmp``, this command's names
+    only) that nobody has written to for :data:`STALE_TEMP_SECONDS`: their writer is dead. Younger
+    ones may belong to another sampler writing into ``out`` and are left alone."""
+    found = [p for name in _OUT_FILES for p in out.glob(f".{name}.*.tmp")]
+    found += (out / "shards").glob(".shard-*.safetensors.*.tmp")
+    now = time.time()
+    stale = []
+    for p in found:
+        try:
+            if now - p.stat().st_mtime > STALE_TEMP_SECONDS:
+                p.unlink()
+                stale.append(p)
+        except FileNotFoundError:  # its writer finished (or another sampler removed it) meanwhile
+            pass
+    return stale
 
 
 # ---------------------------------------------------------------------------------- sampling
@@ -221,7 +340,8 @@ class SampleConfig:
     keep_shards: bool = flag_field("keep shards/ after samples.npz is written", default=False, group="run")
 
     def validate(self) -> None:
-        from baquad.methods import method_names
+        """Check every field (nothing is read or written): ValueError naming the flag and the fix."""
+        from baquad.methods import get_method, method_names
 
         if self.solver not in method_names():
             raise ValueError(f"--solver: unknown solver {self.solver!r}; choose from {', '.join(method_names())}")
@@ -240,6 +360,25 @@ class SampleConfig:
         if self.decoder == "sd-vae" and self.vae is None:
             raise ValueError("--vae PATH is required with --decoder sd-vae (a local sd-vae-ft-ema folder); "
                              "--decoder upsample is the stand-in for dry runs")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0 (sample i is seeded by (seed, i)), got {self.seed!r}")
+        for name, low, high in (("guidance_scale", None, None), ("guidance_low", 0.0, 1.0),
+                                ("guidance_high", 0.0, 1.0), ("shift", 0.0, None), ("latent_scale", 0.0, None)):
+            _check_number(getattr(self, name), "--" + name.replace("_", "-"), low, high)
+        if self.guidance_low is not None and self.guidance_high is not None and self.guidance_low > self.guidance_high:
+            raise ValueError(f"--guidance-low {self.guidance_low} is above --guidance-high {self.guidance_high}; guidance "
+                             "applies for guidance-low <= t <= guidance-high, so give the lower end first")
+        options = dict(self.solver_options, **({} if self.rule is None else {"rule": self.rule}))
+        try:  # every option value checked now, before the run directory is touched
+            get_method(self.solver).options(options)
+        except (TypeError, ValueError) as err:
+            text = str(err)
+            flag = "--rule" if self.rule is not None and text.startswith("rule") else "--solver-option"
+            raise ValueError(f"{flag}: {text.removeprefix('rule: ')}") from None
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: exists and is not a directory; give a run directory (new or one this "
+                             "command wrote)")
 
     def factory_kwargs(self) -> dict:
         """What ``get_backbone`` receives: ``--backbone-kwargs`` plus the checkpoint and the guidance
@@ -252,9 +391,34 @@ class SampleConfig:
         return kw
 
 
+def _check_number(value: Any, flag: str, low: Optional[float], high: Optional[float]) -> None:
+    """``value`` must be None or a finite number: in ``[low, high]`` when ``high`` is given, above
+    ``low`` when only ``low`` is."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if high is not None:
+        ok, want = ok and low <= value <= high, f"a number in [{low:g}, {high:g}]"
+    elif low is not None:
+        ok, want = ok and value > low, f"a finite number > {low:g}"
+    else:
+        want = "a finite number"
+    if not ok:
+        raise ValueError(f"{flag} must be {want}, got {value!r}")
+
+
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def _from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (itself when not distributed)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 class _Generator:
@@ -271,6 +435,7 @@ class _Generator:
             from ..sidenet.checkpoint import load_sidenet
 
             self.sidenet = load_sidenet(cfg.sidenet, map_location=device)
+            _check_sidenet_fits(self.sidenet, cfg, backbone)
         if cfg.decoder == "sd-vae":
             self.decoder: Callable[[torch.Tensor], torch.Tensor] = SDVAEDecoder(cfg.vae, device, cfg.latent_scale)
         else:
@@ -292,7 +457,8 @@ class _Generator:
         if cfg.solver == "ba-solver":
             if self.sidenet is not None:
                 kwargs["perception"] = NeuralPerception(self.sidenet, labels=cond.get("labels"),
-                                                        guidance_scale=cfg.guidance_scale, strict=False)
+                                                        guidance_scale=cfg.guidance_scale, strict=False,
+                                                        autocast=getattr(bb.module, "autocast", None))
             if cfg.rule is not None:
                 kwargs["rule"] = cfg.rule
         with torch.no_grad():
@@ -302,6 +468,22 @@ class _Generator:
             images = to_uint8(self.decoder(res.x.float()))
         labels = (y if y is not None else torch.full((mb.size,), -1, dtype=torch.int64)).numpy()
         return images, labels
+
+
+def _check_sidenet_fits(sidenet: torch.nn.Module, cfg: SampleConfig, backbone: Backbone) -> None:
+    """The SideNet reads this backbone's states, classes and guidance (before anything is written)."""
+    from ..sidenet.perception import check_sidenet_state
+
+    where = f"--sidenet {cfg.sidenet}"
+    check_sidenet_state(sidenet, (cfg.batch_size, *backbone.state_shape), where)
+    config = sidenet.config() if callable(getattr(sidenet, "config", None)) else {}
+    classes = config.get("num_classes")
+    if classes is not None and backbone.num_classes is not None and classes != backbone.num_classes:
+        raise ValueError(f"{where}: a SideNet for {classes} classes, but --backbone {cfg.backbone} has "
+                         f"{backbone.num_classes}; pass a SideNet trained on this backbone")
+    if config.get("guidance") and cfg.guidance_scale is None:
+        raise ValueError(f"{where}: the SideNet is conditioned on the guidance scale; pass --guidance-scale (the "
+                         "scale the backbone samples with)")
 
 
 #: the SampleConfig fields that do not change the samples (a restart may change them)
@@ -319,7 +501,7 @@ def _settings(cfg: SampleConfig, backbone: Backbone, ts: Sequence[float]) -> dic
     if cfg.decoder != "sd-vae":
         settings["latent_scale"] = None
     settings.update(state_shape=list(backbone.state_shape), num_classes=backbone.num_classes, grid=list(ts))
-    return settings
+    return json.loads(json.dumps(settings))  # as settings.json and summary.json will hold them
 
 
 def _grid_png(path: Path, images: np.ndarray, cols: int = 8, pad: int = 2) -> None:
@@ -403,7 +585,9 @@ def sample(cfg: SampleConfig, *, device: Optional[str] = None, progress: bool = 
     or one rank under torchrun. Returns the ``.npz`` path on rank 0, None on other ranks.
 
     Raises:
-        SettingsMismatch: ``cfg.out`` holds a run with other settings.
+        ValueError: a bad setting, named with its flag (nothing is written).
+        SettingsMismatch: ``cfg.out`` holds work made with other settings, or records that are
+            not this command's (nothing is written).
     """
     cfg.validate()
     out = Path(cfg.out)
@@ -418,16 +602,22 @@ def sample(cfg: SampleConfig, *, device: Optional[str] = None, progress: bool = 
         except TypeError as err:
             raise TypeError(f"--backbone {cfg.backbone}: its factory rejected the arguments "
                             f"{sorted(cfg.factory_kwargs())} ({err}); drop the flags it does not take") from err
+        except ValueError as err:  # an unknown name, a checkpoint that does not fit, ...
+            raise ValueError(f"--backbone {cfg.backbone}: {err}") from err
         generate = _Generator(cfg, dev, backbone)
+        settings, digest, done = None, "", False
         if rank == 0:
+            settings = _settings(cfg, backbone, generate.ts)
+            digest = _digest(settings)
+            done = _check_run_directory(out, settings, digest, say)  # every check done; now write
             out.mkdir(parents=True, exist_ok=True)
-            _check_settings(out, _settings(cfg, backbone, generate.ts))
-            for stale in (out / "shards").glob(".shard-*.tmp"):
-                stale.unlink()  # temporary files of writes killed mid-way
-        _barrier()
-        digest = json.loads((out / SETTINGS_NAME).read_text())["digest"]
-        if (out / NPZ_NAME).is_file() and (out / "summary.json").is_file():  # summary.json is written last
-            say(f"{out / NPZ_NAME} is complete (settings match); nothing to do")
+            if not (out / SETTINGS_NAME).is_file():
+                _write_settings(out, settings, digest)
+            for stale in _remove_stale_temps(out):
+                say(f"removed {stale}, a temporary file not written to for over {STALE_TEMP_SECONDS} s")
+        digest, done = _from_rank0((digest, done))
+        if done:
+            say(f"{out / NPZ_NAME} is complete (settings match, sha256 as {SUMMARY_NAME} records); nothing to do")
             return out / NPZ_NAME if rank == 0 else None
 
         batches = micro_batches(cfg.num_samples, cfg.batch_size)
@@ -462,11 +652,12 @@ def sample(cfg: SampleConfig, *, device: Optional[str] = None, progress: bool = 
         summary = {"num_samples": cfg.num_samples, "image_shape": list(preview.shape[1:]), "solver": cfg.solver,
                    "nfe": cfg.nfe, "grid": list(generate.ts), "processes": world, "device": str(dev),
                    "micro_batches_this_session": len(todo), "seconds_this_session_rank0": round(elapsed, 3),
-                   "sha256": sha256_file(npz)}
-        atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+                   "sha256": sha256_file(npz), "settings_digest": digest, "settings": settings}
+        atomic_write(out / SUMMARY_NAME, (json.dumps(summary, indent=2) + "\n").encode())
         if not cfg.keep_shards:
             for mb in batches:
                 shard_path(out, mb.index).unlink(missing_ok=True)
+            _remove_stale_temps(out)
             with_shards = out / "shards"
             if with_shards.is_dir() and not any(with_shards.iterdir()):
                 with_shards.rmdir()
@@ -528,8 +719,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = SampleConfig(**dataclass_kwargs(args, SampleConfig))
     try:
         sample(cfg, device=args.device, progress=not args.no_progress, log=lambda msg: print(msg, flush=True))
-    except SettingsMismatch as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+    except (ValueError, TypeError, FileNotFoundError) as err:  # bad flags or files, a run directory refused
+        print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
         return 2
     return 0
 

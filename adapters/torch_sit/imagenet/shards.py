@@ -15,12 +15,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from ..files import atomic_write
 
-__all__ = ["MicroBatch", "micro_batches", "ShardInvalid", "shard_path", "write_shard", "read_shard"]
+__all__ = ["MicroBatch", "micro_batches", "ShardInvalid", "shard_path", "write_shard", "read_shard", "shard_settings"]
 
 _SHARD_FORMAT = "baquad-sample-shard"
 _VERSION = 1
@@ -65,6 +66,19 @@ def write_shard(path: Path, mb: MicroBatch, images: np.ndarray, labels: np.ndarr
             "start": mb.start, "stop": mb.stop, "sha256": _digest_data(images, labels)}
     atomic_write(path, save({"images": np.ascontiguousarray(images), "labels": np.ascontiguousarray(labels)},
                             metadata={"baquad": json.dumps(meta)}))
+
+
+def shard_settings(path: Path) -> Optional[str]:
+    """The settings digest in a shard's header (its data is not read); None when the header is
+    unreadable or not a shard's."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = json.loads((f.metadata() or {}).get("baquad", "{}"))
+    except Exception:  # safetensors raises its own types for torn files
+        return None
+    return meta.get("settings") if isinstance(meta, dict) and meta.get("format") == _SHARD_FORMAT else None
 
 
 def read_shard(path: Path, mb: MicroBatch, settings_digest: str) -> tuple[np.ndarray, np.ndarray]:

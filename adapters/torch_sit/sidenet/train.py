@@ -23,14 +23,19 @@ Output directory:
     sidenet.safetensors / .json      the final SideNet (EMA weights when EMA is on):
                                      ``load_sidenet("<out>/sidenet.safetensors")``
     summary.json                     wall time, backbone calls, parameter counts
+    previous-run-<k>/                the files of a run a fresh start set aside (below)
 
 Resuming: ``--resume``, or automatically when the output directory holds a checkpoint (the run
 says so). The SideNet architecture and the recipe default to the checkpoint's; an explicitly
 different architecture is refused, naming the differing keys, and so is ``--iters`` below the
-checkpoint's step (resuming never rolls back). ``--no-resume`` starts afresh: the previous run's
-files in the output directory (checkpoint, history, exported SideNet, summary, log) are removed
-first, so the two runs never mix. Temporary files left by a killed checkpoint write
-(``.<name>.<random>.tmp``, this module's names only) are removed on every start.
+checkpoint's step (resuming never rolls back), and so is another backbone than the checkpoint
+records (its name, state shape, classes, parameter count and a fingerprint of its weights;
+:mod:`~adapters.torch_sit.sidenet.rundir`). ``--no-resume`` (or a directory without a
+checkpoint) starts afresh: the previous run's files (checkpoint, history, exported SideNet,
+summary, log) are first moved into ``previous-run-<k>/``, so the two runs never mix, and are
+deleted only once the new run has written its SideNet: an interrupted fresh start loses nothing.
+Temporary files left by a killed write (``.<name>.<random>.tmp``, this module's names only) are
+removed on every start.
 
 What training refuses: every recipe field out of its range (NaN and infinities included) and
 the other arguments, before anything is written; a checkpoint holding NaN/inf values; a NaN/inf
@@ -48,7 +53,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 import time
 import warnings
@@ -63,9 +67,11 @@ from ...commandline import HelpFormatter, add_dataclass_flags, dataclass_kwargs,
 from ..backbones import Backbone, CountingBackbone, backbone_names, get_backbone
 from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
 from ..files import atomic_write
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
+from .checkpoint import InvalidFile, find_checkpoint, load_checkpoint, save_checkpoint, save_sidenet
 from ..distributed import dist_setup
 from .networks import BASES, SIDENETS, build_sidenet, count_parameters, sidenet_report, size_ratio
+from .rundir import (BackboneMismatch, backbone_identity, check_backbone, remove_runs_set_aside, remove_temp_files,
+                     set_previous_run_aside)
 
 __all__ = ["train", "TrainResult", "default_sidenet_config", "recipe_for", "RECIPES", "main",
            "build_parser", "run_parsed", "backbone_from_factory", "OWN_COMMANDS"]
@@ -228,16 +234,6 @@ def _read_log(path: Path, upto: int) -> list[dict]:
         return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
 
 
-#: The names this module and :func:`~adapters.torch_sit.files.atomic_write` write in an
-#: output directory: the files of a run, and the temporary files of an atomic write
-#: (``.<name>.<8 random characters>.tmp``, left behind only by a killed process).
-RUN_FILES = ("checkpoint.safetensors", "checkpoint.json", "sidenet.safetensors", "sidenet.json", "summary.json",
-             "log.csv")
-_TEMP_NAME = re.compile(r"^\.(?:%s)\.[a-z0-9_]{8}\.tmp$" % "|".join(re.escape(n) for n in RUN_FILES))
-_HISTORY_NAME = re.compile(r"^checkpoint-\d{8}\.safetensors$")
-_HISTORY_TEMP_NAME = re.compile(r"^\.checkpoint-\d{8}\.safetensors\.[a-z0-9_]{8}\.tmp$")
-
-
 def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any) -> Path:
     """The checks of :func:`train`'s arguments, before anything is loaded or written."""
     if not isinstance(cfg, ChainConfig):
@@ -245,6 +241,8 @@ def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any) -
     cfg.validate()  # the fields may have been changed after construction
     if out is None or not str(out).strip():
         raise ValueError(f"out: the output directory is empty ({out!r}); give a directory, e.g. runs/<name>")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"out: {out} exists and is not a directory; give an output directory, e.g. runs/<name>")
     if resume not in (None, True, False):
         raise ValueError(f"resume: True, False or None (automatic), got {resume!r}")
     if isinstance(ckpt_every, bool) or not isinstance(ckpt_every, int) or ckpt_every < 0:
@@ -264,26 +262,6 @@ def _check_finite_checkpoint(ck: Any) -> None:
                     f"checkpoint {ck.path}: {part}.{name} holds NaN/inf values; it cannot be resumed. Start afresh "
                     "(--no-resume, resume=False) or restore an older checkpoint (history/ with --keep-history)."
                 )
-
-
-def _remove_temp_files(out: Path) -> list[Path]:
-    """Remove the temporary files a killed atomic write left in ``out`` and ``out/history``
-    (only this project's own temporary names). Returns the removed paths."""
-    found = [p for p in out.glob(".*.tmp") if _TEMP_NAME.match(p.name)]
-    found += [p for p in (out / "history").glob(".*.tmp") if _HISTORY_TEMP_NAME.match(p.name)]
-    for p in found:
-        p.unlink(missing_ok=True)
-    return found
-
-
-def _remove_previous_run(out: Path) -> list[Path]:
-    """A fresh start in ``out``: remove the files of the run that was there (checkpoint, history,
-    exported SideNet, summary, log), so that none of them is mistaken for the new run's."""
-    found = [out / n for n in RUN_FILES if (out / n).is_file()]
-    found += [p for p in (out / "history").glob("checkpoint-*.safetensors") if _HISTORY_NAME.match(p.name)]
-    for p in found:
-        p.unlink(missing_ok=True)
-    return found
 
 
 def _refuse_non_finite(state: dict, what: str) -> None:
@@ -323,8 +301,9 @@ def train(
             resuming, else :func:`default_sidenet_config`. Given and different from a
             checkpoint's: refused (:class:`~adapters.torch_sit.sidenet.checkpoint.ArchitectureMismatch`).
         resume: True: resume (a checkpoint must exist); False: start afresh; None: resume when
-            ``out`` holds a checkpoint. A fresh start removes the previous run's files from ``out``
-            (checkpoint, history, exported SideNet, summary, log).
+            ``out`` holds a checkpoint. A fresh start moves the previous run's files (checkpoint,
+            history, exported SideNet, summary, log) into ``out/previous-run-<k>/``, deleted once
+            this run has written its SideNet. A checkpoint of another backbone is refused.
         ckpt_every: checkpoint every this many iterations (0: only at the end).
         keep_history: keep every checkpoint under ``out/history``.
         device: torch device (default: ``cuda:<LOCAL_RANK>`` when available, else CPU).
@@ -333,7 +312,8 @@ def train(
 
     Raises:
         ValueError: an invalid argument or recipe field (named), before anything is written; a
-            checkpoint with NaN/inf values; ``cfg.iters`` below the checkpoint's step.
+            checkpoint with NaN/inf values; ``cfg.iters`` below the checkpoint's step; a
+            checkpoint of another backbone (:class:`~.rundir.BackboneMismatch`).
         FloatingPointError: a NaN/inf loss, gradient or weight, naming the iteration; the run
             stops there, and no non-finite weights are ever written.
     """
@@ -367,6 +347,7 @@ class _Run:
     trainer: ChainTrainer
     start: int  #: the step the run starts from (the checkpoint's when resuming)
     keep_history: bool
+    identity: dict  #: what the checkpoints record of the backbone (rundir.backbone_identity)
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """The sum of ``t`` over the processes (on the CPU)."""
@@ -380,15 +361,17 @@ class _Run:
             _refuse_non_finite(self.module.state_dict(), f"checkpoint at step {step}")
             save_checkpoint(self.out, sidenet=self.module, step=step, sidenet_config=self.sidenet_config,
                             config=self.cfg.to_dict(), optimizer=self.trainer.optimizer, ema=self.trainer.ema,
-                            extra={"backbone": self.bb.name, "world_size": self.world}, history=self.keep_history)
+                            extra={"backbone": self.bb.name, "backbone_identity": self.identity,
+                                   "world_size": self.world}, history=self.keep_history)
         if self.world > 1:
             dist.barrier()
 
 
 def _resume_checkpoint(cfg: ChainConfig, out: Path, resume: Optional[bool], sidenet_config: Optional[dict],
-                       bb: Backbone, say: Callable[..., None]) -> tuple[Any, dict]:
+                       bb: Backbone, identity: dict, say: Callable[..., None]) -> tuple[Any, dict]:
     """The checkpoint to resume from (None: a fresh start) and the SideNet architecture: the
-    checkpoint's when resuming (a different one given is refused by ``load_checkpoint``), else the
+    checkpoint's when resuming (a different one given is refused by ``load_checkpoint``, another
+    backbone than ``identity`` describes by :func:`~.rundir.check_backbone`), else the
     one given, else the backbone's default."""
     ckpt_path = find_checkpoint(out)
     if resume is True and ckpt_path is None:
@@ -396,6 +379,7 @@ def _resume_checkpoint(cfg: ChainConfig, out: Path, resume: Optional[bool], side
     if ckpt_path is None or resume is False:
         return None, sidenet_config if sidenet_config is not None else default_sidenet_config(bb)
     ck = load_checkpoint(ckpt_path, sidenet_config=sidenet_config)
+    check_backbone(_recorded_backbone(ck), identity, out, ck.step)
     _check_finite_checkpoint(ck)
     if cfg.iters < ck.step:
         raise ValueError(
@@ -408,6 +392,14 @@ def _resume_checkpoint(cfg: ChainConfig, out: Path, resume: Optional[bool], side
         say("note: recipe settings differ from the checkpoint's: "
             + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items()))
     return ck, ck.sidenet_config
+
+
+def _recorded_backbone(ck: Any) -> Optional[dict]:
+    """The backbone a checkpoint records: its identity, or only the name (older checkpoints), or None."""
+    identity = ck.extra.get("backbone_identity")
+    if isinstance(identity, dict):
+        return identity
+    return {"name": ck.extra["backbone"]} if isinstance(ck.extra.get("backbone"), str) else None
 
 
 def _restore(trainer: ChainTrainer, ck: Any, cfg: ChainConfig, dev: torch.device) -> int:
@@ -435,7 +427,8 @@ def _start_run(cfg: ChainConfig, backbone: "str | Backbone", out: Path, sidenet_
     bb = get_backbone(backbone, dev) if isinstance(backbone, str) else backbone.to(dev)
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
-    ck, sidenet_config = _resume_checkpoint(cfg, out, resume, sidenet_config, bb, say)
+    identity = backbone_identity(bb)
+    ck, sidenet_config = _resume_checkpoint(cfg, out, resume, sidenet_config, bb, identity, say)
     if sidenet_config.get("guidance") and cfg.guidance_scale is None:
         raise ValueError("ChainConfig.guidance_scale: the SideNet is conditioned on the guidance scale "
                          "(architecture guidance=True) but the recipe has none; set guidance_scale (--guidance-scale)")
@@ -453,20 +446,20 @@ def _start_run(cfg: ChainConfig, backbone: "str | Backbone", out: Path, sidenet_
 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        for p in _remove_temp_files(out):
+        for p in remove_temp_files(out):
             say(f"removed {p}, a temporary file left by an interrupted write")
-        if ck is None:
-            removed = _remove_previous_run(out)
-            if removed:
-                say(f"starting afresh in {out}: removed the previous run's files "
-                    + ", ".join(str(p.relative_to(out)) for p in removed))
+        aside = set_previous_run_aside(out) if ck is None else None
+        if aside is not None:
+            say(f"starting afresh in {out}: the previous run's files are moved to {aside} and deleted once this run "
+                "has written its SideNet")
         log_path = out / "log.csv"
         atomic_write(log_path, _log_text(_read_log(log_path, start) if ck is not None else []))
     if world > 1:
         dist.barrier()
     say(sidenet_report(module, bb))
     say(f"training {cfg.iters - start} iterations on {world} process(es), device {dev}, global batch {cfg.batch_size}")
-    return _Run(cfg, out, rank, world, dev, say, bb, counted, ck, sidenet_config, module, trainer, start, keep_history)
+    return _Run(cfg, out, rank, world, dev, say, bb, counted, ck, sidenet_config, module, trainer, start, keep_history,
+                identity)
 
 
 def _run_iterations(run: _Run, ckpt_every: int, progress: bool) -> tuple[dict, float]:
@@ -539,6 +532,8 @@ def _finish_run(run: _Run, last: dict, wall: float) -> TrainResult:
                      extra={"weights": "ema" if weights is not None else "model", "backbone": bb.name,
                             "steps": cfg.iters})
         atomic_write(run.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        for aside in remove_runs_set_aside(run.out):
+            run.say(f"deleted the files of the run set aside in {aside}, now replaced by this run's SideNet")
         run.say(f"done: {summary['iterations']} iterations in {wall:.1f} s; backbone calls "
                 f"{counted.calls} per process ({summary['backbone_calls_all_processes']} over {run.world} process(es)); "
                 f"final loss {summary['final_loss']}")
@@ -578,6 +573,8 @@ win. A run resumes from OUT automatically and checkpoints every --ckpt-every ite
 def _directory(s: str) -> Path:
     if not s.strip():
         raise argparse.ArgumentTypeError("empty path; give an output directory, e.g. runs/<name>")
+    if Path(s).exists() and not Path(s).is_dir():
+        raise argparse.ArgumentTypeError(f"{s} exists and is not a directory; give an output directory, e.g. runs/<name>")
     return Path(s)
 
 
@@ -622,7 +619,8 @@ def build_parser(*, prog: str = PROG, description: Optional[str] = None, epilog:
     g.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
                    help="resume from OUT/checkpoint.safetensors (default: automatically when it exists)")
     g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
-                   help="start afresh even if OUT holds a checkpoint (it is overwritten)")
+                   help="start afresh even if OUT holds a checkpoint (the previous run's files are moved to "
+                        "OUT/previous-run-<k>/ and deleted once the new SideNet is written)")
     p.add_argument("--ckpt-every", type=_int_at_least(0), default=None,
                    help="checkpoint every N iterations (default: every iters/10, at most 100; 0: at the end only)")
     p.add_argument("--keep-history", action="store_true", help="keep every checkpoint in OUT/history")
@@ -743,7 +741,16 @@ def run_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser,
     base = recipe_cfg.to_dict()
     ckpt = find_checkpoint(args.out) if args.resume is not False else None
     if ckpt is not None:
-        base.update(load_checkpoint(ckpt).config)
+        try:
+            ck = load_checkpoint(ckpt)
+        except InvalidFile as err:  # torn, corrupt, non-finite: say so in one line, with the way out
+            parser.error(f"{err} Or start afresh with --no-resume (the previous run's files are set aside in "
+                         f"{args.out}/previous-run-<k>/), or use another --out.")
+        try:
+            check_backbone(_recorded_backbone(ck), backbone_identity(backbone), args.out, ck.step)
+        except BackboneMismatch as err:
+            parser.error(str(err))
+        base.update(ck.config)
     try:
         cfg = ChainConfig.from_dict({**base, **overrides})
     except ValueError as err:

@@ -15,8 +15,10 @@ that needs anything else, for instance an object whose unpickling would call a f
 refused with :class:`UnsafeCheckpoint` before any of its code runs. Convert such a file to
 safetensors where you trust it.
 
-The state dict must match the model exactly: missing keys, unexpected keys and shape mismatches
-are all reported by name in :class:`CheckpointMismatch`, then nothing is loaded. REPA's
+The state dict must match the model exactly: missing keys, unexpected keys, shape mismatches,
+another kind of dtype (an integer tensor where the model has a float one: ``load_state_dict``
+would cast it silently) and NaN or inf values are all reported by name in
+:class:`CheckpointMismatch`, then nothing is loaded. REPA's
 ``--legacy`` checkpoints name the blocks after ``encoder_depth`` ``decoder_blocks.{i}``; with
 ``legacy=True`` they are renamed to ``blocks.{i + encoder_depth}``.
 """
@@ -43,6 +45,7 @@ __all__ = [
     "select_weights",
     "rename_legacy_keys",
     "check_state_dict",
+    "check_values",
     "load_repa_checkpoint",
 ]
 
@@ -202,6 +205,30 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], where:
     raise CheckpointMismatch(f"{where} does not match the model: " + "; ".join(parts) + "." + hint)
 
 
+def _kind(t: torch.Tensor) -> str:
+    return "floating" if t.is_floating_point() else "complex" if t.is_complex() else "bool" if t.dtype == torch.bool \
+        else "integer"
+
+
+def check_values(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointMismatch` naming every tensor of ``state`` whose kind of dtype
+    (floating, integer, bool, complex) differs from the model's (``load_state_dict`` would cast a
+    float to an integer silently; float16 to float32 is fine) and every floating tensor holding
+    NaN or inf (a damaged file; sampling would blame the field)."""
+    own = model.state_dict()
+    kinds = [f"{k}: checkpoint {v.dtype}, model {own[k].dtype}" for k, v in state.items()
+             if k in own and _kind(v) != _kind(own[k])]
+    if kinds:
+        raise CheckpointMismatch(f"{where}: tensors of another kind of dtype than the model's ({len(kinds)}): "
+                                 f"{'; '.join(kinds)}. The file is not a checkpoint of this model; use the matching "
+                                 "one (REPA's last.pt for repa-sit-xl2-256)")
+    bad = [f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()} values)" for k, v in state.items()
+           if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointMismatch(f"{where}: NaN or inf in {len(bad)} tensor(s): {', '.join(bad[:5])}"
+                                 f"{', ...' if len(bad) > 5 else ''}. The file is damaged; use an intact copy")
+
+
 def load_repa_checkpoint(path: "str | os.PathLike", model: nn.Module, *, weights: str = "auto",
                          legacy: bool = False) -> LoadReport:
     """Load a REPA checkpoint into ``model`` strictly (module docstring) and say what was taken.
@@ -213,7 +240,8 @@ def load_repa_checkpoint(path: "str | os.PathLike", model: nn.Module, *, weights
         legacy: rename ``decoder_blocks.{i}`` to ``blocks.{i + encoder_depth}`` first.
 
     Raises:
-        UnsafeCheckpoint, CheckpointMismatch, ValueError, FileNotFoundError.
+        UnsafeCheckpoint, CheckpointMismatch (keys, shapes, dtype kinds, NaN/inf), ValueError,
+        FileNotFoundError.
     """
     path = Path(path)
     obj = read_repa_checkpoint(path)
@@ -225,6 +253,7 @@ def load_repa_checkpoint(path: "str | os.PathLike", model: nn.Module, *, weights
             raise ValueError("legacy=True needs a model with config.encoder_depth")
         state, renamed = rename_legacy_keys(state, encoder_depth)
     check_state_dict(model, state, where=f"{path} ({source})")
+    check_values(model, state, where=f"{path} ({source})")
     model.load_state_dict(state, strict=True)
     steps = args = None
     if source != "state_dict":
