@@ -34,6 +34,9 @@ method             options (defaults first)                               NFE fo
 ``adams``          ``order=2|1`` (Adams-Bashforth in t; any direction)    N
 ``unipc``          ``order=2|1|3``, ``variant="bh2"|"bh1"``,              N
                    ``lower_order_final``, ``disable_corrector=()``
+``bns``            ``coefficients`` (required: a                          N
+                   ``NonStationaryCoefficients`` or a ``bns.npz`` path;
+                   the grid must be ``coefficients.times``)
 =================  =====================================================  =================
 
 BA-solver (docs/algorithm.md#counting-nfe), N = number of intervals: the initial anchor is one
@@ -41,7 +44,8 @@ NFE and every bi-anchor interval one more. ``final="single"`` (scheme B, default
 interval is single-anchor and needs no call, so N intervals = N NFE. ``final="bi"`` (scheme A):
 N intervals = N + 1 NFE (a budget of N NFE buys N - 1 intervals). ``anchors="single"`` (every
 interval single-anchor): N intervals = N NFE. DPM-Solver++, UniPC and Adams make one call per
-step: the final point is never evaluated, and UniC reuses the next step's call.
+step: the final point is never evaluated, and UniC reuses the next step's call. A BNS solver
+(:mod:`baquad.solvers.bns`) calls the field once per grid point but the last.
 
 A user's method is registered the same way::
 
@@ -55,10 +59,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Optional
 
 from .bianchor import ba_cost, ba_solver_resolved, resolve_ba_options
 from .solvers.adams import adams_bashforth
+from .solvers.bns import bns, resolve_bns_options
 from .solvers.dpmpp import dpmpp, dpmpp_2m, dpmpp_3m
 from .solvers.fixed import euler, heun, heun_cost, midpoint, rk4
 from .solvers.unipc import unipc
@@ -86,9 +92,10 @@ class Method:
     cost: Optional[Callable[..., tuple[int, int]]] = None
     resolve: Optional[Callable[..., dict]] = None
 
-    @property
+    @cached_property
     def option_names(self) -> tuple[str, ...]:
-        """The sampler's keyword-only parameters other than ``callback``."""
+        """The sampler's keyword-only parameters other than ``callback`` (read from its signature
+        once per method)."""
         params = inspect.signature(self.sampler).parameters.values()
         return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "callback")
 
@@ -135,7 +142,8 @@ def _per_step(a: int, b: int = 0) -> Callable[..., tuple[int, int]]:
 
 #: The built-in methods, the one place they are registered. BA-solver's sampler takes the options
 #: ``resolve_ba_options`` resolved (the public ``baquad.bianchor.ba_solver`` resolves them itself
-#: for a direct call); the baselines check their own options, so they register no ``resolve``.
+#: for a direct call); the baselines check their own options, so they register no ``resolve``,
+#: but for BNS, whose ``resolve`` checks (or loads) its required ``coefficients``.
 _BUILTIN: tuple[Method, ...] = (
     Method("ba-solver", ba_solver_resolved, cost=ba_cost, resolve=resolve_ba_options),
     Method("euler", euler, cost=_per_step(1)),
@@ -147,6 +155,7 @@ _BUILTIN: tuple[Method, ...] = (
     Method("dpm++3m", dpmpp_3m, cost=_per_step(1)),
     Method("unipc", unipc, cost=_per_step(1)),
     Method("adams", adams_bashforth, cost=_per_step(1)),
+    Method("bns", bns, cost=_per_step(1), resolve=resolve_bns_options),
 )
 
 _REGISTRY: dict[str, Method] = {method.name: method for method in _BUILTIN}
@@ -193,7 +202,8 @@ def nfe_per_steps(method: str, n_steps: int, **options: Any) -> int:
 
     Euler N, Heun 2N - 1 (``final_step="euler"``) or 2N, midpoint 2N, RK4 4N, DPM-Solver++ and
     UniPC N (one call per step: the final point is never evaluated, UniC reuses the next step's
-    call), BA-solver N (``final="single"`` or ``anchors="single"``) or N + 1 (``final="bi"``).
+    call), BA-solver N (``final="single"`` or ``anchors="single"``) or N + 1 (``final="bi"``),
+    BNS N (on its coefficients' own grid).
 
     Raises:
         ValueError: unknown method, a method without a declared cost, a bad option value, or

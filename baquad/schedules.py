@@ -200,9 +200,17 @@ def nfe_grid(
     (scheme B, ``final="single"``, default) or 9 (scheme A, ``final="bi"``); NFE 9 is 5 steps of
     Heun with ``final_step="euler"`` (2N - 1).
 
+    ``schedule`` may also be a learned grid (:class:`baquad.solvers.learned_grid.LearnedGrid`,
+    ``load_grid(path)``), used as learned: it refuses another method, other options or an NFE it
+    holds no grid for, naming both.
+
     Raises:
         ValueError: naming ``nfe`` when the budget cannot be met exactly.
     """
+    if hasattr(schedule, "grid_for"):  # a LearnedGrid (not imported: it reads this module)
+        if shift != 1.0 or schedule_options:
+            raise ValueError("shift, schedule_options: a learned grid is used as it was learned; leave them out")
+        return schedule.grid_for(method, nfe, **method_options)
     n_steps = steps_for_nfe(method, nfe, **method_options)
     return get_schedule(schedule, n_steps, shift=shift, **(schedule_options or {}))
 

@@ -13,7 +13,13 @@ grid point ``i = 1 .. len(ts) - 1``. Each checks its own options and grid.
 - :mod:`.dpmpp`: ``dpmpp`` (``dpmpp_2m``, ``dpmpp_3m``), DPM-Solver++ multistep in the log-SNR
   lambda of the flow-matching path;
 - :mod:`.unipc`: ``unipc``, UniPC's predictor-corrector in the same variable;
-- :mod:`.adams`: ``adams_bashforth``, the multistep method in t for either direction.
+- :mod:`.adams`: ``adams_bashforth``, the multistep method in t for either direction;
+- :mod:`.bns`: ``bns`` and ``NonStationaryCoefficients``, the bespoke non-stationary solvers
+  (every step a linear combination of all earlier states and velocities; Euler, Adams and the RK
+  methods are special cases, learned ones come from ``python -m adapters.torch_sit.learned.bns``);
+- :mod:`.learned_grid`: ``LearnedGrid``, ``save_grid``, ``load_grid``, the grid files LD3 writes
+  (usable by every method through ``baquad.schedules.nfe_grid``); not imported here, since it
+  reads the registry (``from baquad.solvers.learned_grid import load_grid``).
 
 These modules register nothing: the method names ``baquad.solve(method=...)`` takes, their
 options and NFE costs are the one table of :mod:`baquad.methods`, which imports the samplers from
@@ -24,6 +30,7 @@ costs).
 from __future__ import annotations
 
 from .adams import adams_bashforth
+from .bns import NonStationaryCoefficients, bns
 from .dpmpp import dpmpp, dpmpp_2m, dpmpp_3m
 from .fixed import euler, heun, midpoint, rk4
 from .unipc import unipc
@@ -38,4 +45,6 @@ __all__ = [
     "dpmpp_3m",
     "unipc",
     "adams_bashforth",
+    "bns",
+    "NonStationaryCoefficients",
 ]
