@@ -8,6 +8,7 @@ arrays from Python numbers, casting results back), for the analytic flows.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Sequence
 
@@ -109,20 +110,87 @@ def where(cond: Array, a: Array, b: Array) -> Array:
 
 
 def all_finite(x: Array) -> bool:
-    """True if every entry is finite (one device sync for a GPU tensor)."""
+    """True if every entry is finite (one device sync for a GPU tensor).
+
+    On torch, two operations in the common case: a finite sum(x) means every entry is finite
+    (one NaN or inf makes the sum NaN or inf). Only when it is not, because of a non-finite entry
+    or because large finite entries overflowed the sum, sum(0 * x) decides: 0 when every entry
+    is finite, NaN as soon as one is not (0 * inf is NaN)."""
     if is_torch(x):
-        return bool(_torch().isfinite(x).all())
+        return math.isfinite(x.sum().item()) or x.mul(0).sum().item() == 0
     return bool(np.isfinite(x).all())
 
 
-def rms(x: Array) -> Array:
-    """Root-mean-square over all entries, as a 0-dim array of the input's backend (no sync)."""
-    if is_torch(x):
-        x = x.detach()
-        if x.dtype.itemsize < 4:  # bf16/fp16 states: square in float32 to avoid overflow
-            x = x.float()
-        return x.pow(2).mean().sqrt()
-    return np.sqrt(np.mean(np.square(x, dtype=np.float64)))
+def norm_of_difference(a: Array, b: Array) -> Array:
+    """|a - b|_2 over all entries, detached, as a 0-dim array of the inputs' backend (no sync).
+
+    float32/float64 tensors of one shape: ``torch.dist(a, b)``, one kernel. bfloat16/float16
+    tensors: the difference's norm accumulated in float32 (no overflow). numpy: in float64.
+    """
+    if not isinstance(a, np.ndarray):
+        if a.dtype is b.dtype and a.dtype.itemsize >= 4 and a.shape == b.shape:
+            out = _torch().dist(a, b)
+        else:
+            out = _torch().linalg.vector_norm(a - b, dtype=_torch().promote_types(a.dtype, _torch().float32))
+        return out.detach() if out.requires_grad else out
+    return np.sqrt(np.sum(np.square(a - b, dtype=np.float64)))
+
+
+def size(x: Array) -> int:
+    """The number of entries of an array."""
+    return x.size if isinstance(x, np.ndarray) else x.numel()
+
+
+def unbind(x: Array) -> tuple:
+    """The slices ``x[0], x[1], ...`` along the leading axis, as views (one operation on torch)."""
+    return x.unbind(0) if is_torch(x) else tuple(x)
+
+
+def add_scaled(x: Array, h: Any, coeffs: Sequence[Any], arrays: Sequence[Array]) -> Array:
+    """``x + h * sum_j c_j a_j`` (``coeffs`` c_j, ``arrays`` a_j): a quadrature update.
+
+    ``h`` a host number (a float, or a numpy scalar) and the c_j Python floats: every term is one
+    multiply-add with the coefficient h c_j as a Python float, so nothing is created from host
+    data. On torch the first is ``torch.add(x, a_0, alpha=h c_0)`` and the others add in place
+    into that fresh result (autograd records them like out-of-place adds); on numpy
+    ``x + (h c_0) a_0 + (h c_1) a_1 + ...``.
+
+    ``h`` an array (a 0-dim time that carries gradients, or per-sample steps of shape ``(B,)``,
+    broadcast over the rows of x with :func:`per_row`): ``x + h * (c_0 a_0 + c_1 a_1 + ...)``,
+    with c_j floats or arrays; so is any c_j an array (learned weights that carry gradients:
+    ``x + h * (...)``). With no terms, x itself.
+    """
+    if not arrays:
+        return x
+    if type(h) is not float or not all(type(c) is float for c in coeffs):
+        if is_array(h) or any(is_array(c) for c in coeffs):
+            hx = per_row(h, x) if h.ndim else h
+            total = coeffs[0] * arrays[0]
+            for c, a in zip(coeffs[1:], arrays[1:]):
+                total = total + c * a
+            return x + hx * total
+        h = float(h)
+    if not isinstance(x, np.ndarray):
+        torch = _torch()
+        out = torch.add(x, arrays[0], alpha=float(h * coeffs[0]))
+        for c, a in zip(coeffs[1:], arrays[1:]):
+            if a.dtype is out.dtype:
+                out.add_(a, alpha=float(h * c))
+            else:  # another dtype (a direct call with a field of another precision): promote
+                out = torch.add(out, a, alpha=float(h * c))
+        return out
+    out = x + float(h * coeffs[0]) * arrays[0]
+    for c, a in zip(coeffs[1:], arrays[1:]):
+        out = out + float(h * c) * a
+    return out
+
+
+def host_floats(xs: Sequence[Array]) -> list[float]:
+    """0-dim arrays of one backend, dtype and device as Python floats, in one transfer (one
+    host sync for GPU tensors, and one operation: the stack)."""
+    if is_torch(xs[0]):
+        return _torch().stack(list(xs)).tolist()
+    return [float(a) for a in xs]
 
 
 def to_numpy(x: Array) -> np.ndarray:

@@ -15,7 +15,7 @@ with inverse ``t = 1 / (1 + e^lambda)`` (:func:`t_of_lam`).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -49,6 +49,9 @@ def check_grid(
     Raises:
         ValueError: naming ``name``, what is wrong and the position that breaks it.
     """
+    plain = _plain_float_grid(ts, min_points, decreasing, unit_interval)
+    if plain is not None:
+        return plain
     if is_torch(ts):
         ts = ts.detach().cpu().double().numpy()
     elif hasattr(ts, "__iter__") and not isinstance(ts, (np.ndarray, list, tuple, str, bytes, dict)):
@@ -88,6 +91,23 @@ def check_grid(
             "Remove repeated times and sort the grid in the direction of integration."
         )
     return tuple(float(t) for t in arr)
+
+
+def _plain_float_grid(ts: Any, min_points: int, decreasing: bool, unit_interval: bool) -> Optional[tuple[float, ...]]:
+    """The common case of :func:`check_grid` without numpy: ``ts`` as a tuple when it is a list or
+    tuple of Python floats that passes every check (a grid ``solve`` already checked, handed to
+    a sampler that checks it again); None for anything else, which the full check then accepts,
+    converts or refuses with its message."""
+    if (type(ts) is not tuple and type(ts) is not list) or len(ts) < min_points:
+        return None
+    if set(map(type, ts)) != {float} or not all(map(math.isfinite, ts)):
+        return None
+    if unit_interval and not (0.0 <= min(ts) and max(ts) <= 1.0):
+        return None
+    later = ts[1:]
+    if not (all(map(float.__gt__, ts, later)) or (not decreasing and all(map(float.__lt__, ts, later)))):
+        return None
+    return tuple(ts)
 
 
 def lam(t: float) -> float:

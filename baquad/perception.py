@@ -32,6 +32,18 @@ derived from :class:`PerceptionWrapper` forward them):
   are 0-dim tensors that require grad (the torchdiffeq method then differentiates through the
   integration times, as torchdiffeq's fixed-grid methods do). Anchor-only and polynomial are.
 
+What a perception may offer besides ``__call__``:
+
+- ``linear_terms(x, v, t, offsets, history)``: for a perception whose every prediction is a fixed
+  combination of anchor velocities, v_hat(t + d_k) = sum_j c_kj v_j, those combinations: one row
+  per offset, each a tuple of ``(c_kj, v_j)`` pairs with c_kj a Python float and v_j one of the
+  anchor velocities (``v`` or a ``history`` entry's ``v``), never a new array. With Python-float
+  times the solver then folds the quadrature weights into the c_kj and adds each anchor velocity
+  to the state once (:mod:`baquad.bianchor`), instead of stacking m predictions and summing them.
+  ``None`` (the base-class default): only ``__call__``. Anchor-only and polynomial offer it; a
+  :class:`PerceptionWrapper` forwards it only while its subclass leaves ``__call__`` alone (a
+  wrapper that times, windows or changes the calls must see them).
+
 Built-ins:
 - :class:`AnchorOnly`: g = 0 (v_hat = v). Every rule then degenerates: bi-anchor Gauss-Lobatto-n
   puts the weight of the nodes c < 1/2 on the start anchor and the rest on the terminal anchor.
@@ -89,6 +101,13 @@ class Perception:
     state_agnostic: bool = False
     #: differentiable in 0-dim tensor times and offsets (gradients with respect to the time grid).
     differentiable_times: bool = False
+    #: optional ``linear_terms(x, v, t, offsets, history)``: the predictions as combinations of
+    #: anchor velocities (see the module docstring); None: only ``__call__``.
+    linear_terms: Optional[Callable[..., tuple]] = None
+    #: optional learned per-interval weights for the grids the perception was trained on, a
+    #: mapping from the number of intervals to :class:`~baquad.solvers.learned_steps.LearnedSteps`
+    #: (a SideNet file's); BA-solver uses them on exactly their grid.
+    learned_steps: Optional[dict] = None
 
     def __call__(
         self, x: Array, v: Array, t: float, offsets: Sequence[float], history: Sequence[Anchor] = ()
@@ -129,6 +148,24 @@ class PerceptionWrapper(Perception):
     def differentiable_times(self) -> bool:  # type: ignore[override]
         return all(getattr(p, "differentiable_times", False) for p in self.wrapped)
 
+    @property
+    def linear_terms(self) -> Optional[Callable[..., tuple]]:  # type: ignore[override]
+        """The wrapped perception's ``linear_terms`` while this wrapper only forwards calls; None
+        once a subclass overrides ``__call__`` (the solver must then go through the calls)."""
+        if type(self).__call__ is not PerceptionWrapper.__call__ or len(self.wrapped) > 1:
+            return None
+        return getattr(self.inner, "linear_terms", None)
+
+    @property
+    def learned_steps(self) -> Optional[dict]:
+        """The learned per-interval weights the wrapped perception carries (its SideNet file's;
+        :mod:`baquad.solvers.learned_steps`), or None. A wrapper changes what the perception
+        predicts only if it overrides ``__call__``; then the weights, learned for the wrapped
+        predictions, are not passed on."""
+        if type(self).__call__ is not PerceptionWrapper.__call__ and not getattr(self, "forwards_calls", False):
+            return None
+        return getattr(self.inner, "learned_steps", None) if len(self.wrapped) == 1 else None
+
     def __call__(self, x, v, t, offsets, history=()):
         return self.inner(x, v, t, offsets, history)
 
@@ -165,6 +202,10 @@ class AnchorOnly(Perception):
     def __call__(self, x, v, t, offsets, history=()):
         return B.broadcast_stack(v, len(offsets))
 
+    def linear_terms(self, x, v, t, offsets, history=()):
+        """Every prediction is 1.0 * v."""
+        return (((1.0, v),),) * len(offsets)
+
 
 class AnchorPolynomial(Perception):
     """Lagrange polynomials in time through the anchors already computed on the trajectory.
@@ -200,22 +241,33 @@ class AnchorPolynomial(Perception):
         self.interpolation_degree = int(interpolation_degree)
         self.extrapolation_degree = int(extrapolation_degree)
         self.history_size = max(self.interpolation_degree, self.extrapolation_degree) + 1
+        self._inner, self._outer = self.interpolation_degree + 1, self.extrapolation_degree + 1  # anchors used
 
     def __call__(self, x, v, t, offsets, history=()):
-        anchors = list(history)
         if B.is_per_sample(t):
-            return self._per_sample(x, v, t, offsets, anchors)
+            return self._per_sample(x, v, t, offsets, list(history))
+        return B.stack([_combine(row) for row in self.linear_terms(x, v, t, offsets, history)])
+
+    def linear_terms(self, x, v, t, offsets, history=()):
+        """The prediction at each offset d as ``((L_j(t + d), v_j), ...)`` over the anchors it uses,
+        L_j the Lagrange basis on their times (Python floats for float times, 0-dim arrays for
+        array times): interpolation or extrapolation chosen by whether t + d lies between the
+        anchor times."""
+        anchors = tuple(history)
         if not anchors or anchors[-1].t != t:
-            anchors.append(Anchor(t, x, v))
-        lo, hi = min(a.t for a in anchors), max(a.t for a in anchors)
-        outs = []
+            anchors += (Anchor(t, x, v),)
+        times = [a.t for a in anchors]
+        velocities = [a.v for a in anchors]
+        lo, hi = min(times), max(times)
+        inner, outer = self._inner, self._outer
+        rows, used = [], 0
         for d in offsets:
             s = t + d
-            degree = self.interpolation_degree if lo <= s <= hi else self.extrapolation_degree
-            used = anchors[-(degree + 1):]
-            ts = [a.t for a in used]
-            outs.append(_combine([_lagrange(ts, j, s) for j in range(len(ts))], [a.v for a in used]))
-        return B.stack(outs)
+            n = inner if lo <= s <= hi else outer
+            if n != used:  # the anchors of this offset (the same for a run of offsets)
+                used, ts, vs = n, times[-n:], velocities[-n:]
+            rows.append(tuple(zip(_lagrange_basis(ts, s), vs)))
+        return tuple(rows)
 
     def _per_sample(self, x, v, t, offsets, anchors):
         """The same prediction with per-sample times (``t`` of shape (B,), offsets (m, B)): the
@@ -256,23 +308,39 @@ class AnchorPolynomial(Perception):
             if shadowed[j] is not None:
                 c = B.where(shadowed[j], 0.0, c)
             coeffs.append(B.per_row(c + 0.0 * s, x))
-        return _combine(coeffs, [a.v for a in used])
+        return _combine(tuple(zip(coeffs, [a.v for a in used])))
 
     def __repr__(self) -> str:
         return f"AnchorPolynomial({self.interpolation_degree}, {self.extrapolation_degree})"
 
 
-def _lagrange(ts: Sequence[float], j: int, s: float) -> float:
-    out = 1.0
-    for m, tm in enumerate(ts):
-        if m != j:
-            out *= (s - tm) / (ts[j] - tm)
+def _lagrange_basis(ts: Sequence[float], s: float) -> Sequence:
+    """The Lagrange basis on the nodes ``ts`` at ``s``: L_j(s) = prod_{m != j} (s - t_m) / (t_j - t_m),
+    the factors multiplied in the order of the nodes (written out for up to three nodes)."""
+    if len(ts) == 1:
+        return (1.0,)
+    if len(ts) == 2:
+        t0, t1 = ts
+        return ((s - t1) / (t0 - t1), (s - t0) / (t1 - t0))
+    if len(ts) == 3:
+        t0, t1, t2 = ts
+        return ((s - t1) / (t0 - t1) * ((s - t2) / (t0 - t2)), (s - t0) / (t1 - t0) * ((s - t2) / (t1 - t2)),
+                (s - t0) / (t2 - t0) * ((s - t1) / (t2 - t1)))
+    out = []
+    for j, tj in enumerate(ts):
+        w = 1.0
+        for m, tm in enumerate(ts):
+            if m != j:
+                w *= (s - tm) / (tj - tm)
+        out.append(w)
     return out
 
 
-def _combine(coeffs: Sequence[float], arrays: Sequence[Array]) -> Array:
-    out = coeffs[0] * arrays[0]
-    for c, a in zip(coeffs[1:], arrays[1:]):
+def _combine(terms: Sequence[tuple[Any, Array]]) -> Array:
+    """sum_j c_j a_j over ``terms = ((c_j, a_j), ...)``, left to right."""
+    c, a = terms[0]
+    out = c * a
+    for c, a in terms[1:]:
         out = out + c * a
     return out
 

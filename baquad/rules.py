@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 from ._optional import sympy as _sympy
@@ -116,6 +117,12 @@ def get_rule(rule: "str | QuadratureRule") -> QuadratureRule:
         return rule
     if not isinstance(rule, str):
         raise TypeError(f"rule: expected a rule name or a QuadratureRule, got {type(rule).__name__}")
+    return _named_rule(rule)
+
+
+@lru_cache(maxsize=None)
+def _named_rule(rule: str) -> QuadratureRule:
+    """The rule of a name, built once per name (rules are immutable)."""
     key = canonical_name(rule)
     if key not in TABLE:
         raise ValueError(

@@ -115,29 +115,36 @@ def resolve_field_dtype(field_dtype: Any, x0: Any) -> Any:
 class _Where:
     """Tracks which interval the solver is in, and the calls made in it, for error messages.
 
-    ``calls`` holds references (no copies, no device sync) to the inputs and output of every field
-    and perception call of the current interval, so that when the state turns NaN/inf the
-    culprit can be named: the first call whose inputs were finite and whose output was not.
+    With ``track`` (the default), ``calls`` holds references (no copies, no device sync) to the
+    inputs and output of every field and perception call of the current interval, so that when
+    the state turns NaN/inf the culprit can be named: the first call whose inputs were finite and
+    whose output was not. Without it (``solve(check_finite=False)``, where no culprit is ever
+    asked for) nothing is kept. A call's name is formatted only when it is the culprit.
     """
 
-    def __init__(self, ts: Sequence[float]):
+    def __init__(self, ts: Sequence[float], track: bool = True):
         self.ts = ts
         self.interval = 0
+        self.track = track
         self.calls: list = []
 
-    def record(self, who: str, inputs: tuple, out: Any) -> None:
-        self.calls.append((who, inputs, out))
+    def record(self, name: Callable[..., str], args: tuple, inputs: tuple, out: Any) -> None:
+        """Keep a call of this interval: ``name(*args)`` names it, ``inputs`` and ``out`` are
+        its arrays."""
+        if self.track:
+            self.calls.append((name, args, inputs, out))
 
     def culprit(self) -> Optional[str]:
         """The first call of the interval that turned finite inputs into NaN/inf, or None."""
-        for who, inputs, out in self.calls:
+        for name, args, inputs, out in self.calls:
             if all(B.all_finite(a) for a in inputs) and not B.all_finite(out):
-                return who
+                return name(*args)
         return None
 
     def next_interval(self, i: int) -> None:
         self.interval = i
-        self.calls = []
+        if self.calls:
+            self.calls = []
 
     def __str__(self) -> str:
         i, n = self.interval, len(self.ts) - 1
@@ -149,7 +156,12 @@ class _Where:
 class CountedField:
     """Wraps ``vfield``: counts calls, checks each output, optionally runs it in ``field_dtype``.
     With ``float_time=True`` (``solve``: the field gets the float times), an AttributeError or
-    TypeError of the first call is re-raised naming the time convention (:mod:`._convention`)."""
+    TypeError of the first call is re-raised naming the time convention (:mod:`._convention`).
+
+    Every output is checked against its input: same array type, shape, dtype (``field_dtype``
+    when given) and, for a torch state (known from ``template``), device. Per call that is a few
+    attribute comparisons; only an output that fails them (a wrong one, or an array subclass)
+    goes through the full check, which raises naming the call, its time and the interval."""
 
     def __init__(self, vfield: Callable, template: Array, where: _Where, field_dtype: Any = None,
                  float_time: bool = False):
@@ -159,6 +171,7 @@ class CountedField:
         self.field_dtype = field_dtype
         self.float_time = float_time
         self.calls = 0
+        self._torch = B.is_torch(template)
 
     def __call__(self, t: float, x: Array) -> Array:
         self.calls += 1
@@ -169,23 +182,30 @@ class CountedField:
             if self.float_time and self.calls == 1 and isinstance(t, float):
                 raise float_time_error(err, t, "baquad.solve") from err
             raise
-        expected_dtype = x.dtype if self.field_dtype is None else xin.dtype
-        if (
-            not B.is_array(out)
-            or B.is_torch(out) != B.is_torch(x)
-            or tuple(out.shape) != tuple(x.shape)
-            or out.dtype != expected_dtype
-            or (B.is_torch(out) and out.device != x.device)
-        ):
-            raise ValueError(
-                f"vfield: call {self.calls} (t = {_time(t)}, {self.where}) returned {B.describe(out)}"
-                f"{' on ' + str(out.device) if B.is_torch(out) else ''}; expected the state's type, shape "
-                f"and dtype, {B.describe(x.to(expected_dtype) if B.is_torch(x) else x.astype(expected_dtype))}"
-                f"{' on ' + str(x.device) if B.is_torch(x) else ''}. Return dx/dt with the shape of x "
-                "(pass field_dtype=... to run the field in another precision)."
-            )
-        self.where.record(f"vfield (call {self.calls}, t = {_time(t)})", (x,), out)
+        if (type(out) is not type(xin) or out.shape != x.shape or out.dtype != xin.dtype
+                or (self._torch and out.device != x.device)):
+            self._check(t, x, xin, out)
+        if self.where.track:
+            self.where.record(_field_call_name, (self.calls, t), (x,), out)
         return out if self.field_dtype is None else _cast(out, x.dtype)
+
+    def _check(self, t: float, x: Array, xin: Array, out: Any) -> None:
+        """The full check of one output (an array of the state's kind, shape, dtype and device),
+        raising ValueError naming the call, its time and the interval."""
+        expected_dtype = xin.dtype
+        if B.same_array_kind(out, x, expected_dtype):
+            return  # a subclass of the expected array type, say: the same kind of output
+        raise ValueError(
+            f"vfield: call {self.calls} (t = {_time(t)}, {self.where}) returned {B.describe(out)}"
+            f"{' on ' + str(out.device) if B.is_torch(out) else ''}; expected the state's type, shape "
+            f"and dtype, {B.describe(x.to(expected_dtype) if B.is_torch(x) else x.astype(expected_dtype))}"
+            f"{' on ' + str(x.device) if B.is_torch(x) else ''}. Return dx/dt with the shape of x "
+            "(pass field_dtype=... to run the field in another precision)."
+        )
+
+
+def _field_call_name(call: int, t: Any) -> str:
+    return f"vfield (call {call}, t = {_time(t)})"
 
 
 def _time(t: Any) -> str:
@@ -198,16 +218,54 @@ def _cast(x: Array, dtype: Any) -> Array:
 
 
 class CountedPerception(PerceptionWrapper):
-    """Wraps a perception: counts its batched calls and checks each output."""
+    """Wraps a perception: counts its batched calls and checks each output.
+
+    The check per call compares the output's type, shape and dtype with what the input asks for;
+    only an output that fails goes through the full check that writes the message. A perception
+    that offers ``linear_terms`` keeps offering them through this wrapper, counted the same way
+    (one call per probe) and checked for one row per offset, each combining the anchor
+    velocities it was given."""
+
+    #: it counts and checks the calls but never changes a prediction, so the wrapped perception's
+    #: learned steps still apply (:attr:`PerceptionWrapper.learned_steps`)
+    forwards_calls = True
 
     def __init__(self, inner: Perception, where: _Where):
         super().__init__(inner)
         self.where = where
         self.calls = 0
+        self._inner_terms = getattr(inner, "linear_terms", None)
 
     def __call__(self, x, v, t, offsets, history=()):
         self.calls += 1
         out = self.inner(x, v, t, offsets, history)
+        if (type(out) is not type(x) or out.dtype != x.dtype or len(out.shape) != len(x.shape) + 1
+                or out.shape[0] != len(offsets) or out.shape[1:] != x.shape):
+            self._check(x, t, offsets, out)
+        if self.where.track:
+            self.where.record(self._call_name, (self.calls,), (x, v), out)
+        return out
+
+    @property
+    def linear_terms(self):  # type: ignore[override]
+        return None if self._inner_terms is None else self._counted_terms
+
+    def _counted_terms(self, x, v, t, offsets, history=()):
+        self.calls += 1
+        rows = self._inner_terms(x, v, t, offsets, history)
+        if len(rows) != len(offsets) or not _combines_anchors(rows, v, history):
+            raise ValueError(
+                f"perception: call {self.calls} ({self.inner!r}, {self.where}, anchor t = {_time(t)}) returned "
+                f"linear_terms that are not one row of (coefficient, anchor velocity) pairs per offset "
+                f"({len(offsets)} offsets, {len(rows)} rows); each row must combine v and the velocities of "
+                "history, as the perception contract says"
+            )
+        return rows
+
+    def _call_name(self, call: int) -> str:
+        return f"perception {self.inner!r} (call {call})"
+
+    def _check(self, x, t, offsets, out) -> None:
         expected = (len(offsets), *x.shape)
         if (
             not B.is_array(out)
@@ -221,8 +279,23 @@ class CountedPerception(PerceptionWrapper):
                 f"{len(offsets)} offsets) returned {B.describe(out)}; expected shape {expected} and "
                 f"dtype {x.dtype} (one velocity per offset, stacked on a new leading axis)"
             )
-        self.where.record(f"perception {self.inner!r} (call {self.calls})", (x, v), out)
-        return out
+
+
+def _combines_anchors(rows: Sequence, v: Array, history: Sequence) -> bool:
+    """True if every row of ``linear_terms`` is a non-empty tuple of pairs whose arrays are ``v``
+    or velocities of ``history`` (the same objects, so of the state's shape and dtype)."""
+    for row in rows:
+        if not row:
+            return False
+        for _, a in row:
+            if a is v:
+                continue
+            for anchor in history:
+                if anchor.v is a:
+                    break
+            else:
+                return False
+    return True
 
 
 def solve(
@@ -291,11 +364,11 @@ def solve(
     grid = check_grid(ts)
     _validate_x0(x0)
 
-    where = _Where(grid)
+    where = _Where(grid, track=check_finite)
     field = CountedField(vfield, x0, where, resolve_field_dtype(field_dtype, x0), float_time=True)
     counted = {k: CountedPerception(v, where) for k, v in opts.items() if isinstance(v, Perception)}
     states = [x0] if save_states else None
-    gaps: list = []
+    infos: list = []  # BA-solver's StepInfo per interval
 
     def callback(i: int, t: float, x: Array, info: Any = None) -> None:
         if check_finite and not B.all_finite(x):
@@ -310,17 +383,19 @@ def solve(
         if states is not None:
             states.append(x)
         if info is not None:
-            gaps.append(info.gap)
+            infos.append(info)
         where.next_interval(i)
 
     x = spec.sampler(field, x0, grid, callback=callback, **{**opts, **counted})
     local = None
-    if gaps:
+    if infos:
         # One conversion for all intervals (one host sync for a GPU tensor, at the end only).
-        local = np.full(len(gaps), math.nan, dtype=np.float64)
-        have = [k for k, g in enumerate(gaps) if g is not None]
+        # rms = |x_{i+1} - x~|_2 / sqrt(size), every interval's scaled here, in float64.
+        local = np.full(len(infos), math.nan, dtype=np.float64)
+        have = [k for k, info in enumerate(infos) if info.gap_norm is not None]
         if have:
-            local[have] = B.to_numpy(B.stack([gaps[k] for k in have])).reshape(-1)
+            norms = np.array(B.host_floats([infos[k].gap_norm for k in have]), dtype=np.float64)
+            local[have] = norms / np.sqrt(np.array([infos[k].size for k in have], dtype=np.float64))
     return SolveResult(
         x=x,
         ts=grid,

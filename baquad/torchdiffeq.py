@@ -306,7 +306,7 @@ class BASolver(FixedGridODESolver):
             out = func(sign * tt if grad_times else time_of[tt], x)
             return -out if reversed_ else out
 
-        where = _Where(true_grid)
+        where = _Where(true_grid, track=self.check_finite)
         field = CountedField(true_field, self.y0, where)
         perception = CountedPerception(self.perception, where)
 

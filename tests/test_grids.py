@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from baquad.grids import check_grid, lam, t_of_lam
 
@@ -40,6 +42,28 @@ def test_accepts_either_direction_and_array_types():
 def test_refusals_name_the_argument_and_the_position(ts, options, pattern):
     with pytest.raises(ValueError, match=pattern):
         check_grid(ts, **options)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ts=st.lists(st.one_of(st.floats(-2.0, 2.0), st.sampled_from([0.0, 1.0, 0.5, math.inf, -math.inf, math.nan])),
+                   min_size=0, max_size=6),
+       decreasing=st.booleans(), unit_interval=st.booleans(), as_tuple=st.booleans())
+def test_a_list_of_floats_is_accepted_exactly_when_the_definition_says(ts, decreasing, unit_interval, as_tuple):
+    """Lists and tuples of Python floats (what solve hands its samplers) against the definition
+    written out here: at least 2 times, all finite, strictly decreasing, or increasing when
+    ``decreasing`` is not asked, inside [0, 1] when ``unit_interval`` is; accepted grids come back
+    as the same floats, refused ones raise naming ``ts``."""
+    grid = tuple(ts) if as_tuple else list(ts)
+    pairs = list(zip(ts, ts[1:]))
+    ok = (len(ts) >= 2 and all(math.isfinite(t) for t in ts)
+          and (not unit_interval or all(0.0 <= t <= 1.0 for t in ts))
+          and (all(a > b for a, b in pairs) or (not decreasing and all(a < b for a, b in pairs))))
+    if ok:
+        got = check_grid(grid, decreasing=decreasing, unit_interval=unit_interval)
+        assert type(got) is tuple and got == tuple(ts) and all(type(t) is float for t in got)
+    else:
+        with pytest.raises(ValueError, match=r"^ts: "):
+            check_grid(grid, decreasing=decreasing, unit_interval=unit_interval)
 
 
 def test_name_and_min_points():

@@ -167,6 +167,22 @@ def test_vfield_returns_a_scalar():
         baquad.solve(lambda t, x: 1.0, X0, TS)
 
 
+@pytest.mark.parametrize("check_finite", [True, False])
+@pytest.mark.parametrize("bad, shown", [
+    (lambda out: out[:, :1], "(2, 1)"),
+    (lambda out: out.double(), "torch.float64"),
+    (lambda out: torch.empty_like(out, device="meta"), "on meta"),
+], ids=["shape", "dtype", "device"])
+@pytest.mark.parametrize("method", ["ba-solver", "euler"])
+def test_torch_field_output_wrong_only_at_a_later_call_is_caught_at_that_call(method, bad, shown, check_finite):
+    """The check per call (a few attribute comparisons) still fires on the one bad call, with
+    or without the finiteness checks."""
+    f = _field_failing_at(3, bad)
+    with pytest.raises(ValueError, match=r"vfield: call 3\b") as info:
+        baquad.solve(f, torch.tensor(X0, dtype=torch.float32), TS, method=method, check_finite=check_finite)
+    assert shown in str(info.value) and "interval" in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------
 # the perception's output
 
@@ -197,6 +213,47 @@ def test_perception_wrong_dtype():
     with pytest.raises(ValueError, match="perception") as info:
         baquad.solve(field, X0, TS, perception=p)
     assert "call 2" in str(info.value) and "interval 1 of 4" in str(info.value)
+
+
+class OwnLinearTerms(Perception):
+    """A perception that offers linear_terms (v_hat = v at every offset), broken on request."""
+
+    history_size = 2
+
+    def __init__(self, broken):
+        self.broken = broken
+
+    def __call__(self, x, v, t, offsets, history=()):
+        return np.stack([v] * len(offsets))
+
+    def linear_terms(self, x, v, t, offsets, history=()):
+        rows = tuple(((1.0, v),) for _ in offsets)
+        if self.broken == "rows":
+            return rows[1:]
+        if self.broken == "new array":  # a prediction that is not an anchor velocity
+            return tuple(((1.0, v * 1.0),) for _ in offsets)
+        return tuple(() for _ in offsets) if self.broken == "empty" else rows
+
+
+@pytest.mark.parametrize("broken", ["rows", "new array", "empty"])
+def test_perception_linear_terms_that_break_the_contract_are_refused(broken):
+    with pytest.raises(ValueError, match=r"perception: call 1 .*linear_terms") as info:
+        baquad.solve(field, X0, TS, perception=OwnLinearTerms(broken))
+    assert "interval 1 of 4" in str(info.value)
+
+
+def test_perception_linear_terms_are_counted_and_give_the_anchor_only_step():
+    """v_hat = v given as linear_terms: the anchor-only scheme, here Gauss-Lobatto-4's
+    x_{i+1} = x_i + h (v_i + v_{i+1}) / 2 (its weights below c = 1/2 sum to 1/2), written out."""
+    res = baquad.solve(lambda t, x: -x, X0, [1.0, 0.5, 0.0], perception=OwnLinearTerms(None), final="bi")
+    x = X0
+    v = -x
+    for h in (-0.5, -0.5):
+        x_pred = x + h * v
+        v1 = -x_pred
+        x, v = x + h * (v + v1) / 2, v1
+    np.testing.assert_allclose(res.x, x, rtol=0, atol=8 * np.finfo(float).eps * np.abs(X0).max())
+    assert res.perception_calls == 4 and res.nfe == 3
 
 
 def test_perception_torch_output_for_numpy_state():
@@ -253,6 +310,14 @@ def test_overflow_mid_solve_is_caught():
     with pytest.raises(FloatingPointError, match="interval 1 of"):
         with np.errstate(over="ignore"):
             baquad.solve(lambda t, x: np.full_like(x, 1e308), X0, [0.0, 10.0, 20.0], method="euler")
+
+
+@pytest.mark.parametrize("x0", [np.full((1000,), 3e38, dtype=np.float32),
+                                torch.full((1000,), 3e38, dtype=torch.float32)], ids=["numpy", "torch"])
+def test_large_finite_state_is_not_taken_for_an_overflow(x0):
+    """The finiteness checks do not sum the entries themselves (1000 x 3e38 overflows float32)."""
+    res = baquad.solve(lambda t, x: 0.0 * x, x0, [1.0, 0.5, 0.0])
+    assert float(res.x.max()) == float(np.float32(3e38))
 
 
 def test_check_finite_false_lets_nan_through():

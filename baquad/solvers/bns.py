@@ -60,7 +60,7 @@ FORMAT = "baquad-bns-coefficients"
 TS_ULPS = 4
 
 
-def _host(value: Any) -> np.ndarray:
+def host_array(value: Any) -> np.ndarray:
     """A float64 numpy copy of an array, a tensor (detached) or a sequence of numbers."""
     if is_torch(value):
         return value.detach().cpu().double().numpy()
@@ -77,10 +77,10 @@ def _check(times: Any, a: Any, b: Any, meta: Any, name: Callable[[str], str]) ->
         floating = v.dtype.is_floating_point if is_torch(v) else np.issubdtype(v.dtype, np.floating)
         if not floating:
             raise TypeError(f"{name(f)}: needs a real floating dtype, got {v.dtype}")
-    grid = check_grid(_host(times), name("times"))
+    grid = check_grid(host_array(times), name("times"))
     n = len(grid) - 1
     for f, v in (("a", a), ("b", b)):
-        m = _host(v)
+        m = host_array(v)
         if m.shape != (n, n):
             raise ValueError(f"{name(f)}: must have shape (N, N) = ({n}, {n}) for a grid of {n + 1} times, "
                              f"got {m.shape}")
@@ -143,11 +143,11 @@ class NonStationaryCoefficients:
 
     def numpy(self) -> "NonStationaryCoefficients":
         """The same coefficients as float64 numpy arrays (tensors detached and copied)."""
-        return NonStationaryCoefficients(_host(self.times), _host(self.a), _host(self.b), dict(self.meta))
+        return NonStationaryCoefficients(host_array(self.times), host_array(self.a), host_array(self.b), dict(self.meta))
 
     def __repr__(self) -> str:
         kind = "torch" if is_torch(self.times) else "numpy"
-        return f"NonStationaryCoefficients(nfe={self.nfe}, {kind}, times={np.round(_host(self.times), 6).tolist()})"
+        return f"NonStationaryCoefficients(nfe={self.nfe}, {kind}, times={np.round(host_array(self.times), 6).tolist()})"
 
     # -- the classical methods as BNS solvers ------------------------------------------------
 
@@ -241,14 +241,14 @@ class NonStationaryCoefficients:
         return cls(data["times"], data["a"], data["b"], meta)
 
 
-def _grid_floats(ts: Any) -> tuple[float, ...]:
+def grid_floats(ts: Any) -> tuple[float, ...]:
     """``ts`` (floats, a 1-D array or tensor, or a sequence of 0-dim tensors) checked as a grid."""
     if isinstance(ts, (list, tuple)) and any(is_torch(t) for t in ts):
         ts = [float(t.detach()) if is_torch(t) else t for t in ts]
     return check_grid(ts, "ts")
 
 
-def _same_grid(grid: tuple[float, ...], times: np.ndarray) -> bool:
+def same_grid(grid: tuple[float, ...], times: np.ndarray) -> bool:
     g = np.asarray(grid)
     if g.shape != times.shape:
         return False
@@ -282,10 +282,10 @@ def bns(
     c = coefficients
     if not isinstance(c, NonStationaryCoefficients):
         raise TypeError(f"coefficients: expected a NonStationaryCoefficients, got {type(c).__name__}")
-    grid = _grid_floats(ts)
-    if not _same_grid(grid, _host(c.times)):
+    grid = grid_floats(ts)
+    if not same_grid(grid, host_array(c.times)):
         raise ValueError(f"ts: a BNS solver runs on its own grid; got {list(grid)}, but coefficients.times = "
-                         f"{_host(c.times).tolist()}. Pass ts=coefficients.times.")
+                         f"{host_array(c.times).tolist()}. Pass ts=coefficients.times.")
     learned = is_torch(c.times)
     if learned and not is_torch(x0):
         raise TypeError("coefficients: torch coefficients need a torch state; pass a tensor x0, or "
