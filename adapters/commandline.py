@@ -2,6 +2,8 @@
 flags generated from a dataclass.
 
 - :class:`HelpFormatter`: ``(default: X)`` where a default exists, line breaks kept.
+- :class:`ExplainingParser`: argparse's parser whose refusal of a stray value says where it came
+  from (an unknown flag, a second value of a one-value flag) instead of "invalid choice".
 - :func:`load_object`: ``--flag module:name`` (or a bare module) imported, the working directory on
   the path as ``python -m`` has it; a bad value raises a ValueError naming the flag and the form.
 - :func:`flag_field`, :func:`add_dataclass_flags`, :func:`dataclass_kwargs`: a dataclass's fields
@@ -23,7 +25,7 @@ import sys
 import typing
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-__all__ = ["HelpFormatter", "load_object", "json_object", "flag_field", "add_dataclass_flags", "dataclass_kwargs",
+__all__ = ["HelpFormatter", "ExplainingParser", "load_object", "json_object", "flag_field", "add_dataclass_flags", "dataclass_kwargs",
            "optional_number"]
 
 
@@ -36,6 +38,69 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if action.default in (None, False, [], {}, argparse.SUPPRESS) or "default" in text:
             return text
         return super()._get_help_string(action)
+
+
+class ExplainingParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose refusal of a stray word names its cause.
+
+    argparse gives a word it cannot place to the next positional argument or to "unrecognized
+    arguments", so ``demo --nfe 3 5`` and ``demo --seed 3`` both read "invalid choice: '5'
+    (choose from 'sample', 'edit')". This parser adds, to those two refusals, the unknown flags
+    among the words it was given (``--seed`` is not a flag of this command) or, for a stray
+    value, the one-value flag before it (``--nfe takes one value; '5' is one too many``). Use it
+    as the ``parser_class`` of the sub-commands too, so each sees its own words.
+    """
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> Any:  # noqa: D102
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def _actions_by_flag(self) -> dict:
+        """Every option string of this parser and of its sub-commands' parsers, with its action."""
+        found = dict(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found.update(sub._actions_by_flag() if isinstance(sub, ExplainingParser)
+                                 else sub._option_string_actions)
+        return found
+
+    def _explain(self, stray: str) -> str:
+        given, flags = getattr(self, "_given", []), self._actions_by_flag()
+
+        def known(word: str) -> bool:
+            name = word.split("=", 1)[0]
+            return any(flag.startswith(name) for flag in flags)  # argparse accepts unique prefixes
+
+        unknown = [w for w in given if w.startswith("-") and len(w) > 1 and not _is_number(w) and not known(w)]
+        if unknown:
+            return (f"{', '.join(unknown)}: no such flag here; --help lists the flags (a flag's value goes right "
+                    "after it)")
+        if stray not in given:
+            return ""
+        at = given.index(stray)
+        for back in range(at - 1, -1, -1):
+            word = given[back]
+            if word.startswith("-") and not _is_number(word):
+                action = next((a for f, a in flags.items() if f.startswith(word.split("=", 1)[0])), None)
+                if action is not None and action.nargs is None and back < at - 1:
+                    shown = " ".join(given[back:at + 1])
+                    return f"{word} takes one value; {stray!r} is one too many (in '{shown}')"
+                break
+        return ""
+
+    def error(self, message: str) -> Any:  # noqa: D102
+        m = re.search(r"invalid choice: '?(.*?)'? \(choose from|unrecognized arguments: (\S+)", message)
+        hint = self._explain(m.group(1) if m.group(1) is not None else m.group(2)) if m else ""
+        super().error(hint or message)
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")

@@ -274,10 +274,12 @@ def setup_problem(flow: Any, n: int, seed: int, *, times: Sequence[float] = (1.0
 def load_flow_sidenet(path: "str | os.PathLike", flow: Any, flag: str = "--sidenet") -> Any:
     """A trained SideNet for the states of ``flow`` (``(B, flow.dim)``), loaded with
     ``adapters.torch_sit.sidenet.checkpoint.load_sidenet``; SystemExit naming ``flag`` when the adapter
-    cannot be imported, the file is missing or unreadable, or the SideNet is for states of another
-    shape."""
+    cannot be imported, the file is missing or unreadable, the SideNet is for states of another
+    shape (``check_sidenet_state``), or its file records another backbone than ``flow``
+    (``check_sidenet_backbone``: gmm-64d's SideNet reads the 64 numbers of any state)."""
     try:
-        from adapters.torch_sit.sidenet.checkpoint import load_sidenet
+        from adapters.torch_sit.sidenet.checkpoint import check_sidenet_backbone, load_sidenet
+        from adapters.torch_sit.sidenet.perception import check_sidenet_state
     except ImportError as err:
         raise SystemExit(
             f"{flag}: cannot import adapters.torch_sit ({err}). The SideNet needs torch and the "
@@ -288,13 +290,10 @@ def load_flow_sidenet(path: "str | os.PathLike", flow: Any, flag: str = "--siden
         net = load_sidenet(path)
     except (OSError, ValueError) as err:
         raise SystemExit(f"{flag}: cannot load {path}: {err}") from None
-    config = net.config()
-    dim = config.get("dim")
-    if dim != flow.dim:
-        states = f"{dim}-dimensional states" if dim is not None else f"image-shaped states ({config['class']})"
-        raise SystemExit(
-            f"{flag}: {path} is a SideNet for {states}; {flow.name} has {flow.dim}-dimensional states. "
-            f"Pass a SideNet trained on {flow.name} (e.g. python -m adapters.torch_sit.train --backbone gmm-ring2d "
-            "for gmm-ring2d)."
-        )
+    try:
+        check_sidenet_state(net, (1, flow.dim), f"{flag} {path}")
+        check_sidenet_backbone(net, flow.name, f"{flag} {path}")
+    except ValueError as err:
+        raise SystemExit(f"{err} ({flow.name} has {flow.dim}-dimensional states; its SideNet: "
+                         f"python -m adapters.torch_sit.train --backbone {flow.name})") from None
     return net

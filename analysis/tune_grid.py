@@ -9,14 +9,22 @@ scored against DOP853 solutions of the same noises. The chosen grid is the one w
 mean over the NFEs of log(mean trajectory error): one rule for every budget, not a grid per NFE
 picked on the noises it is then scored on. ``--save`` records it in the SideNet file
 (``adapters.torch_sit.sidenet.checkpoint.set_sidenet_grid``), after which ``baquad.schedules.default_grid``
-and the sweep's default rows use it; the weights are unchanged.
+and the sweep's default rows use it; the weights are unchanged. When the file's directory has a
+``SHA256SUMS`` that lists it, its entry is updated too (a file that no longer matches its entry is
+refused before anything runs), so the manifest check still passes.
+
+Refused before anything runs: a SideNet for other states, or whose file records another backbone
+than ``--flow``; an ``--nfe`` given twice (each NFE counts once in the score); with ``--save``, a
+path that is not an exported SideNet (a training checkpoint) or cannot be written.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -32,8 +40,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=sample_count, default=1024, help="calibration noises")
     p.add_argument("--seed", type=non_negative_int, default=7, help="seed of the calibration noises (the sweep's is 1234)")
     p.add_argument("--nfe", type=positive_int, nargs="+", default=list(DEFAULT_NFES))
-    p.add_argument("--save", action="store_true", help="record the chosen grid in the SideNet file")
-    return p.parse_args(argv)
+    p.add_argument("--save", action="store_true", help="record the chosen grid in the SideNet file (and its "
+                   "SHA256SUMS entry, when its directory has one that lists it)")
+    args = p.parse_args(argv)
+    repeated = sorted({n for n in args.nfe if args.nfe.count(n) > 1})
+    if repeated:
+        p.error(f"--nfe: {', '.join(map(str, repeated))} given more than once; each NFE counts once in the score "
+                "(the mean over the NFEs of log error): list each once")
+    return args
+
+
+def save_target(sidenet: str) -> tuple[Path, bool]:
+    """The file ``--save`` rewrites and whether a ``SHA256SUMS`` beside it lists it, checked
+    before the calibration runs; SystemExit naming ``--save`` otherwise."""
+    from adapters.torch_sit.digits.shipped import ChecksumError, read_sums, verified
+    from adapters.torch_sit.sidenet.checkpoint import grid_target
+
+    try:
+        path = grid_target(sidenet)
+        listed = path.name in read_sums(path.parent)
+        if listed:
+            verified(path)
+    except ChecksumError as err:
+        raise SystemExit(f"--save: refusing to rewrite a file that no longer matches its manifest: {err}") from None
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--save: {err} (the grid is recorded in an exported SideNet, sidenet.safetensors)") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"--save: cannot write in {path.parent}; drop --save, or copy the SideNet somewhere writable")
+    return path, listed
 
 
 def main(argv=None) -> int:
@@ -48,6 +82,7 @@ def main(argv=None) -> int:
 
     flow = get_flow(args.flow)
     sidenet = load_flow_sidenet(args.sidenet, flow)  # checked before the reference solve
+    target = save_target(args.sidenet) if args.save else None
     problem = setup_problem(flow, args.n, args.seed)
     x0 = torch.from_numpy(problem.noise)
     perception = NeuralPerception(sidenet)
@@ -69,9 +104,16 @@ def main(argv=None) -> int:
     print(markdown_table(["grid", *[f"NFE {n}" for n in args.nfe], "score"], rows))
     print(f"\nchosen: {best} {GRIDS[best]} (geometric-mean error {math.exp(log_mean[best]):.4g}; "
           f"uniform {math.exp(log_mean['uniform']):.4g})")
-    if args.save:
-        set_sidenet_grid(args.sidenet, GRIDS[best])
-        print(f"recorded in {args.sidenet}")
+    if target is not None:
+        from adapters.torch_sit.digits.shipped import record_sum, read_sums
+
+        path, listed = target
+        set_sidenet_grid(path, GRIDS[best])
+        sums = read_sums(path.parent) if listed else {}
+        updated = [f.name for f in (path, path.with_suffix(".json")) if f.name in sums]
+        for name in updated:
+            record_sum(path.parent / name)
+        print(f"recorded in {path}" + (f" (and its SHA256SUMS entry: {', '.join(updated)})" if updated else ""))
     return 0
 
 

@@ -101,8 +101,9 @@ def test_class_conditional_probe_passes_class_zero_or_the_given_cond():
 
     with pytest.raises(ValueError, match=r"failed with TypeError.*probe_cond="):
         Backbone.from_module(NeedsLabelsAndMore(), "cond", (3,), num_classes=4)
-    bb = Backbone.from_module(NeedsLabelsAndMore(), "cond", (3,), num_classes=4,
-                              probe_cond={"labels": torch.tensor([1, 2]), "extra": 2.0})
+    with pytest.warns(UserWarning, match="may ignore t"):  # x * extra does not depend on t (issue 27)
+        bb = Backbone.from_module(NeedsLabelsAndMore(), "cond", (3,), num_classes=4,
+                                  probe_cond={"labels": torch.tensor([1, 2]), "extra": 2.0})
     assert bb.num_classes == 4
 
 
@@ -119,7 +120,8 @@ def test_diffusers_style_field_is_the_model_called_the_diffusers_way():
     # the solver's form: t a Python float (0.3f * 1000 rounds to 300.0 exactly: the same inputs)
     torch.testing.assert_close(bb.vfield()(0.3, x), model(x, torch.full((3,), 300.0)), rtol=0, atol=0)
     # a model that takes sigma itself: t passes through untouched
-    unit = Backbone.from_diffusers_style(model, "ds1", SHAPE, timestep_scale=1)
+    with pytest.warns(UserWarning, match="seems to expect timestep_scale=1000"):  # it reads timestep / 1000
+        unit = Backbone.from_diffusers_style(model, "ds1", SHAPE, timestep_scale=1)
     torch.testing.assert_close(unit(t, x), model(x, t), rtol=0, atol=0)
     for bad in (0, -1000, float("nan"), True):
         with pytest.raises(ValueError, match="timestep_scale"):

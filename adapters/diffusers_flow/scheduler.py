@@ -54,6 +54,16 @@ Flux hands ``step`` packed latents ``(B, N, 4 C)``: use a :class:`~adapters.torc
 (trained on the packed state, as the chain trainer's Flux backbone produces it); it needs no
 image size. SD3 latents ``(B, C, H, W)`` take a ConvSideNet.
 
+Refusals. ``set_timesteps`` takes what ``FlowMatchEulerDiscreteScheduler`` takes, with the same
+meaning: ``num_inference_steps=0`` gives its empty schedule (no timesteps, the pipeline makes no
+step), kept as diffusers defines it; a negative, fractional or boolean count, or neither a count
+nor ``sigmas``/``timesteps``, is refused with a ``ValueError`` naming ``num_inference_steps``
+(diffusers would raise numpy's or Python's error). ``step`` refuses a ``timestep`` that is not
+in ``scheduler.timesteps`` (diffusers: an IndexError), latents for which the SideNet was not
+built (``check_sidenet_state``: another channel count or size), and NaN/inf: in the latents or
+the model output it is given, or in the latents it would return, with a ``FloatingPointError``
+naming the step and sigma as ``baquad.solve`` does (the Euler scheduler passes NaN on silently).
+
 Saving. The SideNet's architecture is in the config (``sidenet_config``, with its grid in
 ``sidenet_grid``) and its weights in ``sidenet.safetensors`` beside ``scheduler_config.json``;
 ``save_pretrained``/``from_pretrained`` (the scheduler's and the pipeline's) write and read both,
@@ -65,6 +75,7 @@ from __future__ import annotations
 import json
 import os
 import weakref
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -76,7 +87,7 @@ from safetensors import safe_open
 from torch import nn
 
 from adapters.torch_sit.sidenet.checkpoint import ArchitectureMismatch, check_architecture, load_sidenet, save_sidenet
-from adapters.torch_sit.sidenet.perception import NeuralPerception
+from adapters.torch_sit.sidenet.perception import NeuralPerception, check_sidenet_state
 from baquad.bianchor import BiAnchorSolver, BiAnchorState, Prediction, push_anchor
 from baquad.perception import Anchor, get_perception, history_size
 from baquad.rules import get_rule
@@ -290,12 +301,25 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
         timesteps: Optional[list] = None,
     ) -> None:
         """The pipeline's schedule, as ``FlowMatchEulerDiscreteScheduler`` builds it, or the
-        SideNet's saved grid for this many steps (see the module docstring). Resets the solver."""
+        SideNet's saved grid for this many steps (see the module docstring). Resets the solver.
+
+        ``num_inference_steps=0`` is diffusers' empty schedule (kept: no step runs).
+
+        Raises:
+            ValueError: ``num_inference_steps`` is negative, not a whole number (a float, a bool),
+                or None without ``sigmas`` or ``timesteps``.
+        """
         n = num_inference_steps
         if n is None:
-            n = len(sigmas) if sigmas is not None else (len(timesteps) if timesteps is not None else None)
+            if sigmas is None and timesteps is None:
+                raise ValueError("num_inference_steps: pass the number of steps (an int >= 1), or sigmas= or "
+                                 "timesteps= for an explicit schedule; got none of them")
+            n = len(sigmas) if sigmas is not None else len(timesteps)
+        elif isinstance(n, bool) or not isinstance(n, Integral) or n < 0:
+            raise ValueError(f"num_inference_steps: the number of steps, an int >= 1 (0 gives diffusers' empty "
+                             f"schedule), got {n!r}")
         grid = None
-        if self.config.use_sidenet_grid and self.config.sidenet_grid is not None and n is not None:
+        if self.config.use_sidenet_grid and self.config.sidenet_grid is not None and n:
             grid = grid_for_steps(self.config.sidenet_grid, int(n))
         self._grid_text = None if grid is None else describe(grid)
         if grid is None:
@@ -328,6 +352,9 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
     def _perception(self, sample: torch.Tensor) -> Any:
         if self.sidenet is None:
             return get_perception(self.config.perception or "anchor-only")
+        if getattr(self, "_checked_shape", None) != (id(self.sidenet), tuple(sample.shape)):
+            check_sidenet_state(self.sidenet, tuple(sample.shape), "BASolverScheduler: the SideNet")
+            self._checked_shape = (id(self.sidenet), tuple(sample.shape))
         p = next(self.sidenet.parameters(), None)
         if p is not None and (p.device != sample.device or p.dtype != sample.dtype):
             self.sidenet.to(device=sample.device, dtype=sample.dtype)
@@ -358,6 +385,7 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
             raise ValueError(f"model_output: shape {tuple(model_output.shape)} differs from the sample's "
                              f"{tuple(sample.shape)}")
         if self.step_index is None:
+            self._check_timestep(timestep)
             self._init_step_index(timestep)
         if not hasattr(self, "_sigma_list") or len(self._sigma_list) != len(self.sigmas):
             self._sigma_list = self.sigmas.detach().to("cpu", torch.float64).tolist()
@@ -366,6 +394,15 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
             raise IndexError(f"step: called {i + 1} times on a schedule of {len(self._sigma_list) - 1} steps; "
                              "call set_timesteps again")
         t0, t1 = self._sigma_list[i], self._sigma_list[i + 1]
+        where = f"step {i + 1} of {len(self._sigma_list) - 1} (sigma {t0:g} -> {t1:g})"
+        if not bool(torch.isfinite(sample).all()):
+            raise FloatingPointError(f"BASolverScheduler.step: the latents handed to {where} contain NaN/inf; "
+                                     "check what produced them (the initial noise, a callback_on_step_end)")
+        if not bool(torch.isfinite(model_output).all()):
+            raise FloatingPointError(
+                f"BASolverScheduler.step: the model output at {where} contains NaN/inf for finite latents: the "
+                "transformer (or the guidance combination) turned finite inputs into NaN/inf. Check it at this sigma, "
+                "and its dtype (float16 overflows past 65504: try bfloat16 or float32)")
         work = torch.promote_types(sample.dtype, torch.float32)
         x, v = sample.to(work), model_output.to(work)
         solver = BiAnchorSolver(get_rule(self.config.rule), self._perception(sample))
@@ -387,6 +424,12 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
         else:
             nxt, _ = solver.step(_no_field, state, t1, bi=False, evaluate_end=False)
             self._pending, x_next, history = None, nxt.x, nxt.history
+        if not bool(torch.isfinite(x_next).all()):
+            what = "the SideNet's velocities" if self.sidenet is not None else "the quadrature update"
+            raise FloatingPointError(
+                f"BASolverScheduler.step: the latents after {where} are NaN/inf although the latents and the model "
+                f"output were finite: {what} overflowed. Check the SideNet (trained for this model and schedule?) "
+                "or use more steps")
         self._history = history
         prev_sample = x_next.to(model_output.dtype)
         self._returned = prev_sample
@@ -395,6 +438,19 @@ class BASolverScheduler(FlowMatchEulerDiscreteScheduler):
         if not return_dict:
             return (prev_sample,)
         return SchedulerOutput(prev_sample=prev_sample)
+
+    def _check_timestep(self, timestep: Union[float, torch.Tensor]) -> None:
+        """Refuse a first ``timestep`` that is not an entry of ``scheduler.timesteps`` (without a
+        begin index, the step is located by it; diffusers would fail with an IndexError)."""
+        if self.begin_index is not None:
+            return
+        schedule = self.timesteps
+        t = torch.as_tensor(timestep, device=schedule.device).to(schedule.dtype).reshape(-1)
+        if t.numel() != 1 or not bool((schedule == t).any()):
+            shown = ", ".join(f"{float(v):g}" for v in schedule[:4]) + (", ..." if len(schedule) > 4 else "")
+            raise ValueError(f"timestep: {timestep!r} is not an entry of scheduler.timesteps ([{shown}], "
+                             f"{len(schedule)} in all); pass the entries of scheduler.timesteps in order, after "
+                             "set_timesteps (or set_begin_index for img2img)")
 
     def _unchanged(self, sample: torch.Tensor) -> bool:
         """Whether ``sample`` is the latents the last step returned (up to a dtype cast by the

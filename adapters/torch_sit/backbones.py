@@ -17,12 +17,15 @@ Your own model: ``Backbone.from_module(model, name, state_shape)`` wraps a torch
 ``model(t, x, **cond)`` (time first, t in [0, 1] with t = 1 noise), and
 ``Backbone.from_diffusers_style(model, name, state_shape, timestep_scale=1000)`` one called
 ``model(sample, timestep)`` with timesteps ``1000 t``; both check the convention with one probe call
-at wrap time (docs/own-model.md).
+at wrap time (docs/own-model.md): the argument order, the output's shape, dtype and finiteness in
+the caller's state dtype, that the input is left unmodified, the labels, and (a warning) whether
+the output responds to t at the time scale given.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from numbers import Integral
 from typing import Any, Callable, Optional
@@ -91,7 +94,8 @@ class Backbone:
     @classmethod
     def from_module(cls, module: nn.Module, name: str, state_shape: tuple[int, ...],
                     num_classes: Optional[int] = None, *, probe: bool = True,
-                    probe_cond: Optional[dict] = None, **kwargs: Any) -> "Backbone":
+                    probe_cond: Optional[dict] = None, state_dtype: torch.dtype = torch.float32,
+                    **kwargs: Any) -> "Backbone":
         """Wrap a torch velocity model called as ``module(t, x, **cond) -> v``.
 
         The argument order is time first: ``t`` a ``(B,)`` tensor of flow times in [0, 1]
@@ -100,13 +104,35 @@ class Backbone:
         (``requires_grad`` False) and put in eval mode.
 
         Unless ``probe=False``, one probe call checks this at wrap time, under ``no_grad`` on the
-        module's device and dtype: ``module(t, x, **cond)`` with B = 2, ``t = (0.75, 0.25)`` and
-        ``x`` from ``torch.randn`` (a private generator: the global random state is untouched).
+        module's device and in ``state_dtype`` (the dtype the caller's states have):
+        ``module(t, x, **cond)`` with B = 2, ``t = (0.9, 0.1)`` and the same state ``x`` (from
+        ``torch.randn``, a private generator: the global random state is untouched) in both rows.
         The probe's ``cond`` is ``probe_cond`` when given, else ``labels = (0, 0)`` (class 0, a
         valid label of every class-conditional model) when ``num_classes`` is set, else nothing.
-        An exception, or an output that is not a tensor of x's shape, dtype and device, raises a
-        ``ValueError`` naming the ``(t, x)`` order and the time scale (a model with diffusers'
-        ``forward(sample, timestep)`` order and 0-1000 timesteps: :meth:`from_diffusers_style`).
+        It raises a ``ValueError`` that names the fix when
+
+        - the call raises, or the output is not a tensor of x's shape, dtype and device (the
+          message names the ``(t, x)`` order and the time scale; a model with diffusers'
+          ``forward(sample, timestep)`` order and 0-1000 timesteps: :meth:`from_diffusers_style`);
+          when the model works in its own dtype but not in ``state_dtype`` (a float16 model given
+          float32 noise), a second call in the model's dtype tells, and the message names both
+          dtypes and the fixes (cast inside the model, or ``state_dtype=`` and
+          ``baquad.solve(..., field_dtype=)``);
+        - the output is not finite (NaN or inf from finite noise);
+        - the model wrote into its input ``x`` or ``t`` (compared with copies taken before the
+          call): it would corrupt the caller's noise;
+        - ``probe_cond``'s labels are not integers of shape (2,) in [0, num_classes).
+
+        It WARNS (``UserWarning``; the backbone is still returned) when the output barely changes
+        between t = 0.9 and t = 0.1 for the same state (relative change below
+        ``TIME_RESPONSE_WARNING``, 1e-3): the model seems to expect times on another scale (a
+        model trained on timesteps 0-1000 given t in [0, 1]); a second call at 1000 t says whether
+        it responds there. A model whose output is exactly zero (a zero-initialised network) is
+        not judged.
+
+        Every later call with ``labels=`` checks them too (integers, one per sample or one for the
+        batch, in [0, num_classes) or the backbone's ``extra["null_class"]``), with a
+        ``ValueError`` naming ``labels`` and ``num_classes`` instead of torch's index error.
 
         Args:
             module: the velocity model.
@@ -116,16 +142,26 @@ class Backbone:
             probe: run the wrap-time check (default True).
             probe_cond: the conditioning keywords of the probe call, for a model that needs more
                 than ``labels`` (tensors with a batch axis of 2).
+            state_dtype: the dtype of the states the backbone will be called with (float32, the
+                default, is what the SideNet trainer and the samplers pass; torch.float64 for a
+                float64 reference solve); the probe runs in it.
             **kwargs: the other :class:`Backbone` fields (``sample_data``, ``extra``, ...).
         """
+        def at_1000(t: torch.Tensor, x: torch.Tensor, **cond: Any) -> torch.Tensor:
+            return module(1000.0 * t, x, **cond)
+
+        scale_fix = ("from_module calls module(t, x) with t in [0, 1]; for a model trained on timesteps 0-1000, wrap a "
+                     "module whose forward calls model(1000 * t, x) (a model with forward(sample, timestep): "
+                     "Backbone.from_diffusers_style(model, name, state_shape, timestep_scale=1000))")
         return cls._wrap(module, module, name, state_shape, num_classes, probe, probe_cond,
-                         "module(t, x, **cond)", **kwargs)
+                         "module(t, x, **cond)", state_dtype, (at_1000, "t scaled by 1000", scale_fix), **kwargs)
 
     @classmethod
     def from_diffusers_style(cls, module: nn.Module, name: str, state_shape: tuple[int, ...],
                              num_classes: Optional[int] = None, *, timestep_scale: float = 1000.0,
                              label_keyword: str = "class_labels", probe: bool = True,
-                             probe_cond: Optional[dict] = None, **kwargs: Any) -> "Backbone":
+                             probe_cond: Optional[dict] = None, state_dtype: torch.dtype = torch.float32,
+                             **kwargs: Any) -> "Backbone":
         """Wrap a velocity model with diffusers' argument order, ``module(sample, timestep, **cond)``.
 
         The field is ``v(t, x) = module(x, timestep_scale * t)`` (its ``.sample`` when the model
@@ -139,46 +175,117 @@ class Backbone:
         Class labels (the trainer's and sampler's ``labels=``) reach the model as
         ``label_keyword`` (diffusers' ``class_labels``); other keywords pass through unchanged.
         Classifier-free guidance (``guidance_scale=``) is not applied here: wrap a module that
-        applies it with :meth:`from_module`. Probe and freezing as :meth:`from_module`.
+        applies it with :meth:`from_module`. Probe, ``state_dtype`` and freezing as
+        :meth:`from_module`; when the probe's output barely responds to t, a second call at the
+        other usual scale (1 for a scale of 100 or more, else 1000) says which ``timestep_scale``
+        the model seems to expect (a warning).
         """
         scale = float(timestep_scale)
         if isinstance(timestep_scale, bool) or not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"timestep_scale: must be a finite positive number (1000 for timesteps 1000 t, "
                              f"1 for t itself), got {timestep_scale!r}")
 
-        def fn(t: torch.Tensor, x: torch.Tensor, **cond: Any) -> torch.Tensor:
-            if cond.get("guidance_scale") is not None:
-                raise TypeError(f"backbone {name!r} (from_diffusers_style): guidance_scale= is not applied by this "
-                                "adapter; wrap a module that applies classifier-free guidance with "
-                                "Backbone.from_module, or train and sample without guidance")
-            cond.pop("guidance_scale", None)
-            if "labels" in cond:
-                cond[label_keyword] = cond.pop("labels")
-            timestep = torch.as_tensor(t, device=x.device).to(x.dtype) * scale
-            return _sample_of(module(x, timestep, **cond))
+        def at_scale(factor: float) -> Callable[..., torch.Tensor]:
+            def fn(t: torch.Tensor, x: torch.Tensor, **cond: Any) -> torch.Tensor:
+                if cond.get("guidance_scale") is not None:
+                    raise TypeError(f"backbone {name!r} (from_diffusers_style): guidance_scale= is not applied by "
+                                    "this adapter; wrap a module that applies classifier-free guidance with "
+                                    "Backbone.from_module, or train and sample without guidance")
+                cond.pop("guidance_scale", None)
+                if "labels" in cond:
+                    cond[label_keyword] = cond.pop("labels")
+                timestep = torch.as_tensor(t, device=x.device).to(x.dtype) * factor
+                return _sample_of(module(x, timestep, **cond))
 
-        return cls._wrap(module, fn, name, state_shape, num_classes, probe, probe_cond,
-                         f"module(sample=x, timestep={scale:g} * t, **cond)", **kwargs)
+            return fn
+
+        other = 1.0 if scale >= 100 else 1000.0
+        scale_fix = (f"pass timestep_scale={other:g} to Backbone.from_diffusers_style (now {scale:g}: the model is "
+                     f"called with timesteps {scale:g} t)")
+        return cls._wrap(module, at_scale(scale), name, state_shape, num_classes, probe, probe_cond,
+                         f"module(sample=x, timestep={scale:g} * t, **cond)", state_dtype,
+                         (at_scale(other), f"timestep_scale={other:g}", scale_fix), **kwargs)
 
     @classmethod
     def _wrap(cls, module: nn.Module, fn: Callable[..., torch.Tensor], name: str, state_shape: tuple[int, ...],
               num_classes: Optional[int], probe: bool, probe_cond: Optional[dict], how: str,
-              **kwargs: Any) -> "Backbone":
+              state_dtype: torch.dtype, other_scale: tuple, **kwargs: Any) -> "Backbone":
         if not isinstance(module, nn.Module):
             raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
         shape = _state_shape(state_shape)
+        if not (isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point):
+            raise ValueError(f"state_dtype: expected a floating torch dtype (the dtype of the states the backbone "
+                             f"is called with, e.g. torch.float32), got {state_dtype!r}")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, Integral)
+                                        or num_classes < 1):
+            raise ValueError(f"num_classes: expected None (unconditional) or a positive int, got {num_classes!r}")
         module.requires_grad_(False).eval()
         n = sum(p.numel() for p in module.parameters())
-        bb = cls(name, fn, shape, num_classes, n, module, **kwargs)
+        null = (kwargs.get("extra") or {}).get("null_class")
+        bb = cls(name, _checking_labels(fn, name, num_classes, null), shape, num_classes, n, module, **kwargs)
         if probe:
             cond = dict(probe_cond) if probe_cond is not None else (
                 {} if num_classes is None else {"labels": torch.zeros(_PROBE_BATCH, dtype=torch.long)})
-            _probe(bb, cond, how)
+            _probe(bb, cond, how, state_dtype, other_scale)
         return bb
 
 
 #: the batch size of the wrap-time probe call
 _PROBE_BATCH = 2
+#: the probe's two times (the same state at both): far apart, so a velocity model's output differs
+_PROBE_TIMES = (0.9, 0.1)
+#: below this relative change of the output between the probe's two times, the wrapper warns that
+#: the model seems to expect another time scale. A model whose time input spans 0-1000 sees 0.9 and
+#: 0.1 as nearly the same time (a saturating or linear time embedding changes by 1e-4 or less); the
+#: models of this repository respond with 2e-3 (a random-weight SiT) to 0.6 (the trained digits SiT)
+TIME_RESPONSE_WARNING = 1e-3
+
+
+def _check_labels(name: str, labels: Any, batch: int, num_classes: Optional[int], null_class: Optional[int]) -> None:
+    """Refuse labels a class-conditional backbone cannot embed, naming ``labels`` and
+    ``num_classes`` (instead of torch's index error inside the model)."""
+    if labels is None or num_classes is None:  # without num_classes, labels= is the model's own business
+        return
+    valid = f"[0, {num_classes - 1}]" + ("" if null_class is None else f" or the null class {null_class}")
+    if isinstance(labels, bool) or not isinstance(labels, (Integral, torch.Tensor)):
+        raise ValueError(f"labels: backbone {name!r} takes integer class labels in {valid} (num_classes = "
+                         f"{num_classes}), one per sample; got {_describe(labels)}")
+    if isinstance(labels, torch.Tensor):
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels: backbone {name!r} takes integer class labels (num_classes = {num_classes}); "
+                             f"got {labels.dtype}; pass labels.long()")
+        if labels.ndim > 1 or (labels.ndim == 1 and labels.shape[0] != batch):
+            raise ValueError(f"labels: expected one label per sample, shape ({batch},) for a batch of {batch} states "
+                             f"(or one label for the whole batch), got shape {tuple(labels.shape)}")
+        if labels.numel() == 0:
+            return
+        low, high = int(labels.min()), int(labels.max())
+    else:
+        low = high = int(labels)
+    for value in (low, high):
+        if not (0 <= value < num_classes or value == null_class):
+            raise ValueError(f"labels: backbone {name!r} has num_classes = {num_classes}, so labels must be in "
+                             f"{valid}; got {value}")
+
+
+def _checking_labels(fn: Callable[..., torch.Tensor], name: str, num_classes: Optional[int],
+                     null_class: Optional[int]) -> Callable[..., torch.Tensor]:
+    """``fn`` with its ``labels=`` checked by :func:`_check_labels`. A labels tensor already
+    checked and not written since (the same object at the same version, as in every step of one
+    solve) is not read again, so the check costs one device read per new labels tensor."""
+    if num_classes is None:
+        return fn
+    checked: list = [None, -1]
+
+    def field(t: torch.Tensor, x: torch.Tensor, **cond: Any) -> torch.Tensor:
+        labels = cond.get("labels")
+        if labels is not None and not (labels is checked[0] and getattr(labels, "_version", 0) == checked[1]):
+            _check_labels(name, labels, x.shape[0], num_classes, null_class)
+            if isinstance(labels, torch.Tensor):
+                checked[:] = [labels, labels._version]
+        return fn(t, x, **cond)
+
+    return field
 
 
 def _state_shape(state_shape: Any) -> tuple[int, ...]:
@@ -217,22 +324,107 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _probe(bb: "Backbone", cond: dict, how: str) -> None:
-    """One call of ``bb`` at B = 2 (see :meth:`Backbone.from_module`); raises ValueError with the
-    calling convention when it fails."""
-    device, dtype = _module_place(bb.module)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn((_PROBE_BATCH, *bb.state_shape), generator=gen, dtype=torch.float64).to(device, dtype)
-    t = torch.tensor([0.75, 0.25], dtype=dtype, device=device)
+def _relative_change(a: torch.Tensor, b: torch.Tensor) -> Optional[float]:
+    """|a - b| / max(|a|, |b|) in float64, or None when both are zero (nothing to judge)."""
+    a, b = a.detach().double(), b.detach().double()
+    size = max(float(a.norm()), float(b.norm()))
+    return None if size == 0.0 else float((a - b).norm()) / size
+
+
+def _probe(bb: "Backbone", cond: dict, how: str, dtype: torch.dtype, other_scale: tuple) -> None:
+    """The wrap-time checks of :meth:`Backbone.from_module` (one call at B = 2 in ``dtype``; a
+    second only to explain a failure or a weak response to t). Raises ValueError naming the
+    convention and the fix; warns about the time scale."""
+    device, model_dtype = _module_place(bb.module)
+    if "labels" in cond:
+        _check_labels(bb.name, cond["labels"], _PROBE_BATCH, bb.num_classes, (bb.extra or {}).get("null_class"))
     cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
-    expected = _describe(x)
-    try:
+    gen = torch.Generator().manual_seed(0)
+    row = torch.randn((1, *bb.state_shape), generator=gen, dtype=torch.float64)
+
+    def call(fn: Callable[..., torch.Tensor], dt: torch.dtype) -> tuple:
+        x = row.expand(_PROBE_BATCH, *bb.state_shape).to(device, dt).contiguous()
+        t = torch.tensor(_PROBE_TIMES, dtype=dt, device=device)
+        x_before, t_before = x.clone(), t.clone()
         with torch.no_grad():
-            out = bb.fn(t, x, **cond)
+            out = fn(t, x, **dict(cond))
+        return x, t, out, not (torch.equal(x, x_before) and torch.equal(t, t_before))
+
+    def fits(out: Any, x: torch.Tensor) -> bool:
+        return isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+
+    def works_in_model_dtype() -> bool:
+        if model_dtype == dtype:
+            return False
+        try:
+            x, _, out, _ = call(bb.fn, model_dtype)
+        except Exception:  # noqa: BLE001 - it fails in its own dtype too: the general message says why
+            return False
+        return fits(out, x)
+
+    expected = _describe(row.expand(_PROBE_BATCH, *bb.state_shape).to(device, dtype))
+    try:
+        x, t, out, wrote = call(bb.fn, dtype)
     except Exception as err:  # noqa: BLE001 - any failure is reported with the convention
+        if works_in_model_dtype():
+            raise ValueError(_dtype_message(bb, dtype, model_dtype, f"failed with {type(err).__name__}: {err}")) from err
         raise ValueError(_probe_message(bb, how, f"failed with {type(err).__name__}: {err}", expected, cond)) from err
-    if not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.dtype == x.dtype and out.device == x.device):
+    if not fits(out, x):
+        if works_in_model_dtype():
+            raise ValueError(_dtype_message(bb, dtype, model_dtype, f"returned {_describe(out)}"))
         raise ValueError(_probe_message(bb, how, f"returned {_describe(out)}", expected, cond))
+    if wrote:
+        raise ValueError(
+            f"backbone {bb.name!r}: the wrap-time probe call {how} wrote into its input (x or t changed during the "
+            "call): it would overwrite the caller's noise and states. Make the forward leave its inputs alone: replace "
+            "in-place operations on them (x.mul_(...), x += ..., x[...] = ...) by out-of-place ones, or start the "
+            "forward with x = x.clone()")
+    bad = ~torch.isfinite(out.detach()).reshape(_PROBE_BATCH, -1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"backbone {bb.name!r}: the wrap-time probe call {how} returned non-finite values ({int(bad.sum())} of "
+            f"{bad.numel()} are NaN or inf) for finite noise x in {dtype} at t = {_PROBE_TIMES}; training or sampling "
+            "would stop at the first step. Check the weights (a checkpoint that did not load, an uninitialised "
+            "tensor), the time scale, and the dtype (float16 overflows past 65504: try state_dtype=torch.float32 "
+            "with the model in float32)")
+    _check_time_response(bb, out, how, lambda: call(other_scale[0], dtype)[2], *other_scale[1:])
+
+
+def _check_time_response(bb: "Backbone", out: torch.Tensor, how: str, at_other_scale: Callable[[], Any],
+                         other: str, fix: str) -> None:
+    """Warn when the probe's output (the same state at t = 0.9 and t = 0.1) barely changes: a
+    velocity field depends on t, so the model likely expects its time on another scale. One call
+    at the other scale says which."""
+    change = _relative_change(out[0], out[1])
+    if change is None or change >= TIME_RESPONSE_WARNING:
+        return
+    try:
+        alt = at_other_scale()
+        alt_change = _relative_change(alt[0], alt[1]) if isinstance(alt, torch.Tensor) and alt.shape == out.shape else None
+    except Exception:  # noqa: BLE001 - the other scale is only a hint
+        alt_change = None
+    if alt_change is not None and alt_change >= TIME_RESPONSE_WARNING:
+        seems = (f"called with {other} its output does change (relative change {alt_change:.2g}), so the model seems "
+                 f"to expect {other}: {fix}")
+    else:
+        seems = (f"it barely responds with {other} either, so the model may ignore t; check how it embeds the time "
+                 f"({fix})")
+    warnings.warn(
+        f"backbone {bb.name!r}: the wrap-time probe {how} gave nearly the same output at t = {_PROBE_TIMES[0]} and "
+        f"t = {_PROBE_TIMES[1]} for the same state (relative change {change:.2g} < {TIME_RESPONSE_WARNING:g}); a "
+        f"velocity field depends on t. {seems}. If this is intended, ignore this warning (probe=False skips the "
+        "probe)", UserWarning, stacklevel=4)
+
+
+def _dtype_message(bb: "Backbone", dtype: torch.dtype, model_dtype: torch.dtype, what: str) -> str:
+    return (
+        f"backbone {bb.name!r}: the wrap-time probe with {dtype} states {what}, but works with {model_dtype} states: "
+        f"the model computes in {model_dtype} and needs its input in that dtype. The SideNet trainer and the samplers "
+        f"call the backbone with {dtype} states (state_dtype={dtype}). Fix: cast inside the model's forward "
+        f"(x.to({model_dtype}) on the way in, .to(x.dtype) on the way out), or convert the model (model.to({dtype})); "
+        f"or, if you solve with {model_dtype} states yourself, pass state_dtype={model_dtype} and "
+        f"baquad.solve(..., field_dtype={model_dtype})"
+    )
 
 
 def _probe_message(bb: "Backbone", how: str, what: str, expected: str, cond: dict) -> str:

@@ -27,7 +27,6 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -35,7 +34,8 @@ import torch
 
 from ...report import markdown_table, pyplot, save_figure
 
-__all__ = ["invert", "generate", "round_trip", "RoundTrip", "edit_grid", "run_edit", "ROUND_TRIP_PLAN"]
+__all__ = ["invert", "generate", "round_trip", "RoundTrip", "edit_grid", "run_edit", "ROUND_TRIP_PLAN", "RESULTS",
+           "DEFAULT_NFE"]
 
 #: (label, method, NFE per direction) of the round-trip table; "reference" is DOP853
 ROUND_TRIP_PLAN: tuple[tuple[str, str, int], ...] = (
@@ -44,6 +44,10 @@ ROUND_TRIP_PLAN: tuple[tuple[str, str, int], ...] = (
     *(("Adams-Bashforth 2", "adams", n) for n in (10, 20, 50, 100)),
     ("DOP853 reference (rtol 1e-7)", "reference", 0),
 )
+#: the edit demo's result files in ``--out``
+RESULTS: tuple[str, ...] = ("edit.md", "edit.json", "edits.png")
+#: BA-solver's NFE per direction in the edit grid when ``--nfe`` is not given
+DEFAULT_NFE = 10
 
 
 def _grid(nfe: int, method: str, shift: float, direction: str) -> tuple[float, ...]:
@@ -136,7 +140,7 @@ def edit_grid(backbone: Any, sidenet: torch.nn.Module, x0: torch.Tensor, labels:
     return torch.stack(rows, 1)
 
 
-def _plot_edits(cells: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
+def _plot_edits(cells: torch.Tensor, labels: torch.Tensor, path: Any) -> None:
     """One row per digit: original, round trip, then the edits (each cell's label under it)."""
 
     plt = pyplot()
@@ -173,20 +177,27 @@ def report(rows: Sequence[RoundTrip], args: argparse.Namespace, n: int) -> str:
 
 
 def run_edit(args: argparse.Namespace, log: Callable[..., None] = print) -> list[RoundTrip]:
-    """``baquad demo edit``: the round-trip table (with and without guidance) and the edit grid."""
-    from ..sidenet.checkpoint import load_sidenet
-    from .model import digits_sit_backbone, load_digits_split, shipped_path
-    from .shipped import verified
+    """``baquad demo edit``: the round-trip table (with and without guidance) and the edit grid.
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    backbone = digits_sit_backbone()
-    reference_backbone = digits_sit_backbone(dtype=torch.float64)
-    sidenet_file = shipped_path("sidenet") if args.sidenet is None else args.sidenet
-    sidenet = load_sidenet(verified(sidenet_file, required=args.sidenet is None))
+    The flags are checked by ``baquad demo`` before this runs; here the results directory
+    (:func:`.output.results_dir`) and the SideNet are checked before any network is loaded, and
+    the results are written at the end, each file atomically."""
+    from .model import digits_sit_backbone, load_digits_sidenet, load_digits_split
+    from .output import earlier_results, figure_bytes, results_dir, write_results
+
+    nfe = DEFAULT_NFE if args.nfe is None else args.nfe
     images, labels = load_digits_split("held-out")
     digits = [int(d) for d in args.digits] if args.digits else list(range(min(10, len(labels))))
     if any(not 0 <= d < len(labels) for d in digits):
-        raise SystemExit(f"--digits: indices into the {len(labels)} held-out digits, got {digits}")
+        raise ValueError(f"--digits: indices into the {len(labels)} held-out digits, 0 to {len(labels) - 1}; "
+                         f"got {digits}")
+    target = results_dir(args.out, RESULTS, getattr(args, "overwrite", False))
+    sidenet = load_digits_sidenet(args.sidenet)
+    note = earlier_results(args.out, target, RESULTS)
+    if note:
+        log(note)
+    backbone = digits_sit_backbone()
+    reference_backbone = digits_sit_backbone(dtype=torch.float64)
     pick = torch.arange(len(labels))[: args.n]  # --n above the held-out count: all of them
     x0, y = images[pick], labels[pick]
     rows = []
@@ -195,12 +206,12 @@ def run_edit(args: argparse.Namespace, log: Callable[..., None] = print) -> list
                            reference_backbone=reference_backbone)
     text = report(rows, args, len(pick))
     print(text)
-    (args.out / "edit.md").write_text(text + "\n")
-    (args.out / "edit.json").write_text(json.dumps({"settings": {"n": len(pick), "guidance": args.guidance_scale,
-                                                                 "shift": args.shift, "nfe": args.nfe},
-                                                    "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+    settings = {"n": len(pick), "guidance": args.guidance_scale, "shift": args.shift, "nfe": nfe}
     idx = torch.tensor(digits)
-    cells = edit_grid(backbone, sidenet, images[idx], labels[idx], nfe=args.nfe, guidance=args.guidance_scale, shift=args.shift)
-    _plot_edits(cells, labels[idx], args.out / "edits.png")
-    log(f"wrote {args.out / 'edit.md'} and {args.out / 'edits.png'}")
+    cells = edit_grid(backbone, sidenet, images[idx], labels[idx], nfe=nfe, guidance=args.guidance_scale, shift=args.shift)
+    write_results(target, {"edit.md": (text + "\n").encode(),
+                           "edit.json": (json.dumps({"settings": settings, "rows": [asdict(r) for r in rows]},
+                                                    indent=2) + "\n").encode(),
+                           "edits.png": figure_bytes(_plot_edits, cells, labels[idx])})
+    log(f"wrote {target / 'edit.md'}, {target / 'edit.json'} and {target / 'edits.png'}")
     return rows

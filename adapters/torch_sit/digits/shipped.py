@@ -8,7 +8,8 @@ the manifest's: a corrupted, truncated or swapped file never reaches the loader.
 uses safetensors (no pickled code runs).
 
 :func:`write_with_sum` is the writing side: the file is written atomically and its line in the
-manifest of the same directory is added or replaced (the manifest is rewritten atomically too).
+manifest of the same directory is added or replaced (the manifest is rewritten atomically too);
+:func:`record_sum` does the second half for a file rewritten by other code.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Optional
 from ..files import atomic_write, sha256_file
 
 __all__ = ["WEIGHTS_DIR", "SUMS_NAME", "ChecksumError", "read_sums", "verified", "write_with_sum",
-           "shipped_file"]
+           "record_sum", "shipped_file"]
 
 #: the package-data directory of the shipped weights
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -97,11 +98,25 @@ def write_with_sum(path: "str | os.PathLike", data: bytes) -> str:
     path = Path(path)
     atomic_write(path, data)
     digest = hashlib.sha256(data).hexdigest()
+    _record(path, digest)
+    return digest
+
+
+def record_sum(path: "str | os.PathLike") -> str:
+    """Record the SHA-256 of the file ``path`` as it is now in its directory's ``SHA256SUMS``
+    (other entries kept, sorted by name; the manifest rewritten atomically). Returns the hex
+    digest."""
+    path = Path(path)
+    digest = sha256_file(path)
+    _record(path, digest)
+    return digest
+
+
+def _record(path: Path, digest: str) -> None:
     sums = read_sums(path.parent)
     sums[path.name] = digest
     text = "".join(f"{sums[name]}  {name}\n" for name in sorted(sums))
     atomic_write(path.parent / SUMS_NAME, text.encode())
-    return digest
 
 
 def shipped_file(name: str) -> Path:

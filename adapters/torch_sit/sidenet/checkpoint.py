@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from baquad.schedules import check_grid_spec
+from baquad.solvers.learned_steps import LearnedSteps
 
 from ..files import (
     FORMAT_VERSION,
@@ -67,6 +68,9 @@ from .networks import build_sidenet, sidenet_class
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "sidenet_file_extra",
+    "check_sidenet_backbone",
+    "grid_target",
     "ArchitectureMismatch",
     "InvalidFile",
     "UnverifiedFileWarning",
@@ -513,7 +517,59 @@ def _load_exported(path: Path, meta: dict, tensors: dict, weights: str) -> nn.Mo
     net.load_state_dict(tensors)
     # the grid it was tuned for, if one was saved with it (read by NeuralPerception.grid)
     net.sampling_grid = check_grid_spec(meta["extra"].get("grid"), where=f"{path}: saved grid")
+    net.learned_steps = _learned_steps(meta["extra"].get("learned_steps"), path)
     return net
+
+
+def _learned_steps(data: Any, path: Path) -> Optional[dict]:
+    """The learned per-interval weights a SideNet file carries (``python -m
+    adapters.torch_sit.learned.ba``), by number of intervals, each checked; None when it carries
+    none."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise InvalidFile(f"{path}: 'learned_steps' must map numbers of intervals to learned steps, got "
+                          f"{type(data).__name__}")
+    out = {}
+    for key, value in data.items():
+        try:
+            steps = LearnedSteps.from_dict(value, where=f"{path}: learned_steps[{key!r}]")
+        except ValueError as err:
+            raise InvalidFile(str(err)) from None
+        if str(steps.intervals) != str(key):
+            raise InvalidFile(f"{path}: learned_steps[{key!r}] holds {steps.intervals} intervals")
+        out[steps.intervals] = steps
+    return out
+
+
+def sidenet_file_extra(path: "str | os.PathLike") -> dict:
+    """What an exported SideNet file records besides its weights (its header's ``extra``: the
+    backbone, the grid, learned steps, how it was trained), after every check of a load."""
+    path = _resolve(path, (SIDENET_NAME,))
+    meta, tensors = _read(path, (_FORMAT_SIDENET,))
+    _load_exported(path, meta, tensors, "auto")
+    return dict(meta["extra"])
+
+
+def _grid_target(path: "str | os.PathLike") -> tuple[Path, dict, dict]:
+    """The exported SideNet file :func:`set_sidenet_grid` rewrites, with its metadata and tensors,
+    after every check of a load (before anything is written)."""
+    path = _resolve(path, (SIDENET_NAME,))
+    meta, tensors = _read(path, (_FORMAT_SIDENET,))
+    _load_exported(path, meta, tensors, "auto")
+    return path, meta, tensors
+
+
+def grid_target(path: "str | os.PathLike") -> Path:
+    """The file :func:`set_sidenet_grid` would rewrite for ``path`` (an exported SideNet, or a
+    training directory holding one), checked as it checks it, so a caller can refuse a path
+    before a long computation rather than after it.
+
+    Raises:
+        InvalidFile: not an exported SideNet (a training checkpoint: export it first), or a file
+            that does not load; FileNotFoundError, OSError as :func:`load_sidenet`.
+    """
+    return _grid_target(path)[0]
 
 
 def set_sidenet_grid(path: "str | os.PathLike", grid: Any) -> Path:
@@ -525,10 +581,8 @@ def set_sidenet_grid(path: "str | os.PathLike", grid: Any) -> Path:
     Raises:
         ValueError: a bad grid spec (nothing is written); InvalidFile etc. as :func:`load_sidenet`.
     """
-    path = _resolve(path, (SIDENET_NAME,))
     grid = check_grid_spec(grid, where="grid")
-    meta, tensors = _read(path, (_FORMAT_SIDENET,))
-    _load_exported(path, meta, tensors, "auto")  # every check of a load, before writing anything
+    path, meta, tensors = _grid_target(path)
     extra = {k: v for k, v in meta["extra"].items() if k != "grid"}
     if grid is not None:
         extra["grid"] = grid
@@ -546,7 +600,9 @@ def load_sidenet(path: "str | os.PathLike", map_location: Any = "cpu", weights: 
     an output directory (its ``sidenet.safetensors``, else its checkpoint). ``weights``:
     ``"auto"`` (default: what an exported file holds; a checkpoint's EMA weights when present),
     ``"model"`` or ``"ema"``; an exported file that holds the other set is refused. The module
-    comes back in eval mode on ``map_location``. Every check of :func:`load_checkpoint` applies.
+    comes back in eval mode on ``map_location``, with ``trained_on`` set to the backbone name the
+    file records (None when it records none; :func:`check_sidenet_backbone`). Every check of
+    :func:`load_checkpoint` applies.
 
     Raises:
         ValueError: an unknown ``weights`` choice (listing the valid ones), or one the file cannot
@@ -555,8 +611,30 @@ def load_sidenet(path: "str | os.PathLike", map_location: Any = "cpu", weights: 
     _check_weight_choice(weights)
     path = _resolve(path, (SIDENET_NAME, CHECKPOINT_NAME))
     if read_header(path).meta.get("format") == _FORMAT_CKPT:
-        net = load_checkpoint(path).build_sidenet(weights)
+        ckpt = load_checkpoint(path)
+        net, extra = ckpt.build_sidenet(weights), ckpt.extra
     else:
         meta, tensors = _read(path, (_FORMAT_SIDENET, _FORMAT_CKPT))
-        net = _load_exported(path, meta, tensors, weights)
+        net, extra = _load_exported(path, meta, tensors, weights), meta["extra"]
+    backbone = extra.get("backbone") if isinstance(extra, dict) else None
+    net.trained_on = backbone if isinstance(backbone, str) else None
+    net.file_extra = dict(extra) if isinstance(extra, dict) else {}  # what the file records besides its weights
     return net.to(map_location).eval()
+
+
+def check_sidenet_backbone(sidenet: nn.Module, backbone: str, where: str) -> None:
+    """Refuse a SideNet whose file records another backbone than ``backbone``.
+
+    A SideNet learns the velocity deviations of ONE backbone; another backbone's SideNet can read
+    the same state shape (gmm-64d's and the digits SiT's states are both 64 numbers) and still be
+    wrong for it. :func:`load_sidenet` sets ``trained_on`` from the file; a SideNet that records
+    none (built in Python, or exported without it) is not judged.
+
+    Raises:
+        ValueError: the recorded backbone differs, naming ``where``, both backbones and the fix.
+    """
+    trained_on = getattr(sidenet, "trained_on", None)
+    if trained_on is not None and trained_on != backbone:
+        raise ValueError(f"{where}: this SideNet was trained on the backbone {trained_on!r} (its file records it), "
+                         f"but it is used with {backbone!r}; pass a SideNet trained on {backbone!r} "
+                         f"(python -m adapters.torch_sit.train --backbone {backbone})")

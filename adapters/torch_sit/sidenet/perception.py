@@ -16,6 +16,8 @@ per block of B rows), which is what makes a whole quadrature rule cost one netwo
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any, Optional, Sequence
 
 import torch
@@ -23,9 +25,9 @@ from torch import nn
 
 from baquad.perception import Anchor, Perception, get_perception, history_size
 
-from .networks import per_sample
+from .networks import host_values, per_sample
 
-__all__ = ["NeuralPerception"]
+__all__ = ["NeuralPerception", "check_sidenet_state"]
 
 
 class NeuralPerception(Perception):
@@ -45,6 +47,10 @@ class NeuralPerception(Perception):
             whole batch) for a SideNet built with ``cond_dim``; None passes nothing, so SideNets
             whose forward has no ``cond`` argument keep working.
         grad: build the autograd graph (False: the forward runs under ``torch.no_grad()``).
+        autocast: None (the SideNet runs in its parameters' dtype), or ``torch.bfloat16`` /
+            ``torch.float16``: the SideNet's forward runs under that autocast on its device, as a
+            backbone run in low precision does (the sampler passes the backbone's); g comes back
+            in x's dtype either way.
 
     The SideNet runs on its own device and dtype (inputs are moved there and g comes back to x's
     device and dtype). ``t`` may be a Python float (as ``baquad.solve`` passes it), a 0-dim tensor
@@ -58,7 +64,7 @@ class NeuralPerception(Perception):
 
     def __init__(self, sidenet: nn.Module, labels: Optional[torch.Tensor] = None,
                  guidance_scale: Optional[float] = None, grad: bool = False, cond: Optional[torch.Tensor] = None,
-                 strict: bool = True):
+                 strict: bool = True, autocast: Optional[torch.dtype] = None):
         if not isinstance(sidenet, nn.Module):
             raise TypeError(f"NeuralPerception: sidenet must be a SideNet (a torch.nn.Module), got {type(sidenet).__name__}")
         config = sidenet.config() if callable(getattr(sidenet, "config", None)) else {}
@@ -77,6 +83,9 @@ class NeuralPerception(Perception):
         self.guidance_scale = guidance_scale
         self.cond = cond
         self.grad = grad
+        if autocast not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"NeuralPerception: autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+        self.autocast = autocast
         self.calls = 0
         name = getattr(sidenet, "base_perception", "anchor-only")
         self.base = None if name == "anchor-only" else get_perception(name)
@@ -86,6 +95,13 @@ class NeuralPerception(Perception):
         """The grid spec saved with the SideNet (``set_sidenet_grid``), or None: what
         ``baquad.schedules.default_grid`` samples this perception on."""
         return getattr(self.sidenet, "sampling_grid", None)
+
+    @property
+    def learned_steps(self) -> Optional[dict]:  # type: ignore[override]
+        """The learned per-interval weights saved with the SideNet, by number of intervals
+        (``python -m adapters.torch_sit.learned.ba``), or None: BA-solver uses them on exactly
+        their grids (:mod:`baquad.solvers.learned_steps`)."""
+        return getattr(self.sidenet, "learned_steps", None)
 
     @property
     def history_size(self) -> int:
@@ -114,14 +130,19 @@ class NeuralPerception(Perception):
                 raise ValueError(f"NeuralPerception: per-sample offsets must have shape (m, {n}), got {tuple(offsets.shape)}")
             ds = offsets.to(dev, dt).reshape(-1)
             d = offsets.to(x.device, x.dtype).reshape(m, n, *([1] * (x.ndim - 1)))
-        else:
-            ds = torch.tensor([float(o) for o in offsets], dtype=dt, device=dev).repeat_interleave(n)
-            d = torch.tensor([float(o) for o in offsets], dtype=x.dtype, device=x.device).reshape(m, *([1] * x.ndim))
+        elif any(isinstance(o, torch.Tensor) for o in offsets):  # 0-dim tensor offsets (a learned grid): keep their graph
+            dvec = torch.stack([torch.as_tensor(o, device=dev, dtype=dt).reshape(()) for o in offsets])
+            ds = dvec[:, None].expand(m, n).reshape(-1)
+            d = dvec.to(x.device, x.dtype).reshape(m, *([1] * x.ndim))
+        else:  # made on the device (host_values): a copy from the host would sync a GPU
+            ds = host_values(offsets, device=dev, dtype=dt)[:, None].expand(m, n).reshape(-1)
+            d = host_values(offsets, device=x.device, dtype=x.dtype).reshape(m, *([1] * x.ndim))
         labels = per_sample(self.labels, n, dtype=torch.long, what="NeuralPerception: labels", **rows)
         guidance = per_sample(self.guidance_scale, n, dtype=dt, what="NeuralPerception: guidance_scale", **rows)
         cond = per_sample(self.cond, n, dtype=dt, item_ndim=1, what="NeuralPerception: cond", **rows)
         extra = {} if cond is None else {"cond": cond}
-        with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
+        low = torch.autocast(dev.type, dtype=self.autocast) if self.autocast is not None else contextlib.nullcontext()
+        with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()), low:
             g = self.sidenet(xs, vs, ts, ds, labels, guidance, **extra)
         self.calls += 1
         g = g.reshape(m, *x.shape).to(x.device, x.dtype)
@@ -131,3 +152,56 @@ class NeuralPerception(Perception):
     def __repr__(self) -> str:
         on = "" if self.base is None else f" on {self.base!r}"
         return f"NeuralPerception({type(self.sidenet).__name__}{on})"
+
+
+def _shape_text(shape: Sequence[Any]) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def check_sidenet_state(sidenet: Any, state_shape: Sequence[int], where: str) -> None:
+    """Check that ``sidenet`` reads states of shape ``state_shape`` before any network runs.
+
+    ``state_shape`` is the shape of a batch of states, batch first: ``(B, dim)`` for a vector
+    flow, ``(B, C, H, W)`` for images and latents, ``(B, N, D)`` for packed tokens. What each
+    SideNet reads, from its ``config()`` (docs/algorithm.md#the-sidenet-architecture):
+
+    - ``MLPSideNet(dim)``: any ``(B, *shape)`` with prod(shape) = dim (it flattens each sample);
+    - ``ConvSideNet(in_channels)``: ``(B, C, H, W)`` with C = in_channels, any H and W;
+    - ``TokenSideNet(token_dim)``: ``(B, N, D)`` with D = token_dim, any N.
+
+    A module without a ``config()`` naming one of these classes is not checked (its own forward
+    is the only judge).
+
+    Args:
+        sidenet: the SideNet (or anything with ``config()``).
+        state_shape: the states' shape, batch dimension first.
+        where: who asks, as the user knows it (e.g. ``"--sidenet runs/ring/sidenet.safetensors"``);
+            every message starts with it.
+
+    Raises:
+        ValueError: the SideNet was built for states of another shape, naming ``where``, both
+            shapes and the fix (a SideNet trained on these states).
+    """
+    shape = tuple(int(n) for n in state_shape)
+    if len(shape) < 2:
+        raise ValueError(f"{where}: state_shape must be a batch shape (B, ...), batch first, got {_shape_text(shape)}")
+    config = sidenet.config() if callable(getattr(sidenet, "config", None)) else {}
+    kind = config.get("class") if isinstance(config, dict) else None
+    sample, per_sample_size = shape[1:], math.prod(shape[1:])
+    states = f"the states here have shape {_shape_text(('B',) + sample)}"
+    fix = "pass a SideNet trained on states of this shape (by the backbone that produces them)"
+    if kind == "MLPSideNet":
+        dim = int(config["dim"])
+        if per_sample_size != dim:
+            raise ValueError(f"{where}: this is an MLPSideNet for states of {dim} number(s) per sample (dim = {dim}), "
+                             f"but {states}, {per_sample_size} per sample; {fix}")
+    elif kind == "ConvSideNet":
+        channels = int(config["in_channels"])
+        if len(sample) != 3 or sample[0] != channels:
+            raise ValueError(f"{where}: this is a ConvSideNet for image states (B, {channels}, H, W) "
+                             f"(in_channels = {channels}), but {states}; {fix}")
+    elif kind == "TokenSideNet":
+        token_dim = int(config["token_dim"])
+        if len(sample) != 2 or sample[1] != token_dim:
+            raise ValueError(f"{where}: this is a TokenSideNet for token states (B, N, {token_dim}) "
+                             f"(token_dim = {token_dim}), but {states}; {fix}")
