@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 import time
@@ -44,11 +45,21 @@ from adapters.diffusers_flow.backbone import DiffusersBackbone
 from adapters.diffusers_flow.embeddings import PromptEmbeddings, save_prompt_embeddings
 from adapters.torch_sit.backbones import Backbone
 from adapters.torch_sit.sidenet.chain import ChainConfig, ChainTrainer, sample_batch
+from adapters.torch_sit.files import atomic_write
 from adapters.torch_sit.sidenet.networks import ConvSideNet, TokenSideNet
+from adapters.torch_sit.sidenet.perception import NeuralPerception
+
+from ._common import positive_int
 
 SD3_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
                   num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
                   pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192)
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56))
+FLUX_TINY = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                 num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                 axes_dims_rope=(4, 4, 8))
 SD3_TINY = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=1, attention_head_dim=8, num_attention_heads=2,
                 joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=64, out_channels=16,
                 pos_embed_max_size=16)
@@ -177,6 +188,7 @@ def sd3_size_costs(device: torch.device, config: dict, latent: int, text_tokens:
 
     with torch.no_grad():
         t_ba, t_euler = _timed(step(ba), device, 2, repeats), _timed(step(euler), device, 2, repeats)
+        t_side = _sidenet_ms(sidenet, x1, pp[1:].float(), device, repeats)
 
     prompts = PromptEmbeddings(torch.randn(8, text_tokens, width), torch.randn(8, pooled),
                                torch.zeros(1, text_tokens, width), torch.zeros(1, pooled))
@@ -197,19 +209,93 @@ def sd3_size_costs(device: torch.device, config: dict, latent: int, text_tokens:
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"transformer_parameters": n_params, "sidenet_parameters": n_side, "latent": [channels, latent, latent],
             "transformer_call_cfg_batch2_ms": round(t_call, 2), "ba_single_anchor_step_ms": round(t_ba, 2),
-            "euler_step_ms": round(t_euler, 3), "chain_iteration_4x8_ms": round(t_iter, 1),
+            "euler_step_ms": round(t_euler, 3), "sidenet_three_probes_ms": round(t_side, 3),
+            "sidenet_share_of_sampling": t_side / (t_call + t_ba), "chain_iteration_4x8_ms": round(t_iter, 1),
             "chain_peak_memory_GiB": None if peak is None else round(peak, 1)}
+
+
+def _sidenet_ms(sidenet: torch.nn.Module, x: torch.Tensor, cond: torch.Tensor, device: torch.device,
+                repeats: int) -> float:
+    """One image's SideNet call as a single-anchor step makes it: three probe offsets in one
+    batch (a ``NeuralPerception`` call), in ms."""
+    perception = NeuralPerception(sidenet.to(x.device), cond=cond)
+    v = torch.randn_like(x)
+    with torch.no_grad():
+        return _timed(lambda: perception(x, v, 0.5, (-0.01, -0.02, -0.03)), device, 2, repeats)
+
+
+def flux_size_costs(device: torch.device, tiny_size: bool, repeats: int) -> dict:
+    """Flux-dev's transformer (19 double and 38 single blocks, width 3072; 12B parameters, random,
+    bfloat16, built in bfloat16) on one 1024 px image (4096 packed tokens of 64, 512 text tokens,
+    distilled guidance: no CFG batch), against the default TokenSideNet with Flux's 768-wide
+    pooled embedding: one transformer call, one single-anchor ``BASolverScheduler.step`` and the
+    SideNet's three probes alone; the SideNet's share of a sampling step (call + step)."""
+    from diffusers import FluxTransformer2DModel
+
+    from adapters.diffusers_flow import BASolverScheduler
+
+    config, tokens, text = (FLUX_TINY, 64, 7) if tiny_size else (FLUX_DEV, 4096, 512)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype: 12B float32 parameters would need 48 GB
+    try:
+        with torch.device(device):
+            transformer = FluxTransformer2DModel(**config)
+    finally:
+        torch.set_default_dtype(previous)
+    transformer = transformer.eval().requires_grad_(False)
+    n_params = sum(p.numel() for p in transformer.parameters())
+    width, pooled, channels = config["joint_attention_dim"], config["pooled_projection_dim"], config["in_channels"]
+    g = torch.Generator(device.type).manual_seed(0)
+    x = torch.randn(1, tokens, channels, device=device, dtype=dtype, generator=g)
+    pe = torch.randn(1, text, width, device=device, dtype=dtype, generator=g)
+    pp = torch.randn(1, pooled, device=device, dtype=dtype, generator=g)
+    side = int(math.isqrt(tokens))
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).to(device, dtype)
+    txt_ids = torch.zeros(text, 3, device=device, dtype=dtype)
+    call = dict(hidden_states=x, encoder_hidden_states=pe, pooled_projections=pp, img_ids=img_ids, txt_ids=txt_ids,
+                timestep=torch.full((1,), 0.5, device=device, dtype=dtype), return_dict=False)
+    if config.get("guidance_embeds"):
+        call["guidance"] = torch.full((1,), 3.5, device=device, dtype=dtype)
+    with torch.no_grad():
+        t_call = _timed(lambda: transformer(**call)[0], device, 2, repeats)
+    del transformer
+    torch.manual_seed(0)
+    sidenet = TokenSideNet(channels, cond_dim=pooled).to(device)
+    ba = BASolverScheduler(shift=3.0, sidenet=sidenet)
+    ba.set_timesteps(28)
+    ba.set_condition(cond=pp.float())
+    v = torch.randn_like(x)
+
+    def step():
+        ba._step_index = 3
+        return ba.step(v, ba.timesteps[3], x)
+
+    with torch.no_grad():
+        t_ba = _timed(step, device, 2, repeats)
+    t_side = _sidenet_ms(sidenet, x, pp.float(), device, repeats)
+    return {"transformer_parameters": n_params, "sidenet_parameters": sum(p.numel() for p in sidenet.parameters()),
+            "tokens": [tokens, channels], "transformer_call_ms": round(t_call, 2),
+            "ba_single_anchor_step_ms": round(t_ba, 2), "sidenet_three_probes_ms": round(t_side, 3),
+            "sidenet_share_of_sampling": t_side / (t_call + t_ba)}
+
+
+#: the checks, by name (``--only``)
+CHECKS = ("zero_sidenet_against_euler", "bf16_conditioned_bi_anchor", "train_cli", "sd3_size_costs", "flux_size_costs")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m analysis.gpu_check_diffusers", description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="CPU smoke run with a tiny transformer")
     p.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--only", nargs="+", choices=CHECKS, default=None, help="run these checks only (default: all)")
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run the checks, print each result as JSON, write ``$OUT/gpu_check_diffusers.json``; return the results."""
     args = build_parser().parse_args(argv)
     device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
     if device.type == "cpu":
@@ -222,7 +308,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               ("train_cli", lambda: train_cli(device, 3 if args.tiny else 20)),
               ("sd3_size_costs", lambda: sd3_size_costs(device, SD3_TINY if args.tiny else SD3_MEDIUM,
                                                         16 if args.tiny else 128, 9 if args.tiny else 333,
-                                                        2 if args.tiny else args.repeats, small if args.tiny else {}))]
+                                                        2 if args.tiny else args.repeats, small if args.tiny else {})),
+              ("flux_size_costs", lambda: flux_size_costs(device, args.tiny, 2 if args.tiny else args.repeats))]
+    checks = [(name, fn) for name, fn in checks if args.only is None or name in args.only]
     out_dir = os.environ.get("OUT")
     for name, fn in checks:
         start = time.perf_counter()
@@ -233,9 +321,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results[name + "_wall_s"] = round(time.perf_counter() - start, 1)
         print(name, json.dumps(results[name]), flush=True)
         if out_dir:
-            Path(out_dir, "gpu_check_diffusers.json").write_text(json.dumps(results, indent=1) + "\n")
-    return 0
+            atomic_write(Path(out_dir, "gpu_check_diffusers.json"), (json.dumps(results, indent=1) + "\n").encode())
+    return results
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

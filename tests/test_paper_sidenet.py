@@ -1,4 +1,5 @@
-"""The paper's SideNet size (adapters/torch_sit/sidenet/paper.py).
+"""The paper's SideNet size (adapters/torch_sit/sidenet/paper.py, ``design="table4"``; the
+default patch design is counted in tests/test_patch_sidenet.py).
 
 Truths used: Table 4 (input 4 channels, base 128, time embedding 256, 4 layers at 256 px and 8
 at 512 px), the paper's "about 6M parameters" and REPA SiT-XL/2's 683,242,512 parameters, and a
@@ -30,7 +31,7 @@ def counted_by_hand(layers: int, classes: int = 1000, guidance: bool = False, c:
 
 @pytest.mark.parametrize("guidance", [False, True])
 def test_256px_sidenet_is_the_papers_size(guidance):
-    net = paper_sidenet(resolution=256, guidance=guidance)
+    net = paper_sidenet(resolution=256, guidance=guidance, design="table4")
     cfg = net.config()
     assert (cfg["in_channels"], cfg["base_channels"], cfg["time_embed_dim"], cfg["num_layers"]) == (4, 128, 256, 4)
     assert cfg["num_classes"] == 1000 and cfg["guidance"] is guidance
@@ -41,11 +42,11 @@ def test_256px_sidenet_is_the_papers_size(guidance):
 
 
 def test_512px_has_8_layers_and_backbone_defaults():
-    assert paper_sidenet_config(resolution=512)["num_layers"] == 8
-    n = sum(p.numel() for p in paper_sidenet(resolution=512).parameters())
+    assert paper_sidenet_config(resolution=512, design="table4")["num_layers"] == 8
+    n = sum(p.numel() for p in paper_sidenet(resolution=512, design="table4").parameters())
     assert n == counted_by_hand(8)
     tiny = get_backbone("repa-sit-tiny")
-    cfg = paper_sidenet_config(tiny, guidance=True)
+    cfg = paper_sidenet_config(tiny, guidance=True, design="table4")
     assert cfg["num_classes"] == 10 and cfg["in_channels"] == 4 and cfg["num_layers"] == 4
     assert build_sidenet(cfg).config() == cfg
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
@@ -53,7 +54,7 @@ def test_512px_has_8_layers_and_backbone_defaults():
 
 
 def test_untrained_paper_sidenet_returns_zero():
-    net = paper_sidenet(resolution=256, num_classes=3)
+    net = paper_sidenet(resolution=256, num_classes=3, design="table4")
     x = torch.randn(2, 4, 8, 8)
     g = net(x, torch.randn_like(x), torch.tensor([0.9, 0.3]), torch.tensor([-0.1, 0.2]), torch.tensor([0, 3]))
     assert torch.equal(g, torch.zeros_like(x))  # the zero-initialised output layer gives exact zeros

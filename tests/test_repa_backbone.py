@@ -201,3 +201,34 @@ def test_backbone_from_a_checkpoint_file(tmp_path):
     t = torch.tensor([0.9, 0.5, 0.3])
     # the weights pass through the file untouched: the same arithmetic on the same numbers
     assert torch.equal(bb(t, x, labels=y, guidance_scale=2.0), src(t, x, labels=y, guidance_scale=2.0))
+
+
+class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the ops that read a tensor's value back to the host (a sync on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._overloadpacket in (torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("t", [0.9, 0.7, 0.3])
+def test_a_float_time_is_decided_on_the_host_with_the_per_sample_result(t):
+    """The sampling call (one float time, one scale) reads nothing back from the device once its
+    labels were checked, and gives what the per-sample path gives for that time."""
+    bb = get_backbone("repa-sit-tiny", seed=7)
+    x, y = noise_and_labels()
+    with HostReads() as first:
+        bb.module(t, x, labels=y, guidance_scale=2.0)
+    with HostReads() as second:
+        got = bb.module(t, x, labels=y, guidance_scale=2.0)
+    assert len(first.reads) >= 1 and second.reads == []  # the labels are read once
+    want = bb.module(torch.full((3,), t, dtype=torch.float64), x, labels=y, guidance_scale=2.0)
+    # the same rows through the same network and the same combination: the same numbers
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match=r"labels y must lie in \[0, 10\]"):
+        bb.module(t, x, labels=torch.tensor([0, 1, 11]), guidance_scale=2.0)

@@ -163,10 +163,16 @@ def load_backbone_checkpoint(path: Path, arch: dict) -> tuple[int, dict, dict]:
 
 def train_backbone(out: "str | Path", recipe: BackboneRecipe = BackboneRecipe(),
                    config: SiTConfig = DIGITS_SIT_CONFIG, *, ckpt_every: int = 500, resume: Optional[bool] = None,
-                   progress: bool = True, log: Callable[..., None] = print) -> Path:
-    """Train the digits SiT (module docstring); returns the written ``digits_sit.safetensors``."""
+                   progress: bool = True, log: Callable[..., None] = print,
+                   data: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                   command: str = "python -m adapters.torch_sit.digits.train backbone") -> Path:
+    """Train the digits SiT (module docstring); returns the written ``digits_sit.safetensors``.
+
+    ``data``: ``(images, labels)`` to train on instead of the digits' training split (the lifted
+    latent digits of :mod:`.latent`), shaped as ``config`` reads them; ``command`` is recorded in
+    the sidecar."""
     out = Path(out)
-    images, labels = load_digits_split("train")
+    images, labels = load_digits_split("train") if data is None else data
     torch.manual_seed(recipe.seed)
     model = SiT(config, zero_init=True, generator=torch.Generator().manual_seed(recipe.seed))
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.999), weight_decay=0.0)
@@ -214,7 +220,7 @@ def train_backbone(out: "str | Path", recipe: BackboneRecipe = BackboneRecipe(),
     report = {"parameters": n_params, "iterations_this_run": done,
              "wall_time_s": round(wall, 1), "iterations_per_s": round(done / wall, 2) if wall > 0 else None,
              "torch_threads": torch.get_num_threads(), "final_loss": last_loss,
-             "command": "python -m adapters.torch_sit.digits.train backbone"}
+             "command": command}
     path = out / shipped_path("backbone").name
     digest = save_model(path, model.eval(), "backbone", arch, dataclasses.asdict(recipe), report)
     log(f"done: {done} iterations in {wall:.0f} s ({done / max(wall, 1e-9):.2f} it/s); wrote {path} (sha256 {digest})")

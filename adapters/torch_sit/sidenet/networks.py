@@ -18,13 +18,20 @@ Two architectures (paper Appendix E, Table 4; docs/algorithm.md#the-sidenet-arch
   global self-attention, and a zero-initialised output convolution. The paper's setting is base
   channels 128, time embedding 256, 4 layers (256 px) / 8 (512 px), about 6M parameters.
 
+  With ``patch=p`` its blocks run at 1/p of the resolution (a stride-p input convolution), and a
+  light full-resolution head (a pixel shuffle, the inputs again, one AdaGN ResBlock) gives g back
+  at full resolution: the patch design, the default latent SideNet (``paper_sidenet_config``,
+  docs/algorithm.md#the-sidenet-architecture).
+
 - :class:`TokenSideNet` for token states ``(B, N, D)`` (the packed latents of a Flux pipeline:
   each token a 2x2 patch of the latent, its channels folded into D): a per-token MLP on
   concat(x, v) with AdaLN conditioning and global self-attention over the tokens; it needs no
   image size.
 
-All zero-initialise their output layer, so an untrained SideNet returns g = 0 exactly and its
-perception is the anchor-only one (v_hat = v). All take ``forward(x, v, t, d, labels=None,
+Every attention lays q, k and v out ``(B, heads, tokens, head_dim)`` with the head dimension
+contiguous, the layout PyTorch's fused attention kernels take (no tokens x tokens score matrix on
+a GPU). All zero-initialise their output layer, so an untrained SideNet returns g = 0 exactly and
+its perception is the anchor-only one (v_hat = v). All take ``forward(x, v, t, d, labels=None,
 guidance=None, cond=None)`` with t and d per-sample tensors of shape ``(B,)`` (or scalars) and
 return g with the shape of x. ``cond`` is a conditioning vector per sample ``(B, cond_dim)`` for
 a SideNet built with ``cond_dim`` (a text-conditioned backbone's pooled prompt embedding); it
@@ -48,6 +55,7 @@ from torch import nn
 
 __all__ = [
     "per_sample",
+    "host_values",
     "MLPSideNet",
     "ConvSideNet",
     "TokenSideNet",
@@ -113,6 +121,11 @@ def per_sample(value: Any, n: int, *, blocks: int = 1, device: Any = None, dtype
     """
     if value is None:
         return None
+    if isinstance(value, (Real, np.number)) and not isinstance(value, (bool, np.bool_)) and item_ndim == 0:
+        # filled on the device: torch.as_tensor would copy a host scalar there, and a copy from
+        # host memory waits for the device (a host sync per call on a GPU)
+        return torch.full((blocks * n,), value.item() if isinstance(value, np.number) else value, dtype=dtype,
+                          device=device)
     v = torch.as_tensor(value, dtype=dtype, device=device)
     if v.ndim == item_ndim or (item_ndim == 0 and v.numel() == 1):
         v = v.reshape(v.shape if item_ndim else ())
@@ -122,6 +135,17 @@ def per_sample(value: Any, n: int, *, blocks: int = 1, device: Any = None, dtype
     item = "one number" if item_ndim == 0 else f"one tensor of {item_ndim} dimension(s)"
     raise ValueError(f"{what}: expected {item} for the whole batch or one per sample (first axis {n}), "
                      f"got shape {tuple(v.shape)}")
+
+
+def host_values(values: Any, *, device: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A ``(len(values),)`` tensor of host numbers on ``device``. Off the CPU it is made by one
+    fill per value and a concatenation: ``torch.tensor(values, device=...)`` copies from host
+    memory, and on a GPU such a copy waits for the device (a host sync per call, and nothing a
+    CUDA graph can capture)."""
+    values = [float(v) for v in values]
+    if torch.device(device).type == "cpu":
+        return torch.tensor(values, dtype=dtype)
+    return torch.cat([torch.full((1,), v, dtype=dtype, device=device) for v in values])
 
 
 def _inputs(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, path_features: bool) -> torch.Tensor:
@@ -371,6 +395,20 @@ def _groups(channels: int, max_groups: int = 32) -> int:
     return g
 
 
+def group_norm(norm: nn.GroupNorm, h: torch.Tensor) -> torch.Tensor:
+    """``norm(h)`` computed in h's dtype. Under autocast ``F.group_norm`` is one of the ops cast
+    to float32, so a bfloat16 activation would come back in float32 and every elementwise op
+    after it (the AdaGN modulation, SiLU) would run in float32 with a cast before the next
+    convolution: twice the bytes. The aten kernel called here is not on autocast's lists, and it
+    accumulates the statistics in float32 for a bfloat16 input anyway. In float32 it is the same
+    computation as ``norm(h)``."""
+    b, c = h.shape[:2]
+    w = None if norm.weight is None else norm.weight.to(h.dtype)
+    bias = None if norm.bias is None else norm.bias.to(h.dtype)
+    return torch.ops.aten.native_group_norm(h.contiguous(), w, bias, b, c, h[0, 0].numel(), norm.num_groups,
+                                            norm.eps)[0]
+
+
 class AdaGN(nn.Module):
     """Adaptive group normalisation: GN(h) * (1 + scale(c)) + shift(c), per channel."""
 
@@ -381,7 +419,7 @@ class AdaGN(nn.Module):
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         scale, shift = self.proj(c)[:, :, None, None].chunk(2, dim=1)
-        return self.norm(h) * (1 + scale) + shift
+        return group_norm(self.norm, h) * (1 + scale.to(h.dtype)) + shift.to(h.dtype)
 
 
 class ResBlock(nn.Module):
@@ -401,7 +439,15 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Global multi-head self-attention over the H*W positions, residual, pre-GroupNorm."""
+    """Global multi-head self-attention over the H*W positions, residual, pre-GroupNorm.
+
+    The positions are taken as tokens ``(B, H*W, C)`` and q, k, v laid out ``(B, heads, H*W,
+    C / heads)`` with the head dimension contiguous (stride 1), the layout the fused attention
+    kernels read, so on a GPU no (H*W) x (H*W) score matrix is materialised. The 1 x 1
+    convolutions ``qkv`` and ``proj`` are applied as the equal matrix products on the tokens;
+    their weights keep the Conv2d shapes, so SideNets saved before this layout load unchanged
+    and compute the same function (up to float rounding).
+    """
 
     def __init__(self, channels: int, num_heads: int):
         super().__init__()
@@ -414,9 +460,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         b, ch, hh, ww = h.shape
-        q, k, v = self.qkv(self.norm(h)).reshape(b, 3, self.num_heads, ch // self.num_heads, hh * ww).unbind(1)
-        a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return h + self.proj(a.transpose(-1, -2).reshape(b, ch, hh, ww))
+        tokens = group_norm(self.norm, h).flatten(2).transpose(1, 2)  # (B, N, C)
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)  # channel s C + head dh + j
+        q, k, v = qkv.reshape(b, hh * ww, 3, self.num_heads, ch // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, hh * ww, ch)
+        return h + F.linear(a, self.proj.weight.flatten(1), self.proj.bias).transpose(1, 2).reshape(b, ch, hh, ww)
 
 
 class ConvSideNet(_SideNetBase):
@@ -444,6 +492,14 @@ class ConvSideNet(_SideNetBase):
         path_features: also read x0_hat = x - t v and eps_hat = x + (1 - t) v (4C input channels).
         base_perception: the training-free perception the SideNet corrects (see :class:`MLPSideNet`).
         cond_dim: size of a per-sample conditioning vector (``forward(..., cond=)``), or None.
+        patch: 1 (Table 4: every block at the state's resolution) or p > 1: the blocks run at
+            1/p of it. The input convolution then has stride p (kernel p + 2 (p // 2), so each
+            position also sees a border around its p x p patch), and a light head works at full
+            resolution again: a 3x3 convolution to ``base_channels // 2`` channels per pixel put
+            back as p x p patches (a pixel shuffle), concatenated with the inputs, a 3x3
+            convolution, one AdaGN ResBlock, GroupNorm, SiLU and the zero-initialised 3x3 output
+            convolution. H and W must be multiples of p. Configs leave the key out at 1, so they
+            equal those written before it existed.
     """
 
     def __init__(
@@ -461,6 +517,7 @@ class ConvSideNet(_SideNetBase):
         path_features: bool = False,
         base_perception: str = "anchor-only",
         cond_dim: Optional[int] = None,
+        patch: int = 1,
     ):
         super().__init__()
         me = "ConvSideNet"
@@ -479,16 +536,28 @@ class ConvSideNet(_SideNetBase):
                             offset_log_sign=_flag(me, "offset_log_sign", offset_log_sign),
                             path_features=self.path_features, base_perception=_check_base(base_perception))
         self._config = _with_cond_dim(self._config, cond_dim)
+        self.patch = _whole(me, "patch", patch, 1)
+        if self.patch > 1:
+            self._config["patch"] = self.patch
         num_classes, max_freq = self._config["num_classes"], self._config["max_freq"]
         self.cond = _Conditioning(time_embed_dim, time_embed_dim, max_freq, offset_log_sign, num_classes, guidance, cond_dim)
-        self.conv_in = nn.Conv2d((4 if path_features else 2) * in_channels, base_channels, 3, padding=1)
+        p, n_in = self.patch, (4 if path_features else 2) * in_channels
+        self.conv_in = (nn.Conv2d(n_in, base_channels, 3, padding=1) if p == 1 else
+                        nn.Conv2d(n_in, base_channels, p + 2 * (p // 2), stride=p, padding=p // 2))
         self.blocks = nn.ModuleList()
         for _ in range(num_layers):
             for _ in range(res_blocks):
                 self.blocks.append(ResBlock(base_channels, time_embed_dim))
             self.blocks.append(SelfAttention(base_channels, num_heads))
         self.norm_out = nn.GroupNorm(_groups(base_channels), base_channels)
-        self.conv_out = nn.Conv2d(base_channels, in_channels, 3, padding=1)
+        head = base_channels
+        if p > 1:  # back to full resolution: features per pixel, the inputs, a conditioned block
+            head = max(base_channels // 2, 1)
+            self.up = nn.Conv2d(base_channels, head * p * p, 3, padding=1)
+            self.refine = nn.Conv2d(head + n_in, head, 3, padding=1)
+            self.head_block = ResBlock(head, time_embed_dim)
+            self.head_norm = nn.GroupNorm(_groups(head), head)
+        self.conv_out = nn.Conv2d(head, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -506,10 +575,17 @@ class ConvSideNet(_SideNetBase):
             raise ValueError(f"ConvSideNet: expected states of shape (B, C, H, W), got {tuple(x.shape)}")
         t, d, labels, guidance = self._prepare(x, t, d, labels, guidance)
         c = F.silu(self.cond(t, d, labels, guidance, cond))
-        h = self.conv_in(_inputs(x, v, t, self.path_features))
+        if x.shape[2] % self.patch or x.shape[3] % self.patch:
+            raise ValueError(f"ConvSideNet: H and W must be multiples of the patch size {self.patch}, got {tuple(x.shape)}")
+        inputs = _inputs(x, v, t, self.path_features)
+        h = self.conv_in(inputs)
         for block in self.blocks:
             h = block(h, c) if isinstance(block, ResBlock) else block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        if self.patch == 1:
+            return self.conv_out(F.silu(group_norm(self.norm_out, h)))
+        u = F.pixel_shuffle(self.up(F.silu(group_norm(self.norm_out, h))), self.patch)
+        f = self.head_block(self.refine(torch.cat([u, inputs.to(u.dtype)], dim=1)), c)
+        return self.conv_out(F.silu(group_norm(self.head_norm, f)))
 
 
 class TokenBlock(nn.Module):

@@ -26,7 +26,9 @@ the process setting alone, ``False`` forces full float32 matmuls); ``autocast="b
 under bfloat16 autocast instead. The weights stay float32, inputs are cast to the weights' dtype
 and the velocity is returned in the state's dtype, so a float64 solver state works (the guidance
 combination is then formed in float64, as REPA's sampler does). :meth:`SiTBackbone.vfield`
-passes the solver's time as a float64 tensor, so the interval test sees the exact grid time.
+passes the solver's time as a Python float, so the interval test sees the exact grid time and is
+decided on the host: a sampling call reads nothing back from the device (the label values are
+checked once per labels tensor).
 
 Registered backbones (:func:`adapters.torch_sit.backbones.get_backbone`):
 
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from numbers import Real
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -95,6 +98,11 @@ def matmul_precision(device: torch.device, tf32: Optional[bool]) -> Iterator[Non
         torch.set_float32_matmul_precision(old)
 
 
+def _number(value: Any) -> bool:
+    """A Python or numpy real number (not a bool, not a tensor)."""
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
 class GuidedSiT(nn.Module):
     """``forward(t, x, labels=None, guidance_scale=None) -> v`` with interval guidance (module doc).
 
@@ -123,6 +131,7 @@ class GuidedSiT(nn.Module):
         self.tf32 = tf32
         self.calls = 0
         self.rows = 0
+        self._labels_checked: tuple = (None, -1)
 
     @property
     def config(self) -> SiTConfig:
@@ -134,6 +143,8 @@ class GuidedSiT(nn.Module):
         if isinstance(value, torch.Tensor):
             v = value.to(device)
             v = v.to(dtype) if dtype.is_floating_point and not v.is_floating_point() else v
+        elif _number(value):  # filled on the device (torch.as_tensor would copy from the host: a sync)
+            return torch.full((n,), value, dtype=dtype, device=device)
         else:
             v = torch.as_tensor(value, dtype=dtype, device=device)
         if v.numel() == 1:
@@ -153,7 +164,7 @@ class GuidedSiT(nn.Module):
         p = self.model.x_embedder.proj.weight
         ctx = torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
         with matmul_precision(x.device, self.tf32), ctx:
-            return self.model(x.to(p.dtype), t.to(p.dtype), y)
+            return self.model(x.to(p.dtype), t.to(p.dtype), y, check_labels=False)  # checked by _check_labels
 
     def forward(self, t: Any, x: torch.Tensor, labels: Any = None, guidance_scale: Any = None) -> torch.Tensor:
         """v(x, t) with labels ``(B,)`` (or one label) and an optional guidance scale (a float or
@@ -166,35 +177,57 @@ class GuidedSiT(nn.Module):
             raise ValueError(f"labels: this backbone is class-conditional; pass labels=... (class indices in "
                              f"[0, {self.config.num_classes}), or {self.config.num_classes} for the null class)")
         y = self._per_sample(labels, b, x.device, "labels", torch.long)
-        mask = self.guided(tt, guidance_scale)
-        idx = mask.nonzero().reshape(-1)
+        self._check_labels(labels, y)
+        if _number(t) and (guidance_scale is None or _number(guidance_scale)):
+            # one time and one scale for the whole batch (sampling): decided on the host, so the
+            # call reads nothing back from the device
+            every = guidance_scale is not None and guidance_scale > 1.0 and self.guidance_low <= t <= self.guidance_high
+            idx, guided = None, b if every else 0
+        else:
+            idx = self.guided(tt, guidance_scale).nonzero().reshape(-1)
+            guided = idx.numel()
+            every = guided == b  # the whole batch at one time inside the interval
         self.calls += 1
-        self.rows += b + idx.numel()
-        if idx.numel() == 0:
+        self.rows += b + guided
+        if guided == 0:
             return self._network(x, tt, y).to(x.dtype)
         null = self.model.null_class
         if null is None:
             raise ValueError("guidance_scale > 1 needs a null class, but this SiT's label table has none "
                              "(class_dropout_prob = 0); use guidance_scale=None")
-        every = idx.numel() == b  # the sampling case: the whole batch at one time inside the interval
         x_in = torch.cat([x, x if every else x[idx]])
         t_in = torch.cat([tt, tt if every else tt[idx]])
-        y_in = torch.cat([y, torch.full((idx.numel(),), null, dtype=y.dtype, device=y.device)])
+        y_in = torch.cat([y, torch.full((guided,), null, dtype=y.dtype, device=y.device)])
         out = self._network(x_in, t_in, y_in).to(x.dtype)
         cond, uncond = out[:b], out[b:]
+        if idx is None:
+            return uncond + float(guidance_scale) * (cond - uncond)
         s = self._per_sample(guidance_scale, b, x.device, "guidance_scale", torch.float64)[idx].to(x.dtype)
         s = s.reshape(-1, *([1] * (x.ndim - 1)))
         return cond.index_copy(0, idx, uncond + s * (cond[idx] - uncond))
 
+    def _check_labels(self, labels: Any, y: torch.Tensor) -> None:
+        """The label values checked by the SiT once per labels tensor: a tensor already checked
+        and not written since (the same object at the same version, as in every step of one
+        solve) is not read again, so a solve reads its labels back from the device once."""
+        if isinstance(labels, torch.Tensor) and self._labels_checked[0] is labels \
+                and self._labels_checked[1] == labels._version:
+            return
+        self.model.check_label_values(y)
+        if isinstance(labels, torch.Tensor):
+            self._labels_checked = (labels, labels._version)
+
 
 @dataclasses.dataclass
 class SiTBackbone(Backbone):
-    """A :class:`Backbone` whose ``vfield`` passes the time as float64, so the guidance-interval
-    test sees the solver's exact grid time (the network itself gets float32)."""
+    """A :class:`Backbone` whose ``vfield`` passes the solver's time as a Python float, so the
+    guidance-interval test sees the exact grid time and is made on the host (the network itself
+    gets the time in float32, filled on the device): a solve's backbone calls read nothing back
+    from the device."""
 
     def vfield(self, **cond: Any) -> Callable[[float, torch.Tensor], torch.Tensor]:
         def field_(t: float, x: torch.Tensor) -> torch.Tensor:
-            return self.fn(torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device), x, **cond)
+            return self.fn(float(t), x, **cond)
 
         return field_
 

@@ -384,7 +384,8 @@ class SiT(nn.Module):
         x = tokens.reshape(tokens.shape[0], side, side, p, p, c)
         return x.permute(0, 5, 1, 3, 2, 4).reshape(tokens.shape[0], c, side * p, side * p)
 
-    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                      check_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
@@ -404,14 +405,26 @@ class SiT(nn.Module):
         y = y.reshape(()).expand(n) if y.numel() == 1 else y
         if tuple(y.shape) != (n,):
             raise ValueError(f"SiT: y must be a scalar or of shape ({n},), got {tuple(y.shape)}")
-        rows = self.y_embedder.embedding_table.num_embeddings
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= rows):
-            null = f"; {cfg.num_classes} is the null class" if rows > cfg.num_classes else " (this model has no null class)"
-            raise ValueError(f"SiT: labels y must lie in [0, {rows - 1}]{null}; got values in "
-                             f"[{int(y.min())}, {int(y.max())}]")
+        if check_labels:
+            self.check_label_values(y)
         return t, y
 
-    def forward(self, x: torch.Tensor, t: Any, y: Any, return_features: bool = False):
+    def check_label_values(self, y: torch.Tensor) -> None:
+        """Refuse labels outside the label table (one read of y's range from its device).
+
+        Raises:
+            ValueError: naming the valid range and the null class.
+        """
+        rows = self.y_embedder.embedding_table.num_embeddings
+        if y.device.type == "meta":  # no values to check (a structure-only run, e.g. analysis.cost_model)
+            return
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= rows):
+            null = f"; {self.config.num_classes} is the null class" if rows > self.config.num_classes else \
+                " (this model has no null class)"
+            raise ValueError(f"SiT: labels y must lie in [0, {rows - 1}]{null}; got values in "
+                             f"[{int(y.min())}, {int(y.max())}]")
+
+    def forward(self, x: torch.Tensor, t: Any, y: Any, return_features: bool = False, check_labels: bool = True):
         """The velocity v(x, t, y), shape of x.
 
         Args:
@@ -420,8 +433,11 @@ class SiT(nn.Module):
             y: class labels ``(N,)`` (or a scalar), ``num_classes`` for the null class.
             return_features: also run the projector heads and return ``(v, [z_1, ...])`` with
                 z_k of shape ``(N, T, z_dims[k])`` (REPA's alignment features).
+            check_labels: check the label values (a read from y's device, a host sync on a GPU);
+                False for a caller that checked them already (:class:`~adapters.torch_sit.sit.backbone.GuidedSiT`
+                checks each labels tensor once).
         """
-        t, y = self._check_inputs(x, t, y)
+        t, y = self._check_inputs(x, t, y, check_labels)
         h = self.x_embedder(x) + self.pos_embed
         c = self.t_embedder(t) + self.y_embedder(y)
         features = None
