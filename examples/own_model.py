@@ -1,6 +1,7 @@
 """Use your own model: wrap a torch velocity model, train a SideNet for it, sample and compare.
 
     python examples/own_model.py                  # about 5 minutes on 2 CPU cores
+    python examples/own_model.py --minutes 2      # the SideNet trained for a 2-minute budget instead
     python examples/own_model.py --quick          # a smoke run in seconds (the test suite's size)
 
 The "own model" here is a small MLP velocity field v(t, x) trained in this script by flow matching
@@ -10,7 +11,8 @@ called ``model(t, x)`` with t a (B,) tensor of flow times (t = 1 noise, t = 0 da
 1. wrap it: ``Backbone.from_module(model, name, state_shape)`` (one probe call checks the
    ``(t, x)`` order and the output's shape and dtype);
 2. train a SideNet with the measured recipe: ``recipe_for(backbone)`` and ``train(...)``
-   (checkpoints every ``ckpt_every`` iterations; rerunning resumes);
+   (it starts as the training-free default and says how long its iterations take; ``minutes=``
+   trains for a time budget; checkpoints every ``ckpt_every`` iterations; rerunning resumes);
 3. sample with ``NeuralPerception`` through ``baquad.solve`` and compare with Euler, UniPC and the
    training-free BA-solver at the same NFE, against a tight reference solution of the model's ODE;
 4. tune the grid on held-out noises and record it with the SideNet (``set_sidenet_grid``), so
@@ -92,7 +94,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: short training, few samples")
     parser.add_argument("--out", default="runs/example-own-model", help="the SideNet's training directory")
-    parser.add_argument("--iters", type=int, default=1500, help="SideNet training iterations (the recipe's: 4000)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--iters", type=int, default=1500, help="SideNet training iterations (the recipe's: 4000)")
+    budget.add_argument("--minutes", type=float, default=None,
+                        help="train the SideNet for this time budget instead (converted once into iterations)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     torch.manual_seed(0)
@@ -106,9 +111,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     backbone = Backbone.from_module(model, "two-moons-mlp", state_shape=(2,))
 
     # 2. train a SideNet with the measured recipe (trunc-exp intervals, loss / |h|, EMA, a SideNet
-    #    sized to about 2% of the backbone); checkpoints every 100 iterations, reruns resume
+    #    sized to about 2% of the backbone, a residual on the training-free default perception);
+    #    checkpoints every 100 iterations, reruns resume; minutes= trains for a time budget
     cfg, arch = recipe_for(backbone, iters=args.iters, quick=args.quick)
-    train(cfg, backbone=backbone, out=out, sidenet_config=arch, ckpt_every=100, log=print)
+    train(cfg, backbone=backbone, out=out, sidenet_config=arch, ckpt_every=100, log=print, minutes=args.minutes)
     sidenet = load_sidenet(out / "sidenet.safetensors")  # the exported (EMA) weights
     perception = NeuralPerception(sidenet)
 

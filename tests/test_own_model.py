@@ -82,6 +82,62 @@ def test_recipe_for_a_backbone_object_is_the_measured_recipe():
     plain = ChainConfig()
     assert any(getattr(plain, k) != v for k, v in measured.items())  # not the dataclass defaults
     assert arch["class"] == "MLPSideNet" and arch["path_features"] is True
+    assert arch["base_perception"] == "polynomial"  # starts from the training-free default
+
+
+def own_backbones():
+    sys.path.insert(0, str(HERE))
+    try:
+        import _own_backbone
+    finally:
+        sys.path.remove(str(HERE))
+    return _own_backbone
+
+
+@pytest.mark.parametrize("kind", ["vector", "image"])
+def test_an_untrained_recipe_sidenet_samples_as_the_training_free_default(kind):
+    """What ``recipe_for`` gives a user's own model starts as ``baquad.solve``'s default: the
+    SideNet is a residual on the polynomial perception with a zero output layer, so before any
+    training v_hat = P(t + d) + d * 0 = P(t + d) exactly; the BA-solver then sums the same
+    predictions with the same weights in another order (the default folds the weights into the
+    anchor velocities), which moves each interval's update by a few ulps of the state and
+    velocity magnitudes. The bound: 8 ulps per interval of the largest magnitude of x and
+    h * sum(w) * max|v|, both at most the state's scale here, over NFE intervals, doubled for the
+    field's amplification of earlier differences (Lipschitz constant below 1 on [0, 1]: the
+    networks subtract x and their weights are below 0.5)."""
+    import baquad
+    from adapters.torch_sit.sidenet.networks import build_sidenet
+    from adapters.torch_sit.sidenet.perception import NeuralPerception
+    from baquad.schedules import nfe_grid
+
+    sys.path.insert(0, str(HERE))
+    try:
+        from _ulps import ulps
+    finally:
+        sys.path.remove(str(HERE))
+    mod = own_backbones()
+    if kind == "vector":
+        backbone, noise = mod.make_backbone(width=64), torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    else:
+        backbone = mod.make_image_backbone()
+        noise = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    with pytest.warns(UserWarning, match="SideNet"):  # the smallest SideNets are larger than these toy models
+        cfg, arch = recipe_for(backbone)
+    assert arch["base_perception"] == "polynomial" and arch["class"] == ("MLPSideNet" if kind == "vector" else
+                                                                          "ConvSideNet")
+    torch.manual_seed(cfg.seed)  # as train() builds it before its first step
+    untrained = NeuralPerception(build_sidenet(arch))
+    plain = NeuralPerception(build_sidenet({**arch, "base_perception": "anchor-only"}))  # the old start
+    field = backbone.vfield()
+    for nfe in (5, 8):
+        ts = nfe_grid("ba-solver", nfe)
+        default = baquad.solve(field, noise, ts).x  # the training-free default perception
+        got = baquad.solve(field, noise, ts, perception=untrained).x
+        tol = ulps(2 * 8 * nfe, torch.float32, default, noise)
+        assert float((got - default).abs().max()) <= tol, (nfe, float((got - default).abs().max()), tol)
+        # an anchor-only start is another solver: far outside the bound (the test can fail)
+        off = float((baquad.solve(field, noise, ts, perception=plain).x - default).abs().max())
+        assert off > 100 * tol, (nfe, off, tol)
 
 
 def run_train(args, cwd):

@@ -48,9 +48,9 @@ import torch
 from baquad.reference import reference_solve
 
 from ...commandline import HelpFormatter, json_object
-from ..backbones import Backbone, backbone_names, get_backbone
+from ..backbones import Backbone, backbone_names
 from ..files import InvalidFile, atomic_write, content_hash, read_header, read_tensors, serialise
-from ..sidenet.train import backbone_from_factory
+from ..sidenet.train import backbone_from_flag
 
 __all__ = ["TeacherSet", "ROLES", "backbone_identity", "build_teacher", "load_teacher", "add_backbone_flags",
            "backbone_from_args", "build_parser", "main"]
@@ -348,15 +348,7 @@ def backbone_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
     kwargs = dict(args.backbone_kwargs or {})
     if args.ckpt is not None:
         kwargs["ckpt"] = args.ckpt
-    if ":" in args.backbone:
-        return backbone_from_factory(args.backbone, parser, **kwargs)
-    if args.backbone not in backbone_names():
-        parser.error(f"--backbone: unknown backbone {args.backbone!r}; registered: {', '.join(backbone_names())}; "
-                     "or pass your own as module:factory (docs/own-model.md)")
-    try:
-        return get_backbone(args.backbone, **kwargs)
-    except (TypeError, ValueError, FileNotFoundError) as err:
-        parser.error(f"--backbone {args.backbone}: {err}")
+    return backbone_from_flag(args.backbone, parser, **kwargs)
 
 
 def _positive_int(text: str) -> int:

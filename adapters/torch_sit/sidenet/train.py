@@ -25,6 +25,15 @@ Output directory:
     summary.json                     wall time, backbone calls, parameter counts
     previous-run-<k>/                the files of a run a fresh start set aside (below)
 
+How long: the run times its first iterations on this machine and says how long its iterations
+will take. ``--minutes M`` (``train(..., minutes=M)``; not with ``--iters``) is a time budget:
+before the loop, :data:`~adapters.torch_sit.budget.PROBE_ITERS` iterations are timed on the run's
+state, which is then restored, and the budget becomes the iteration count N = max(PROBE_ITERS,
+floor(60 M / s)) for s seconds per iteration (the first timed iteration left out;
+:mod:`adapters.torch_sit.budget`), once: N is recorded in every checkpoint, and a resumed run
+keeps it whatever the machine's speed is then (resuming stays bitwise; the budgeted run is the
+run of ``--iters N``).
+
 Resuming: ``--resume``, or automatically when the output directory holds a checkpoint (the run
 says so). The SideNet architecture and the recipe default to the checkpoint's; an explicitly
 different architecture is refused, naming the differing keys, and so is ``--iters`` below the
@@ -47,7 +56,9 @@ ever written: the last checkpoint stays the last good one).
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import dataclasses
 import inspect
 import io
 import json
@@ -64,6 +75,7 @@ import torch
 import torch.distributed as dist
 
 from ...commandline import HelpFormatter, add_dataclass_flags, dataclass_kwargs, json_object, load_object
+from ..budget import PROBE_ITERS, check_minutes, clock, iterations_for, say_duration, seconds_per_iteration
 from ..backbones import Backbone, CountingBackbone, backbone_names, get_backbone
 from .chain import ChainConfig, ChainTrainer, sample_batch, valid_pairs
 from ..files import atomic_write
@@ -74,7 +86,7 @@ from .rundir import (BackboneMismatch, backbone_identity, check_backbone, remove
                      set_previous_run_aside)
 
 __all__ = ["train", "TrainResult", "default_sidenet_config", "recipe_for", "RECIPES", "main",
-           "build_parser", "run_parsed", "backbone_from_factory", "OWN_COMMANDS"]
+           "build_parser", "run_parsed", "backbone_from_factory", "backbone_from_flag", "OWN_COMMANDS"]
 
 LOG_FIELDS = ("step", "loss", "loss_forward", "loss_backward", "lr", "grad_norm", "intervals",
               "backbone_calls", "elapsed_s")
@@ -176,8 +188,13 @@ RECIPES: dict[str, dict] = {
                                batch_size=256, ema_decay=0.99),
                     sidenet=dict(path_features=True, base_perception="polynomial")),
     # REPA's SiT-XL/2 (docs/imagenet.md): the paper's settings (Table 4: chain length 8,
-    # Gauss-Legendre-3 simulation, global batch 4096, 250 iterations at 256 px and 500 at 512 px,
-    # the Table 4 ConvSideNet, here conditioned on the guidance scale and trained over the guidance
+    # Gauss-Legendre-3 simulation, global batch 4096, 250 iterations at 256 px and 500 at 512 px),
+    # with the patch design of paper_sidenet_config in place of Table 4's ConvSideNet (one Table 4
+    # layer on 2 x 2 patches, a light full-resolution head: its bytes per interval are 5.2% of a
+    # backbone call's instead of 46% in float32, analysis/figures/cost_model.md; at equal narrow width on a
+    # latent test bed it is 10% and 9% more accurate at 5 and 7 NFE and 1.8% less at 10 NFE,
+    # analysis/figures/sidenet_design.md), here
+    # conditioned on the guidance scale and trained over the guidance
     # range of the sampling settings, 2.0-3.1 at 256 px and 1.95-3.5 at 512 px, guided on t <= 0.7),
     # with the interval sizes and loss normalisation measured on the mixtures (the paper's
     # "Truncated Exp. 50" is not defined further: --exp-rate 50 is the literal reading). The global
@@ -188,8 +205,9 @@ RECIPES: dict[str, dict] = {
         chain=dict(chain_length=8, rule="gauss-legendre-3", intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35,
                    loss_norm="h", iters=250 if res == 256 else 500, batch_size=4096, micro_batch=128, loss_chunks=8,
                    lr=1e-3, warmup_iters=10, ema_decay=None, guidance_scale=gmin, guidance_max=gmax),
-        sidenet=dict(base_channels=128, time_embed_dim=256, num_heads=4, res_blocks=3, num_layers=4 if res == 256 else 8,
-                     guidance=True)) for res, gmin, gmax in ((256, 2.0, 3.1), (512, 1.95, 3.5))},
+        sidenet=dict(base_channels=128, time_embed_dim=256, num_heads=4, res_blocks=3, num_layers=1,
+                     patch=2 if res == 256 else 4, guidance=True))
+       for res, gmin, gmax in ((256, 2.0, 3.1), (512, 1.95, 3.5))},
     # The digits SiT (adapters.torch_sit.digits.model, docs/digits.md): an MLP SideNet on the 64 pixels (an 8 x 8
     # ConvSideNet costs more per sample than the SiT itself), conditioned on the class and the guidance
     # scale; every chain draws its scale from [1, 3], around the demo's 1.5.
@@ -201,19 +219,25 @@ RECIPES: dict[str, dict] = {
 
 
 #: the measured recipe (the mixtures') for a backbone that has none of its own: trunc-exp interval
-#: sizes, squared error over |h|, path features, EMA; the SideNet sized to the backbone
+#: sizes, squared error over |h|, path features, EMA; the SideNet sized to the backbone and a
+#: residual on the polynomial perception, the training-free default of ``baquad.solve``: its
+#: output layer starts at zero, so before any training it IS that default (to rounding), and
+#: training starts from the solver a user already has instead of the anchor-only one, which on a
+#: user's conv U-Net (docs/own-model.md) was 1.6x worse at 8 NFE and still there after minutes of
+#: training (analysis/figures/own_model.md measures the start and the training).
 GENERIC_RECIPE = dict(chain=dict(intervals="trunc-exp", exp_rate=5.0, h_min=0.01, h_max=0.35, loss_norm="h", iters=4000,
                                  batch_size=256, ema_decay=0.99),
-                      sidenet=dict(path_features=True))
+                      sidenet=dict(path_features=True, base_perception="polynomial"))
 
 
 def recipe_for(backbone: "str | Backbone", *, iters: Optional[int] = None, batch_size: Optional[int] = None,
                quick: bool = False) -> tuple[ChainConfig, dict]:
     """The default (ChainConfig, SideNet config) for a backbone: its own entry in ``RECIPES``
     (looked up by name), else :data:`GENERIC_RECIPE`, the recipe measured on the mixtures, with
-    the default SideNet for its state shape sized to it (:func:`default_sidenet_config`).
-    ``backbone`` is a registered name or a :class:`Backbone` (a user's own model). ``quick``: a
-    few iterations, for smoke tests."""
+    the default SideNet for its state shape sized to it (:func:`default_sidenet_config`) and a
+    residual on the polynomial perception, so that untrained it samples as ``baquad.solve``'s
+    training-free default does. ``backbone`` is a registered name or a :class:`Backbone` (a
+    user's own model). ``quick``: a few iterations, for smoke tests."""
     bb = get_backbone(backbone) if isinstance(backbone, str) else backbone
     recipe = RECIPES.get(bb.name, GENERIC_RECIPE)
     chain = dict(recipe["chain"])
@@ -234,7 +258,7 @@ def _read_log(path: Path, upto: int) -> list[dict]:
         return [row for row in csv.DictReader(fh) if int(row["step"]) <= upto]
 
 
-def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any) -> Path:
+def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any, minutes: Any) -> Path:
     """The checks of :func:`train`'s arguments, before anything is loaded or written."""
     if not isinstance(cfg, ChainConfig):
         raise TypeError(f"cfg: expected a ChainConfig, got {type(cfg).__name__}")
@@ -245,8 +269,10 @@ def _check_arguments(cfg: ChainConfig, out: Any, resume: Any, ckpt_every: Any) -
         raise ValueError(f"out: {out} exists and is not a directory; give an output directory, e.g. runs/<name>")
     if resume not in (None, True, False):
         raise ValueError(f"resume: True, False or None (automatic), got {resume!r}")
-    if isinstance(ckpt_every, bool) or not isinstance(ckpt_every, int) or ckpt_every < 0:
-        raise ValueError(f"ckpt_every: an integer >= 0 (0: checkpoint at the end only), got {ckpt_every!r}")
+    if ckpt_every is not None and (isinstance(ckpt_every, bool) or not isinstance(ckpt_every, int) or ckpt_every < 0):
+        raise ValueError(f"ckpt_every: an integer >= 0 (0: checkpoint at the end only; None: every iters / 10, "
+                         f"at most 100), got {ckpt_every!r}")
+    check_minutes(minutes)
     return Path(out)
 
 
@@ -285,16 +311,27 @@ def train(
     out: "str | os.PathLike",
     sidenet_config: Optional[dict] = None,
     resume: Optional[bool] = None,
-    ckpt_every: int = 0,
+    ckpt_every: Optional[int] = 0,
     keep_history: bool = False,
     device: Optional[str] = None,
     progress: bool = True,
     log: Callable[..., None] = print,
+    minutes: Optional[float] = None,
 ) -> TrainResult:
     """Chain-train a SideNet on a frozen backbone; see the module docstring.
 
+    How long it takes: the first iterations are timed on this machine and the run says how long
+    all of them will take (:mod:`adapters.torch_sit.budget`). With a time budget (``minutes``)
+    the first ``PROBE_ITERS`` iterations are timed before the loop, on the run's state, which is
+    then restored (nothing of them is kept), and the budget becomes ``iters`` once: N =
+    max(PROBE_ITERS, floor(60 minutes / s)) for s seconds per iteration (the first timed one left
+    out). The count is recorded in every checkpoint; a resumed run keeps it, however fast the
+    machine is then, so an interrupted budgeted run resumed ends bitwise where it would have
+    ended uninterrupted, and a budgeted run of N iterations is the run with ``cfg.iters = N``.
+
     Args:
-        cfg: the recipe (``cfg.iters`` optimiser steps in total, counting resumed ones).
+        cfg: the recipe (``cfg.iters`` optimiser steps in total, counting resumed ones; replaced
+            by the budget's count when ``minutes`` is given).
         backbone: a registered name (``"gmm-ring2d"``, ``"gmm-32d"``) or a :class:`Backbone`.
         out: output directory (not empty).
         sidenet_config: the architecture (``sidenet.config()`` form). None: the checkpoint's when
@@ -304,24 +341,33 @@ def train(
             ``out`` holds a checkpoint. A fresh start moves the previous run's files (checkpoint,
             history, exported SideNet, summary, log) into ``out/previous-run-<k>/``, deleted once
             this run has written its SideNet. A checkpoint of another backbone is refused.
-        ckpt_every: checkpoint every this many iterations (0: only at the end).
+        ckpt_every: checkpoint every this many iterations (0: only at the end; None: every
+            ``iters / 10``, at most 100, from the count the budget gives).
         keep_history: keep every checkpoint under ``out/history``.
         device: torch device (default: ``cuda:<LOCAL_RANK>`` when available, else CPU).
         progress: tqdm progress bar on rank 0.
         log: where rank 0's messages go.
+        minutes: a time budget (a number > 0), converted once into ``cfg.iters`` as said above.
+            Resuming a budgeted run keeps the count its checkpoint records; resuming a run that
+            was started without a budget with one is refused (give ``cfg.iters`` instead).
 
     Raises:
         ValueError: an invalid argument or recipe field (named), before anything is written; a
             checkpoint with NaN/inf values; ``cfg.iters`` below the checkpoint's step; a
-            checkpoint of another backbone (:class:`~.rundir.BackboneMismatch`).
+            checkpoint of another backbone (:class:`~.rundir.BackboneMismatch`); ``minutes`` on
+            a checkpoint of a run started without a budget.
         FloatingPointError: a NaN/inf loss, gradient or weight, naming the iteration; the run
             stops there, and no non-finite weights are ever written.
     """
-    out = _check_arguments(cfg, out, resume, ckpt_every)
+    out = _check_arguments(cfg, out, resume, ckpt_every, minutes)
     rank, world, dev, initialised = dist_setup(device)
     say = log if rank == 0 else (lambda *a, **k: None)
     try:
-        run = _start_run(cfg, backbone, out, sidenet_config, resume, keep_history, rank, world, dev, say)
+        run = _start_run(cfg, backbone, out, sidenet_config, resume, keep_history, rank, world, dev, say, minutes)
+        if minutes is not None and run.ck is None:
+            _convert_budget(run, minutes)
+        if ckpt_every is None:
+            ckpt_every = max(1, min(100, run.cfg.iters // 10))
         last, wall = _run_iterations(run, ckpt_every, progress)
         return _finish_run(run, last, wall)
     finally:
@@ -348,6 +394,8 @@ class _Run:
     start: int  #: the step the run starts from (the checkpoint's when resuming)
     keep_history: bool
     identity: dict  #: what the checkpoints record of the backbone (rundir.backbone_identity)
+    budget: Optional[dict] = None  #: the time budget and the count it became (recorded in the checkpoints)
+    per_iter: Optional[float] = None  #: seconds per iteration, once timed
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """The sum of ``t`` over the processes (on the CPU)."""
@@ -362,25 +410,42 @@ class _Run:
             save_checkpoint(self.out, sidenet=self.module, step=step, sidenet_config=self.sidenet_config,
                             config=self.cfg.to_dict(), optimizer=self.trainer.optimizer, ema=self.trainer.ema,
                             extra={"backbone": self.bb.name, "backbone_identity": self.identity,
-                                   "world_size": self.world}, history=self.keep_history)
+                                   "world_size": self.world, **({"budget": self.budget} if self.budget else {})},
+                            history=self.keep_history)
         if self.world > 1:
             dist.barrier()
 
 
 def _resume_checkpoint(cfg: ChainConfig, out: Path, resume: Optional[bool], sidenet_config: Optional[dict],
-                       bb: Backbone, identity: dict, say: Callable[..., None]) -> tuple[Any, dict]:
-    """The checkpoint to resume from (None: a fresh start) and the SideNet architecture: the
-    checkpoint's when resuming (a different one given is refused by ``load_checkpoint``, another
-    backbone than ``identity`` describes by :func:`~.rundir.check_backbone`), else the
-    one given, else the backbone's default."""
+                       bb: Backbone, identity: dict, say: Callable[..., None],
+                       minutes: Optional[float] = None) -> tuple[Any, dict, ChainConfig, Optional[dict]]:
+    """The checkpoint to resume from (None: a fresh start), the SideNet architecture, the recipe
+    and the run's time budget. The architecture: the checkpoint's when resuming (a different one
+    given is refused by ``load_checkpoint``, another backbone than ``identity`` describes by
+    :func:`~.rundir.check_backbone`), else the one given, else the backbone's recipe's
+    (:func:`recipe_for`). With ``minutes`` a resumed run keeps the iteration count its
+    checkpoint's budget became (refused on a checkpoint of a run without a budget)."""
     ckpt_path = find_checkpoint(out)
     if resume is True and ckpt_path is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {out}")
     if ckpt_path is None or resume is False:
-        return None, sidenet_config if sidenet_config is not None else default_sidenet_config(bb)
+        return None, sidenet_config if sidenet_config is not None else _recipe_sidenet(bb), cfg, None
     ck = load_checkpoint(ckpt_path, sidenet_config=sidenet_config)
     check_backbone(_recorded_backbone(ck), identity, out, ck.step)
     _check_finite_checkpoint(ck)
+    recorded = ck.extra.get("budget") if isinstance(ck.extra.get("budget"), dict) else None
+    if minutes is not None:
+        if recorded is None:
+            raise ValueError(
+                f"minutes: the checkpoint {ckpt_path} is of a run of {ck.config.get('iters')} iterations started "
+                "without a time budget, and a budget is converted into an iteration count once, when a run starts. "
+                f"Resume with an iteration count instead (iters / --iters, at least its step {ck.step}), or start "
+                "afresh (resume=False / --no-resume) or in another directory.")
+        cfg = dataclasses.replace(cfg, iters=int(recorded["iters"]))
+        say(f"note: the time budget of {recorded['minutes']:g} min was converted to {recorded['iters']} iterations "
+            f"when the run started ({recorded['seconds_per_iteration']:.3g} s per iteration then); resuming keeps "
+            "that count" + ("" if minutes == recorded["minutes"] else f" (the budget given now, {minutes:g} min, is "
+                                                                       "not used)"))
     if cfg.iters < ck.step:
         raise ValueError(
             f"iters: {cfg.iters} is below the step of the checkpoint {ckpt_path} ({ck.step}); resuming cannot "
@@ -391,7 +456,13 @@ def _resume_checkpoint(cfg: ChainConfig, out: Path, resume: Optional[bool], side
     if diffs:
         say("note: recipe settings differ from the checkpoint's: "
             + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items()))
-    return ck, ck.sidenet_config
+    return ck, ck.sidenet_config, cfg, recorded
+
+
+def _recipe_sidenet(bb: Backbone) -> dict:
+    """The SideNet of the backbone's recipe (``RECIPES``, else :data:`GENERIC_RECIPE`)."""
+    recipe = RECIPES.get(bb.name, GENERIC_RECIPE)
+    return default_sidenet_config(bb, recipe.get("arch"), **recipe["sidenet"])
 
 
 def _recorded_backbone(ck: Any) -> Optional[dict]:
@@ -420,7 +491,7 @@ def _restore(trainer: ChainTrainer, ck: Any, cfg: ChainConfig, dev: torch.device
 
 def _start_run(cfg: ChainConfig, backbone: "str | Backbone", out: Path, sidenet_config: Optional[dict],
                resume: Optional[bool], keep_history: bool, rank: int, world: int, dev: torch.device,
-               say: Callable[..., None]) -> _Run:
+               say: Callable[..., None], minutes: Optional[float] = None) -> _Run:
     """Setup: the backbone, the checkpoint (when resuming), the SideNet and its trainer with the
     checkpoint's state, and the output directory (leftover temporary files removed, a previous
     run's files removed on a fresh start, ``log.csv`` rewound to the checkpoint's step)."""
@@ -428,7 +499,7 @@ def _start_run(cfg: ChainConfig, backbone: "str | Backbone", out: Path, sidenet_
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
     identity = backbone_identity(bb)
-    ck, sidenet_config = _resume_checkpoint(cfg, out, resume, sidenet_config, bb, identity, say)
+    ck, sidenet_config, cfg, recorded = _resume_checkpoint(cfg, out, resume, sidenet_config, bb, identity, say, minutes)
     if sidenet_config.get("guidance") and cfg.guidance_scale is None:
         raise ValueError("ChainConfig.guidance_scale: the SideNet is conditioned on the guidance scale "
                          "(architecture guidance=True) but the recipe has none; set guidance_scale (--guidance-scale)")
@@ -457,15 +528,67 @@ def _start_run(cfg: ChainConfig, backbone: "str | Backbone", out: Path, sidenet_
     if world > 1:
         dist.barrier()
     say(sidenet_report(module, bb))
-    say(f"training {cfg.iters - start} iterations on {world} process(es), device {dev}, global batch {cfg.batch_size}")
+    if minutes is None or ck is not None:
+        say(f"training {cfg.iters - start} iterations on {world} process(es), device {dev}, "
+            f"global batch {cfg.batch_size}")
     return _Run(cfg, out, rank, world, dev, say, bb, counted, ck, sidenet_config, module, trainer, start, keep_history,
-                identity)
+                identity, recorded)
+
+
+def _timed_step(run: _Run, step: int, lo: int, hi: int, dtype: torch.dtype) -> tuple[dict, float]:
+    """One training iteration (this process's slice of the global batch of ``step``) and its
+    duration on :func:`~adapters.torch_sit.budget.clock`."""
+    t0 = clock()
+    batch = sample_batch(run.cfg, run.bb, step)
+    stats = run.trainer.step(batch.slice(lo, hi), global_count=valid_pairs(batch.times, dtype),
+                             all_reduce=run.all_reduce if run.world > 1 else None)
+    return stats, clock() - t0
+
+
+def _convert_budget(run: _Run, minutes: float) -> None:
+    """Time ``PROBE_ITERS`` iterations from the run's start on its own state, restore that state
+    (weights, AdamW and EMA state, step and call counters, torch's RNG), and set the iteration
+    count the budget buys: once, every process the same (the slowest process's time)."""
+    trainer, module = run.trainer, run.module
+    saved = dict(model={k: v.detach().clone() for k, v in module.state_dict().items()},
+                 optim=copy.deepcopy(trainer.optimizer.state_dict()),
+                 ema=None if trainer.ema is None else {k: v.clone() for k, v in trainer.ema.items()},
+                 counts=(trainer.step_count, trainer.backbone_calls, run.counted.calls), rng=torch.get_rng_state(),
+                 cuda_rng=torch.cuda.get_rng_state(run.dev) if run.dev.type == "cuda" else None)
+    run.say(f"timing {PROBE_ITERS} iterations to convert the time budget of {minutes:g} min into an iteration count "
+            "(their results are discarded)")
+    lo, hi = run.rank * run.cfg.batch_size // run.world, (run.rank + 1) * run.cfg.batch_size // run.world
+    dtype = next(module.parameters()).dtype
+    times = [_timed_step(run, run.start + i, lo, hi, dtype)[1] for i in range(PROBE_ITERS)]
+    per_iter = torch.tensor([seconds_per_iteration(times)], dtype=torch.float64)
+    if run.world > 1:
+        per_iter = per_iter.to(run.dev)
+        dist.all_reduce(per_iter, op=dist.ReduceOp.MAX)
+    per_iter = float(per_iter.item())
+    with torch.no_grad():
+        module.load_state_dict(saved["model"])
+    trainer.optimizer.load_state_dict(saved["optim"])
+    trainer.ema = saved["ema"]
+    trainer.step_count, trainer.backbone_calls, run.counted.calls = saved["counts"]
+    torch.set_rng_state(saved["rng"])
+    if saved["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], run.dev)
+    iters = iterations_for(minutes, per_iter)
+    run.cfg = dataclasses.replace(run.cfg, iters=iters)
+    trainer.cfg = run.cfg
+    run.budget = {"minutes": minutes, "seconds_per_iteration": per_iter, "iters": iters}
+    run.per_iter = per_iter
+    say_duration(run.say, per_iter, iters, minutes)
+    run.say(f"training {iters} iterations on {run.world} process(es), device {run.dev}, "
+            f"global batch {run.cfg.batch_size}")
 
 
 def _run_iterations(run: _Run, ckpt_every: int, progress: bool) -> tuple[dict, float]:
     """The loop: steps ``run.start .. cfg.iters - 1``, each on this process's slice of the global
     batch, a ``log.csv`` row per step (rank 0), a checkpoint every ``ckpt_every`` steps before the
-    last. Returns the last step's statistics and the loop's wall time."""
+    last. Unless a time budget was timed already, its first ``PROBE_ITERS`` iterations are timed
+    and the run says how long the rest takes. Returns the last step's statistics and the loop's
+    wall time."""
     cfg, rank, world = run.cfg, run.rank, run.world
     bar = None
     if rank == 0 and progress:
@@ -478,11 +601,15 @@ def _run_iterations(run: _Run, ckpt_every: int, progress: bool) -> tuple[dict, f
     last: dict = {}
     fh = open(run.out / "log.csv", "a", newline="") if rank == 0 else None
     writer = csv.DictWriter(fh, LOG_FIELDS) if fh is not None else None
+    times: list[float] = []
     try:
         for step in range(run.start, cfg.iters):
-            batch = sample_batch(cfg, run.bb, step)
-            stats = run.trainer.step(batch.slice(lo, hi), global_count=valid_pairs(batch.times, dtype),
-                                     all_reduce=run.all_reduce if world > 1 else None)
+            stats, seconds = _timed_step(run, step, lo, hi, dtype)
+            if run.per_iter is None:
+                times.append(seconds)
+                if len(times) == min(PROBE_ITERS, cfg.iters - run.start):
+                    run.per_iter = seconds_per_iteration(times)
+                    _say_estimate(run)
             stats["elapsed_s"] = time.perf_counter() - t_start
             last = stats
             if writer is not None:
@@ -499,6 +626,19 @@ def _run_iterations(run: _Run, ckpt_every: int, progress: bool) -> tuple[dict, f
         if fh is not None:
             fh.close()
     return last, time.perf_counter() - t_start
+
+
+#: a run without a time budget whose estimate is longer than this (seconds) is told about the budget
+_LONG_RUN_S = 900.0
+
+
+def _say_estimate(run: _Run) -> None:
+    """How long the run's iterations (those left when resuming) take at ``run.per_iter``, with
+    a word about time budgets when that is long."""
+    left = run.cfg.iters - run.start
+    hint = ("; to stop sooner, give a time budget (--minutes M, train(..., minutes=M)): it is converted once into "
+            "an iteration count" if run.per_iter * left > _LONG_RUN_S else "")
+    say_duration(run.say, run.per_iter, left, None, hint)
 
 
 def _finish_run(run: _Run, last: dict, wall: float) -> TrainResult:
@@ -524,6 +664,8 @@ def _finish_run(run: _Run, last: dict, wall: float) -> TrainResult:
         "sidenet_config": run.sidenet_config,
         "config": cfg.to_dict(),
         "final_loss": last.get("loss"),
+        "seconds_per_iteration": run.per_iter,
+        "time_budget": run.budget,
     }
     if run.rank == 0:
         weights = trainer.ema if trainer.ema is not None else None
@@ -551,7 +693,7 @@ PROG = "python -m adapters.torch_sit.train"
 
 _ARCH_FLAGS = {  # SideNet config key (flag --key-with-dashes) -> type
     "hidden": int, "depth": int, "embed_dim": int, "base_channels": int, "time_embed_dim": int,
-    "num_layers": int, "num_heads": int, "res_blocks": int, "max_freq": float, "width": int,
+    "num_layers": int, "num_heads": int, "res_blocks": int, "max_freq": float, "width": int, "patch": int,
 }
 
 #: backbones trained by a command of their own (they need flags this one does not have)
@@ -563,6 +705,7 @@ _EPILOG = """examples:
   torchrun --nproc_per_node=8 -m adapters.torch_sit.train --backbone repa-sit-xl2-256 \\
       --ckpt pretrained/last.pt --out runs/sit-xl2-256                                    # the paper's (docs/imagenet.md)
   python -m adapters.torch_sit.train --backbone mymodels:make_backbone --out runs/mine     # your own model (docs/own-model.md)
+  python -m adapters.torch_sit.train --backbone mymodels:make_backbone --minutes 30 --out runs/mine  # a 30-minute budget
   python -m adapters.diffusers_flow.train --model PATH ...                                # a diffusers SD3/Flux transformer
 
 Every recipe field below defaults to the backbone's recipe (RECIPES in this module; the mixtures'
@@ -587,6 +730,14 @@ def _int_at_least(low: int):
 
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+def _minutes(s: str) -> float:
+    """argparse ``type=`` of ``--minutes``: a finite number > 0."""
+    try:
+        return check_minutes(float(s), "--minutes")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a time budget in minutes, a finite number > 0, got {s!r}") from None
 
 
 def build_parser(*, prog: str = PROG, description: Optional[str] = None, epilog: str = _EPILOG,
@@ -621,6 +772,9 @@ def build_parser(*, prog: str = PROG, description: Optional[str] = None, epilog:
     g.add_argument("--no-resume", dest="resume", action="store_const", const=False,
                    help="start afresh even if OUT holds a checkpoint (the previous run's files are moved to "
                         "OUT/previous-run-<k>/ and deleted once the new SideNet is written)")
+    p.add_argument("--minutes", type=_minutes, default=None,
+                   help="a time budget: the first iterations are timed on this machine and the budget becomes the "
+                        "iteration count, once (recorded in the checkpoint: a resumed run keeps it); not with --iters")
     p.add_argument("--ckpt-every", type=_int_at_least(0), default=None,
                    help="checkpoint every N iterations (default: every iters/10, at most 100; 0: at the end only)")
     p.add_argument("--keep-history", action="store_true", help="keep every checkpoint in OUT/history")
@@ -637,7 +791,8 @@ def build_parser(*, prog: str = PROG, description: Optional[str] = None, epilog:
 
     a = p.add_argument_group("SideNet architecture (defaults: the checkpoint's when resuming)")
     a.add_argument("--arch", choices=("mlp", "conv", "token"), default=None,
-                   help="mlp for vector states, conv for (C, H, W), token for (N, D) token states (Flux)")
+                   help="mlp for vector states, conv for (C, H, W) (--patch p: its blocks on p x p patches), "
+                        "token for (N, D) token states (Flux)")
     for key, typ in _ARCH_FLAGS.items():
         a.add_argument("--" + key.replace("_", "-"), dest="arch_" + key, type=typ, default=None)
     a.add_argument("--offset-log-sign", dest="arch_offset_log_sign", action=argparse.BooleanOptionalAction, default=None,
@@ -679,15 +834,21 @@ def _backbone_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
     for key in ("ckpt", "guidance_low", "guidance_high"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
-    if ":" in args.backbone:
-        return backbone_from_factory(args.backbone, parser, **kwargs)
-    if args.backbone not in backbone_names():
-        parser.error(f"--backbone: unknown backbone {args.backbone!r}; registered: {', '.join(backbone_names())}; "
+    return backbone_from_flag(args.backbone, parser, **kwargs)
+
+
+def backbone_from_flag(spec: str, parser: argparse.ArgumentParser, **kwargs: Any) -> Backbone:
+    """``--backbone spec``: a registered name built with ``kwargs``, or a user's ``module:factory``
+    (:func:`backbone_from_factory`); an unknown name or a refused option through ``parser.error``."""
+    if ":" in spec:
+        return backbone_from_factory(spec, parser, **kwargs)
+    if spec not in backbone_names():
+        parser.error(f"--backbone: unknown backbone {spec!r}; registered: {', '.join(backbone_names())}; "
                      "or pass your own as module:factory (a function returning a Backbone, see docs/own-model.md)")
     try:
-        return get_backbone(args.backbone, **kwargs)
+        return get_backbone(spec, **kwargs)
     except (TypeError, ValueError, FileNotFoundError) as err:
-        parser.error(f"--backbone {args.backbone}: {err}")
+        parser.error(f"--backbone {spec}: {err}")
 
 
 def backbone_from_factory(spec: str, parser: Optional[argparse.ArgumentParser] = None, **kwargs: Any) -> Backbone:
@@ -733,6 +894,9 @@ def run_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser,
     ``parser.error``), the recipe and the SideNet architecture from the backbone's recipe, the
     checkpoint and the flags, then :func:`train`. A bad recipe is reported through
     ``parser.error``. Returns the exit status."""
+    if args.minutes is not None and getattr(args, "iters", None) is not None:
+        parser.error("--iters, --minutes: give one of them, an iteration count or a time budget (which becomes the "
+                     "iteration count once, when the run starts)")
     if args.threads:
         torch.set_num_threads(args.threads)
     backbone = make_backbone(args, parser)
@@ -751,6 +915,10 @@ def run_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser,
         except BackboneMismatch as err:
             parser.error(str(err))
         base.update(ck.config)
+        if args.minutes is not None and not isinstance(ck.extra.get("budget"), dict):
+            parser.error(f"--minutes: {ckpt} is the checkpoint of a run of {ck.config.get('iters')} iterations started "
+                         "without a time budget; a budget becomes an iteration count once, when a run starts. Resume "
+                         f"with --iters (at least its step {ck.step}), or start afresh with --no-resume or another --out.")
     try:
         cfg = ChainConfig.from_dict({**base, **overrides})
     except ValueError as err:
@@ -767,12 +935,12 @@ def run_parsed(args: argparse.Namespace, parser: argparse.ArgumentParser,
             sidenet_config = {**saved, **arch} if same_class else default_sidenet_config(backbone, args.arch, **arch)
         else:
             chosen = args.arch or recipe.get("arch")  # a recipe may name its architecture ("arch")
-            recipe_arch = recipe.get("sidenet", {}) if (chosen or "mlp") == recipe.get("arch", "mlp") else {}
+            # settings of a recipe that names no architecture hold for any (the generic recipe's residual start)
+            recipe_arch = recipe.get("sidenet", {}) if "arch" not in recipe or chosen == recipe["arch"] else {}
             sidenet_config = default_sidenet_config(backbone, chosen, **{**recipe_arch, **arch})
-    ckpt_every = args.ckpt_every if args.ckpt_every is not None else max(1, min(100, cfg.iters // 10))
     train(cfg, backbone=backbone, out=args.out, sidenet_config=sidenet_config, resume=args.resume,
-          ckpt_every=ckpt_every, keep_history=args.keep_history, device=args.device,
-          progress=not args.no_progress)
+          ckpt_every=args.ckpt_every, keep_history=args.keep_history, device=args.device,
+          progress=not args.no_progress, minutes=args.minutes)
     return 0
 
 
