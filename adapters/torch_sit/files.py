@@ -33,20 +33,20 @@ check, before it allocates anything the header asks for.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import stat
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
+
+from baquad.solvers._files import atomic_stream, atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -79,48 +79,6 @@ class UnverifiedFileWarning(UserWarning):
     """A file written before baquad stored a content hash was loaded without an integrity check."""
 
 
-@contextlib.contextmanager
-def atomic_stream(path: "str | os.PathLike", *, shared: bool = False) -> Iterator[IO[bytes]]:
-    """A binary file handle (read-write, seekable) whose content replaces ``path`` only when the
-    block succeeds.
-
-    Temporary file in the same directory (``.<name>.<random>.tmp``), flushed and fsync'ed,
-    ``os.replace``, then the directory entry fsync'ed. If the block raises, the temporary file is
-    removed and ``path`` keeps its previous content.
-
-    Args:
-        path: the file to write (its directory is created).
-        shared: the file's permissions. False: 0600, readable by its owner only (checkpoints,
-            SideNets, run records). True: 0666 less the umask, as ``open`` would make it (data
-            files other users read, such as a sample batch).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w+b") as fh:
-            if shared:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared data file from other users
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write(path: "str | os.PathLike", data: bytes, *, shared: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`atomic_stream`; permissions 0600 unless
-    ``shared``). If anything fails before the replace, ``path`` keeps its previous content."""
-    with atomic_stream(path, shared=shared) as fh:
-        fh.write(data)
-
-
 def sha256_file(path: "str | os.PathLike") -> str:
     """The hex SHA-256 of a file's bytes (read in blocks of 4 MiB)."""
     h = hashlib.sha256()
@@ -128,19 +86,6 @@ def sha256_file(path: "str | os.PathLike") -> str:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _feed(h: "hashlib._Hash", data: Any) -> None:
