@@ -386,6 +386,38 @@ def test_the_time_budget_is_converted_once_and_recorded(tmp_path, monkeypatch, c
     assert f"converted to {expected} iterations when the run started" in capsys.readouterr().out
 
 
+def test_the_budget_times_a_whole_cycle_and_leaves_room_for_validation(tmp_path, monkeypatch, capsys):
+    """A module that trains several NFEs in turn (``iteration_cycle`` 3) whose iterations cost
+    1, 2 and 6 ticks in turn, and a validation pass of 5 ticks: the budget is converted from the
+    mean over one whole cycle, after the ten validation passes are taken out."""
+    bb = gaussian_backbone()
+    train, val = teacher(tmp_path, n=24), teacher(tmp_path, name="val", role="validation", seed=2, n=8)
+    now, costs, val_cost = [0.0], (1.0, 2.0, 6.0), 5.0
+    monkeypatch.setattr(trainer_mod, "clock", lambda: now[0])
+    real_step, real_val = trainer_mod._train_step, trainer_mod._validation_error
+
+    def timed_step(module, optimizer, data, idx, device, step):
+        now[0] += costs[step % 3]
+        return real_step(module, optimizer, data, idx, device, step)
+
+    def timed_validation(*args, **kwargs):
+        now[0] += val_cost
+        return real_val(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "_train_step", timed_step)
+    monkeypatch.setattr(trainer_mod, "_validation_error", timed_validation)
+    monkeypatch.setattr(BNSSolver, "iteration_cycle", 3, raising=False)
+    minutes = 2.0
+    # (120 - 10 x 5) / 3 = 23; timing steps 1 and 2 alone (2 and 6 ticks) would give 17, no room
+    # for validation 40
+    expected = int((minutes * 60 - trainer_mod.VALIDATIONS * val_cost) / 3.0)
+    assert expected == 23
+    cfg = config(iters=None, minutes=minutes, batch_size=8)
+    res = train_bns(bb, train, tmp_path / "run", cfg, nfe=2, validation=val, progress=False)
+    assert res.summary["steps_total"] == expected
+    assert "one iteration takes 3 s on this machine" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------------
 # the commands
 

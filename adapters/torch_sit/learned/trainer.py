@@ -24,7 +24,8 @@ Output directory (the conventions of ``python -m adapters.torch_sit.train``):
     checkpoint.safetensors / .json   every ``ckpt_every`` steps and at the end (atomic): the
                                      module's state, Adam's state, the torch RNG, the step, the
                                      iteration count, the run's identity
-    log.csv                          step, loss, grad_norm, elapsed_s, validation_error
+    log.csv                          step, loss, grad_norm, elapsed_s, validation_error (every
+                                     ``iters // VALIDATIONS`` steps and at the end)
     summary.json                     wall time, seconds per iteration, losses, validation errors
     the export                       written by the module's ``export`` at the end
 
@@ -37,7 +38,11 @@ iteration count may change: ``iters`` at or above the checkpoint's step).
 
 Time budget: ``minutes=M`` (``--minutes``) is converted ONCE into an iteration count, from the
 first few iterations of the run (which are real training steps), timed on this machine: the
-mean time of iterations 2 .. :data:`PROBE_ITERS` (the first one warms up). The count is recorded
+first one warms up, and the next ``max(PROBE_ITERS - 1, cycle)`` are averaged, ``cycle`` being
+the module's ``iteration_cycle`` (1 by default; a module that trains several NFEs in turn, like
+BA-solver's, sets it to their number, so the timed iterations cover every NFE once). The
+validation passes the run will make (about ten, at its checkpoints) are taken out of the budget
+first, each timed by the pass made before training. The count is recorded
 in every checkpoint, so a resumed run does exactly the same iterations whatever the machine's
 speed is then. ``iters=N`` (``--iters``) fixes it instead. Either way the run says how long it
 will take on this machine once the first iterations are timed.
@@ -69,6 +74,7 @@ from torch import nn
 from ...commandline import HelpFormatter, add_dataclass_flags, dataclass_kwargs, flag_field
 from ..files import InvalidFile, atomic_write, read_header, read_tensors, serialise
 from ..backbones import Backbone
+from ..budget import PROBE_ITERS, iterations_for, say_duration, seconds_per_iteration
 from .teacher import TeacherSet, add_backbone_flags, backbone_from_args, backbone_identity, load_teacher
 
 __all__ = ["EndpointConfig", "EndpointResult", "train_endpoint", "train_solver", "batch_indices", "trajectory_error",
@@ -80,8 +86,8 @@ CHECKPOINT = "checkpoint.safetensors"
 LOG_FIELDS = ("step", "loss", "grad_norm", "elapsed_s", "validation_error")
 #: the run's own files in its output directory (removed by a fresh start)
 RUN_FILES = (CHECKPOINT, "checkpoint.json", "log.csv", "summary.json")
-#: iterations timed to convert a time budget into an iteration count (the first one is not counted)
-PROBE_ITERS = 3
+#: validation passes a run makes (every iters // VALIDATIONS steps, and at the end)
+VALIDATIONS = 10
 
 
 def clock() -> float:
@@ -284,6 +290,8 @@ def _train_step(module: nn.Module, optimizer: torch.optim.Optimizer, train: Teac
     Raises:
         FloatingPointError: a NaN/inf loss or gradient (before any update), naming the step.
     """
+    if hasattr(module, "set_step"):
+        module.set_step(step)
     x = module(train.noise[idx].to(device), train.cond(idx, device), idx.to(device))
     loss = trajectory_error(x, train.target[idx].to(device)).mean()
     optimizer.zero_grad(set_to_none=True)
@@ -304,20 +312,20 @@ def _train_step(module: nn.Module, optimizer: torch.optim.Optimizer, train: Teac
 
 @torch.no_grad()
 def _validation_error(module: nn.Module, data: TeacherSet, batch_size: int, device: torch.device) -> float:
-    """Mean trajectory error of the module on ``data`` (no per-sample parameters: index None)."""
+    """Mean trajectory error of the module on ``data`` (no per-sample parameters: index None); a
+    module that learns several solvers at once (``validation_error(error)``) averages them."""
+    if hasattr(module, "validation_error"):
+        return module.validation_error(lambda m: _mean_error(m, data, batch_size, device))
+    return _mean_error(module, data, batch_size, device)
+
+
+def _mean_error(module: nn.Module, data: TeacherSet, batch_size: int, device: torch.device) -> float:
     total = 0.0
     for lo in range(0, len(data), batch_size):
         idx = torch.arange(lo, min(lo + batch_size, len(data)))
         x = module(data.noise[idx].to(device), data.cond(idx, device), None)
         total += float(trajectory_error(x, data.target[idx].to(device)).sum())
     return total / len(data)
-
-
-def _say_duration(say: Callable[..., None], per_iter: float, iters: int, minutes: Optional[float]) -> None:
-    what = f"the time budget of {minutes:g} min is" if minutes is not None else "this run does"
-    total = iters * per_iter
-    took = f"{total:.0f} s" if total < 120 else f"{total / 60:.1f} min" if total < 7200 else f"{total / 3600:.1f} h"
-    say(f"one iteration takes {per_iter:.3g} s on this machine, so {what} {iters} iterations (about {took} in all)")
 
 
 def train_endpoint(module: nn.Module, train: TeacherSet, out: "str | os.PathLike", config: EndpointConfig, *,
@@ -367,9 +375,13 @@ def train_endpoint(module: nn.Module, train: TeacherSet, out: "str | os.PathLike
                 "resuming keeps that count")
         log(f"resuming from {out / CHECKPOINT} at step {start} of {iters}")
     _rewind_log(out / "log.csv", start)
+    validation_s = 0.0
     if validation is not None and "validation_error_initial" not in extra:
+        t0 = clock()
         extra["validation_error_initial"] = _validation_error(module, validation, config.batch_size, device)
+        validation_s = clock() - t0
         log(f"validation error before training: {extra['validation_error_initial']:.5g} ({len(validation)} samples)")
+    probe = 1 + max(PROBE_ITERS - 1, int(getattr(module, "iteration_cycle", 1)))
 
     from tqdm.auto import tqdm
 
@@ -386,20 +398,24 @@ def train_endpoint(module: nn.Module, train: TeacherSet, out: "str | os.PathLike
             loss, grad_norm = _train_step(module, optimizer, train, idx, device, step)
             step += 1
             times.append(clock() - t0)
-            if step - start == (PROBE_ITERS if iters is None else min(PROBE_ITERS, iters - start)):
+            if step - start == (probe if iters is None else min(probe, iters - start)):
                 # the first iterations timed (the very first warms up): the budget becomes a count, once
-                per_iter = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else times[0]
+                per_iter = seconds_per_iteration(times)
                 if iters is None:
-                    iters = max(PROBE_ITERS, int(config.minutes * 60 / per_iter))
+                    # about ten validation passes (one per checkpoint) come out of the budget first
+                    left = max(config.minutes * 60 - VALIDATIONS * validation_s, 0.0)
+                    iters = max(probe, iterations_for(left / 60, per_iter))
                     bar.reset(total=iters)
                     bar.update(step - 1)
-                _say_duration(log, per_iter, iters - start, config.minutes if start == 0 else None)
+                say_duration(log, per_iter, iters - start, config.minutes if start == 0 else None,
+                             f"; and {VALIDATIONS} validation passes of {validation_s:.0f} s" if validation_s else "")
             if ckpt_every is None and iters is not None:
                 ckpt_every = max(1, min(100, iters // 10))
             row = {"step": step, "loss": loss, "grad_norm": grad_norm, "elapsed_s": clock() - t_start,
                    "validation_error": ""}
             checkpoint = iters is not None and (step == iters or step % ckpt_every == 0)
-            if checkpoint and validation is not None:
+            validate = iters is not None and (step == iters or step % max(1, iters // VALIDATIONS) == 0)
+            if validate and validation is not None:
                 row["validation_error"] = _validation_error(module, validation, config.batch_size, device)
             writer.writerow(row)
             fh.flush()
@@ -422,6 +438,7 @@ def train_endpoint(module: nn.Module, train: TeacherSet, out: "str | os.PathLike
     if hasattr(module, "export"):
         export = module.export(out, {"identity": identity, "steps": iters, "final_loss": summary["final_loss"],
                                      "validation_error": summary["validation_error_final"],
+                                     "wall_time_s": summary["wall_time_s"],
                                      "loss": "mean L2 trajectory error against the teacher set"})
         summary["export"] = str(export)
     atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -458,13 +475,25 @@ def train_solver(module: nn.Module, backbone: Backbone, train: TeacherSet, out: 
 # command line: the flags every endpoint-training command shares
 
 
-def solver_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    """A learned-solver command's parser with the backbone flags and ``--nfe``; the command adds
-    its own flags, then :func:`add_run_flags`."""
+def solver_parser(prog: str, doc: str, *, nfe_help: str = "backbone calls of the solver",
+                  several_nfe: bool = False) -> argparse.ArgumentParser:
+    """A learned-solver command's parser with the backbone flags and ``--nfe`` (one value, or with
+    ``several_nfe`` one or more); the command adds its own flags, then :func:`add_run_flags`."""
     p = argparse.ArgumentParser(prog=prog, formatter_class=HelpFormatter, description=doc.split("\n\n")[0])
     add_backbone_flags(p)
-    p.add_argument("--nfe", type=int, required=True, help="backbone calls of the solver")
+    p.add_argument("--nfe", type=_nfe, nargs="+" if several_nfe else None, required=True, help=nfe_help)
     return p
+
+
+def _nfe(text: str) -> int:
+    """argparse ``type=`` of ``--nfe``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"an integer >= 1 (backbone calls), got {text!r}")
+    return value
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
