@@ -38,7 +38,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ __all__ = [
     "load_model_file",
     "load_digits_sit",
     "load_digits_classifier",
+    "load_digits_sidenet",
     "digits_sit_backbone",
     "shipped_path",
 ]
@@ -86,12 +87,18 @@ STATE_SHAPE = (1, 8, 8)
 HELD_OUT_EVERY = 5
 
 _FILES = {"backbone": "digits_sit.safetensors", "classifier": "digits_classifier.safetensors",
-          "sidenet": "digits_sidenet.safetensors", "reference": "digits_reference.safetensors"}
+          "sidenet": "digits_sidenet.safetensors", "reference": "digits_reference.safetensors",
+          # the learned rows of the demo (.contenders): the chain-trained SideNet the shipped one
+          # was trained from end to end, BNS solvers per NFE, LD3 grids
+          "sidenet-chain": "digits_sidenet_chain.safetensors",
+          **{f"bns-{n}": f"digits_bns_{n}.npz" for n in (3, 5, 7, 10)},
+          "ld3-unipc": "digits_ld3_unipc.json", "ld3-euler": "digits_ld3_euler.json"}
 
 
 def shipped_path(kind: str) -> Path:
     """Where the shipped ``kind`` file lives (``"backbone"``, ``"classifier"``, ``"sidenet"``,
-    ``"reference"``); not yet verified."""
+    ``"reference"``, and the learned rows' ``"sidenet-chain"``, ``"bns-<nfe>"``, ``"ld3-unipc"``,
+    ``"ld3-euler"``); not yet verified."""
     if kind not in _FILES:
         raise ValueError(f"kind: one of {', '.join(_FILES)}, got {kind!r}")
     return WEIGHTS_DIR / _FILES[kind]
@@ -220,6 +227,34 @@ def load_digits_classifier(path: "str | os.PathLike | None" = None, device: Any 
     return model.to(device).eval().requires_grad_(False)
 
 
+def load_digits_sidenet(path: "str | os.PathLike | None" = None, flag: str = "--sidenet",
+                        kind: str = "sidenet") -> nn.Module:
+    """The SideNet the demos sample with: the shipped one of ``kind`` (``"sidenet"``, trained end
+    to end, for sampling; ``"sidenet-chain"``, chain-trained, for grids and directions the
+    end-to-end training never saw, as editing's inversion) (checksum-verified), or the one at
+    ``path`` (a file or training directory; verified when its directory's ``SHA256SUMS`` lists
+    it), checked before any network runs: it reads the digits states ``(B, 1, 8, 8)``
+    (``check_sidenet_state``) and its file records the ``"digits-sit"`` backbone or none
+    (``check_sidenet_backbone``).
+
+    Raises:
+        ValueError: the file cannot be read or is not for the digits SiT; the message starts with
+            ``flag`` (the shipped file: "the shipped SideNet").
+    """
+    from ..sidenet.checkpoint import check_sidenet_backbone, load_sidenet
+    from ..sidenet.perception import check_sidenet_state
+
+    file = shipped_path(kind) if path is None else Path(path)
+    where = "the shipped SideNet" if path is None else f"{flag} {path}"
+    try:
+        net = load_sidenet(verified(file, required=path is None) if file.is_file() else file)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{flag if path is not None else where}: {err}") from err
+    check_sidenet_state(net, (1, *STATE_SHAPE), where)
+    check_sidenet_backbone(net, "digits-sit", where)
+    return net
+
+
 def sit_config_dict(cfg: SiTConfig) -> dict:
     """A SiTConfig as a JSON-serialisable dict (``SiTConfig(**d)`` rebuilds it)."""
     d = dataclasses.asdict(cfg)
@@ -230,7 +265,9 @@ def sit_config_dict(cfg: SiTConfig) -> dict:
 def digits_sit_backbone(weights: "str | os.PathLike | None" = None, *,
                         guidance_low: float = DIGITS_GUIDANCE_INTERVAL[0],
                         guidance_high: float = DIGITS_GUIDANCE_INTERVAL[1],
-                        dtype: torch.dtype = torch.float32, device: Any = "cpu") -> SiTBackbone:
+                        dtype: torch.dtype = torch.float32, device: Any = "cpu", name: str = "digits-sit",
+                        state_shape: tuple = STATE_SHAPE,
+                        training_images: Optional[Callable[[], torch.Tensor]] = None) -> SiTBackbone:
     """The registered ``"digits-sit"`` backbone: ``backbone(t, x, labels=..., guidance_scale=...)``
     on states ``(B, 1, 8, 8)``.
 
@@ -239,8 +276,11 @@ def digits_sit_backbone(weights: "str | os.PathLike | None" = None, *,
         guidance_low, guidance_high: the guidance interval (default: the whole path).
         dtype: the network's dtype (float64 for tight reference solves).
         device: where it runs.
+        name, state_shape, training_images: for a SiT trained on other states of the digits (the
+            lifted latents of :mod:`.latent`): its backbone name, state shape and a function that
+            returns its training states (default: the training split's images).
 
-    ``sample_data(n, generator)`` draws training-split images (for path-start chains).
+    ``sample_data(n, generator)`` draws training states (for path-start chains).
     """
     model = load_digits_sit(weights, device).to(dtype)
     guided = GuidedSiT(model, guidance_low, guidance_high, tf32=None)
@@ -249,14 +289,14 @@ def digits_sit_backbone(weights: "str | os.PathLike | None" = None, *,
     def sample_data(n: int, generator: torch.Generator) -> torch.Tensor:
         nonlocal train_images
         if train_images is None:
-            train_images = load_digits_split("train")[0]
+            train_images = load_digits_split("train")[0] if training_images is None else training_images()
         idx = torch.randint(0, train_images.shape[0], (n,), generator=generator)
         return train_images[idx]
 
     extra = {"config": model.config, "null_class": model.null_class,
              "guidance_interval": (guided.guidance_low, guided.guidance_high),
              "default_guidance_scale": DIGITS_GUIDANCE_SCALE}
-    return SiTBackbone.from_module(guided, "digits-sit", STATE_SHAPE, num_classes=model.num_classes,
+    return SiTBackbone.from_module(guided, name, tuple(state_shape), num_classes=model.num_classes,
                                    sample_data=sample_data, extra=extra)
 
 
