@@ -297,3 +297,17 @@ def load_flow_sidenet(path: "str | os.PathLike", flow: Any, flag: str = "--siden
         raise SystemExit(f"{err} ({flow.name} has {flow.dim}-dimensional states; its SideNet: "
                          f"python -m adapters.torch_sit.train --backbone {flow.name})") from None
     return net
+
+
+def digits_scoring(reference: "Optional[os.PathLike | str]", n: Optional[int]) -> tuple:
+    """What the digits scripts score against: ``(ref, guidance, field)``, the reference set at
+    ``reference`` (default: the shipped one) cut to its first ``n`` samples (None: all), its
+    guidance scale, and the digits SiT's guided field for its labels."""
+    from adapters.torch_sit.digits.model import digits_sit_backbone, shipped_path
+    from adapters.torch_sit.digits.reference import load_reference
+
+    ref = load_reference(reference or shipped_path("reference"))
+    if n is not None:
+        ref = ref.head(n)
+    guidance = float(ref.meta["guidance_scale"])
+    return ref, guidance, digits_sit_backbone().vfield(labels=ref.labels, guidance_scale=guidance)

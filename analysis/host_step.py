@@ -23,7 +23,7 @@ solve's one-off checks are included. Operations: the aten operations one solve d
 operation in a second table: the count says why a step costs what it costs, independently of the
 machine. The numpy backend is timed too (no operation count).
 
-The bars of issue 24, checked on the torch rows at batch 1 (one 4 x 32 x 32 latent, the issue's
+The host-step bars, checked on the torch rows at batch 1 (one 4 x 32 x 32 latent, the issue's
 case, and a 2-D state): a BA-solver step costs at most 4x an Euler step through ``solve``, and
 that at most 2x the bare loop. A
 benchmark, not a test: the bars are printed, not asserted; ``tests/test_analysis_scripts.py``
@@ -50,7 +50,7 @@ from ._common import (ArgumentParser, command, markdown_table, output_paths, pos
 
 SHAPES = ((1, 4, 32, 32), (16, 4, 32, 32), (1, 2))
 QUICK_SHAPES = ((1, 2),)
-#: (numerator, denominator, at most): the bars of issue 24, read at batch 1
+#: (numerator, denominator, at most): the host-step bars, read at batch 1
 BARS = (("solve BA polynomial", "solve euler", 4.0), ("solve BA anchor-only", "solve euler", 4.0),
         ("solve euler", "bare loop", 2.0))
 

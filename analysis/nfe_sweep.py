@@ -71,6 +71,10 @@ SEARCHED = ("BA SideNet GL4 B", "BA SideNet GL4 A", "BA polynomial GL4 B", "BA p
 TRAINING_FREE = ("BA polynomial GL4 B", "BA polynomial GL4 A", "BA anchor-only GL4 B", "BA anchor-only GL4 A")
 MULTISTEP = ("DPM-Solver++ 2M", "DPM-Solver++ 3M", "UniPC-2 bh2", "UniPC-3 bh2")
 DEFAULT = "BA SideNet GL4 B"
+#: the end-to-end trained BA-solver (``--learned``), the default when given
+LEARNED = "BA learned (end to end)"
+#: the learned rivals the bars compare the default with, at these NFE
+RIVALS_NFES = (5, 7, 10)
 
 
 def grid_names(text: str) -> list[str]:
@@ -96,6 +100,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--flow", default="gmm-ring2d", type=flow_with_density, help="Gaussian-mixture flow (gmm-ring2d, gmm-32d, gmm-64d)")
     p.add_argument("--sidenet", default=None, help="a trained SideNet (.safetensors); default: train one")
+    p.add_argument("--learned", default=None, help="a SideNet trained end to end (python -m adapters.torch_sit."
+                   "learned.ba): the default learned solver when given, on its learned grids and steps")
+    p.add_argument("--bns", nargs="+", default=[], help="BNS coefficient files (bns.npz, one per NFE)")
+    p.add_argument("--ld3", nargs="+", default=[], help="LD3 grid files (grid.json; one per NFE, any methods)")
     p.add_argument("--train-out", default=None, help="where to train the SideNet (default runs/<flow>; runs/quick/<flow> with --quick)")
     p.add_argument("--iters", type=positive_int, default=None, help="SideNet training iterations (default per flow)")
     p.add_argument("--batch", type=positive_int, default=None, help="SideNet training batch size")
@@ -118,7 +126,75 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.train_out = f"runs/quick/{args.flow}"
     if args.sidenet is not None and not Path(args.sidenet).exists():
         p.error(f"--sidenet: {args.sidenet} does not exist")
+    for flag, paths in (("--learned", [args.learned] if args.learned else []), ("--bns", args.bns), ("--ld3", args.ld3)):
+        for path in paths:
+            if not Path(path).is_file():
+                p.error(f"{flag}: {path} does not exist; train it with python -m adapters.torch_sit.learned."
+                        f"{'ba' if flag == '--learned' else flag[2:]} (docs/learned-solvers.md)")
     return args
+
+
+def learned_rows(args, flow: Any, x0: Any) -> "tuple[dict, dict]":
+    """The learned-solver rows (name -> solve(nfe)) and their training times (name -> text), from
+    ``--learned``, ``--bns``, ``--ld3``; every file is read (and refused, naming it) before any
+    solve. A row solves only at the NFE its files cover."""
+    import baquad
+    from baquad.schedules import default_grid
+    from baquad.solvers.bns import NonStationaryCoefficients
+    from baquad.solvers.learned_grid import load_grid
+
+    from adapters.torch_sit.sidenet.perception import NeuralPerception
+
+    rows: dict[str, Callable[..., Any]] = {}
+    trained: dict[str, str] = {}
+    minutes = lambda secs: "?" if not secs or None in secs else f"{max(secs) / 60:.1f} min"  # noqa: E731
+    if args.learned:
+        net = load_flow_sidenet(args.learned, flow, "--learned")
+        if not net.learned_steps:
+            raise SystemExit(f"--learned: {args.learned} carries no learned steps; pass the output of python -m "
+                             "adapters.torch_sit.learned.ba (a chain-trained SideNet goes to --sidenet)")
+        perception = NeuralPerception(net)
+        covered = set(net.learned_steps)
+
+        def learned(nfe: int, spec: Any = None):
+            if nfe not in covered:
+                raise ValueError(f"nfe: no learned solver for {nfe}")
+            return baquad.solve(flow, x0, default_grid("ba-solver", nfe, perception), perception=perception)
+
+        rows[LEARNED] = learned
+        by = net.file_extra.get("learned_by", {})
+        trained[LEARNED] = (f"end to end {minutes([by.get('wall_time_s')])} after chain training "
+                            f"{minutes([by.get('start_training_s')])}")
+    try:
+        bns = {c.nfe: c for c in (NonStationaryCoefficients.load(f) for f in args.bns)}
+        grids = [load_grid(f) for f in args.ld3]
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--bns/--ld3: {err}") from None
+    if bns:
+        def run_bns(nfe: int, spec: Any = None):
+            if nfe not in bns:
+                raise ValueError(f"nfe: no BNS solver for {nfe}")
+            return baquad.solve(flow, x0, tuple(float(t) for t in bns[nfe].times), method="bns",
+                                coefficients=bns[nfe])
+
+        rows["BNS"] = run_bns
+        trained["BNS"] = minutes([c.meta.get("wall_time_s") for c in bns.values()]) + " per NFE"
+    for method in sorted({g.method for g in grids}):
+        mine = [g for g in grids if g.method == method]
+
+        def run_ld3(nfe: int, spec: Any = None, mine=mine, method=method):
+            for g in mine:
+                try:
+                    ts = g.grid_for(method, nfe, **g.options)
+                except ValueError:
+                    continue
+                return baquad.solve(flow, x0, ts, method=method, **g.options)
+            raise ValueError(f"nfe: no LD3 grid for {nfe}")
+
+        name = f"LD3 + {method}"
+        rows[name] = run_ld3
+        trained[name] = minutes([g.meta.get("wall_time_s") for g in mine]) + " per NFE"
+    return rows, trained
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,7 +338,16 @@ def main(argv=None) -> int:
         got = solve_scored(methods[name], nfe)
         if got is not None:
             results.setdefault(name, {})[nfe] = got
-    default_row = {nfe: score(default_learned(nfe).x) for nfe in args.nfe}
+    chain_default = {nfe: score(default_learned(nfe).x) for nfe in args.nfe}
+    extra_rows, trained = learned_rows(args, flow, x0)
+    learned_results: dict[str, dict[int, Score]] = {}
+    for name, fn in extra_rows.items():
+        for nfe in args.nfe:
+            got = solve_scored(fn, nfe)
+            if got is not None:
+                learned_results.setdefault(name, {})[nfe] = got
+    default_name = LEARNED if LEARNED in learned_results else f"{DEFAULT} (default, own grid)"
+    default_row = learned_results.get(LEARNED, chain_default)
     euler_long = {nfe: score(base("euler")(nfe, GRIDS["uniform"]).x) for nfe in EULER_NFES}
 
     # every searched row on every comparison grid
@@ -289,11 +374,12 @@ def main(argv=None) -> int:
         f"{args.n} noises (seed {args.seed}), main tables on schedule `{args.schedule}` (shift {args.shift:g}), every "
         "method spending exactly the NFE of its column (counted). Trajectory error: |x - x_ref| at t = 0 "
         f"against DOP853 (rtol 1e-10) from the same noise. NLL floor: reference solutions {ref_nll:.3f}, "
-        f"exact data samples {data_nll:.3f}. The default learned solver (`{DEFAULT}` on its own grid: {grid_text}) "
-        "is the first row."
+        f"exact data samples {data_nll:.3f}. The default learned solver is the first row: "
+        + (f"`{LEARNED}` (`{shown(Path(args.learned))}`, its learned grids and steps)" if LEARNED in learned_results
+           else f"`{DEFAULT}` on its own grid: {grid_text}") + "."
     )
     lines.append("")
-    rows = {f"{DEFAULT} (default, own grid)": default_row, **results}
+    rows = {**learned_results, f"{DEFAULT} (chain, own grid)": chain_default, **results}
     lines += table(rows, args.nfe, "err", "Trajectory error, mean (lower is better)")
     lines += table(rows, args.nfe, "median", "Trajectory error, median (insensitive to the few mode switches)")
     lines += table(rows, args.nfe, "switched", "Mode switches: fraction of samples ending in another component than their reference")
@@ -308,7 +394,12 @@ def main(argv=None) -> int:
     lines.append("")
     if by_grid:
         lines += grid_tables(by_grid, args.grids, args.nfe)
-        lines += bars(default_row, by_grid, euler_long, args.nfe)
+        lines += bars(default_row, by_grid, euler_long, args.nfe, default_name, learned_results)
+    if trained:
+        lines.append("Training of the learned solvers (teacher sets of other noises than these; wall time):")
+        lines.append("")
+        lines += [f"- {name}: {how}" for name, how in trained.items()]
+        lines.append("")
     side_params = count_parameters(sidenet)
     lines.append("SideNet and cost:")
     lines.append("")
@@ -376,7 +467,8 @@ def table(results, nfes, key: str, title: str) -> list[str]:
     return [f"{title}:", "", markdown_table(["method", *(f"NFE {n}" for n in nfes)], rows), ""]
 
 
-def bars(default_row: dict, by_grid: dict, euler_long: dict, nfes: list) -> list:
+def bars(default_row: dict, by_grid: dict, euler_long: dict, nfes: list, default_name: str = DEFAULT,
+         rivals: Optional[dict] = None) -> list:
     """The bars, judged on the default learned solver (GL4 scheme B on its own grid) on the mean and
     on the median trajectory error, each with the paired comparison on the same noises:
 
@@ -386,20 +478,20 @@ def bars(default_row: dict, by_grid: dict, euler_long: dict, nfes: list) -> list
        anchor-only, scheme A or B) on that perception's best grid: at most its error plus one
        standard error of the paired difference.
     """
-    out = ["The bars (default learned solver = BA SideNet GL4 B on its own grid; paired on the same noises, "
+    out = [f"The bars (default learned solver = {default_name}; paired on the same noises, "
            "difference +- its standard error):", ""]
     e100 = euler_long[100]
     for key, label in (("err", "mean"), ("median", "median")):
         stat = "mean" if key == "err" else "median"
         val = lambda s: getattr(s, key)  # noqa: E731
         for n, tag in ((10, ""), (7, " (stretch)")):
-            if n in nfes:
+            if n in nfes and n in default_row:
                 d = default_row[n]
                 pr = paired(d.errors, e100.errors, stat)
                 out.append(f"- {label}{tag}: BA at {n} NFE {val(d):.4g} vs Euler at 100 NFE {val(e100):.4g}: "
                            f"{'met' if val(d) <= val(e100) else f'NOT met, {val(d) / val(e100):.2f}x'} "
                            f"(paired difference {pr.diff:.3g} +- {pr.se:.2g})")
-        if 5 in nfes and 10 in nfes:
+        if 5 in nfes and 10 in nfes and 5 in default_row:
             cands = [(name, *best_grid(by_grid, name, 10, key)) for name in MULTISTEP if name in by_grid]
             cands = [c for c in cands if c[2] is not None]
             if cands:
@@ -409,19 +501,38 @@ def bars(default_row: dict, by_grid: dict, euler_long: dict, nfes: list) -> list
                 out.append(f"- {label}: BA at 5 NFE {val(d5):.4g} vs best multistep at 10 NFE ({name} on {g}) {val(sc):.4g}: "
                            f"{'met' if val(d5) < val(sc) else f'NOT met, {val(d5) / val(sc):.2f}x'} "
                            f"(paired difference {pr.diff:.3g} +- {pr.se:.2g})")
-        worse = []
-        for n in nfes:
+        worse, beaten = [], []
+        missing = [n for n in nfes if n not in default_row]
+        for n in (n for n in nfes if n in default_row):
             cands = [(name, *best_grid(by_grid, name, n, key)) for name in TRAINING_FREE if name in by_grid]
             cands = [c for c in cands if c[2] is not None]
             if not cands:
                 continue
             name, g, sc = min(cands, key=lambda c: val(c[2]))
             pr = paired(default_row[n].errors, sc.errors, stat)
+            if n in RIVALS_NFES:
+                beaten.append(f"NFE {n}: {val(default_row[n]):.4g} vs {name} on {g} {val(sc):.4g} "
+                              f"({'better' if val(default_row[n]) < val(sc) else 'NOT better'})")
             if not pr.no_worse:
                 worse.append(f"NFE {n}: {val(default_row[n]):.4g} vs {name} on {g} {val(sc):.4g} "
                              f"(difference {pr.diff:.3g} > its standard error {pr.se:.2g})")
         out.append(f"- {label}: never worse than the best training-free BA on its best grid, at NFE "
-                   f"{', '.join(map(str, nfes))}: " + ("met" if not worse else "NOT met at " + "; ".join(worse)))
+                   f"{', '.join(map(str, nfes))}: " + ("met" if not worse else "NOT met at " + "; ".join(worse))
+                   + (f" (no learned solver for NFE {', '.join(map(str, missing))})" if missing else ""))
+        if beaten:
+            out.append(f"- {label}: better than the best training-free BA on its best grid: " + "; ".join(beaten))
+        for name, row in (rivals or {}).items():
+            if name == default_name:
+                continue
+            verdicts = []
+            for n in RIVALS_NFES:
+                if n in row and n in default_row:
+                    pr = paired(default_row[n].errors, row[n].errors, stat)
+                    won = val(default_row[n]) < val(row[n])
+                    verdicts.append(f"NFE {n}: {val(default_row[n]):.4g} vs {val(row[n]):.4g} "
+                                    f"({'better' if won else 'NOT better'}; difference {pr.diff:.3g} +- {pr.se:.2g})")
+            if verdicts:
+                out.append(f"- {label}: better than {name}: " + "; ".join(verdicts))
     out.append("")
     return out
 

@@ -1,7 +1,7 @@
 """The analysis scripts refuse bad flags at parse time and never write where they must not.
 
 - A property test over the numeric flags of nfe_sweep, prediction_drift, sidenet_ablation,
-  chain_bias, overhead, error_source and tune_grid: every out-of-range value (negative, zero where the flag must be
+  chain_bias, host_step, error_source and tune_grid: every out-of-range value (negative, zero where the flag must be
   positive, NaN, infinities, numbers that are not integers, words) ends the command with
   argparse's exit status 2 and a message naming the flag, and nothing is written: not in the
   working directory (where ``runs/`` would go), not in the committed ``analysis/figures/``.
@@ -56,9 +56,9 @@ FLAGS = [
     ("chain_bias", "--n", POSITIVE_INT),
     ("chain_bias", "--t0", UNIT_TIME),
     ("chain_bias", "--h", GENERATION_STEP),
-    ("overhead", "--steps", POSITIVE_INT),
-    ("overhead", "--repeats", POSITIVE_INT),
-    ("overhead", "--threads", POSITIVE_INT),
+    ("host_step", "--steps", POSITIVE_INT),
+    ("host_step", "--repeats", POSITIVE_INT),
+    ("host_step", "--threads", POSITIVE_INT),
     ("error_source", "--nfe", POSITIVE_INT),
     ("error_source", "--n", AT_LEAST_2),
     ("error_source", "--seed", NON_NEGATIVE_INT),
@@ -69,6 +69,27 @@ FLAGS = [
     ("tune_grid", "--n", AT_LEAST_2),
     ("tune_grid", "--seed", NON_NEGATIVE_INT),
     ("tune_grid", "--nfe", POSITIVE_INT),
+    ("cost_model", "--batch", POSITIVE_INT),
+    ("cost_model", "--nfe", POSITIVE_INT),
+    ("cost_model", "--guidance-scale", POSITIVE),
+    ("sidenet_design", "--n", AT_LEAST_2),
+    ("sidenet_design", "--seed", NON_NEGATIVE_INT),
+    ("sidenet_design", "--nfe", POSITIVE_INT),
+    ("sidenet_design", "--iters", POSITIVE_INT),
+    ("sidenet_design", "--batch", POSITIVE_INT),
+    ("sidenet_design", "--lr", POSITIVE),
+    ("sidenet_design", "--threads", POSITIVE_INT),
+    ("own_model", "--minutes", POSITIVE),
+    ("own_model", "--threads", POSITIVE_INT),
+    ("own_model", "--n", AT_LEAST_2),
+    ("own_model", "--seed", NON_NEGATIVE_INT),
+    ("own_model", "--model-steps", POSITIVE_INT),
+    ("digits_never_worse", "--n", AT_LEAST_2),
+    ("digits_never_worse", "--nfe", POSITIVE_INT),
+    ("digits_never_worse", "--threads", POSITIVE_INT),
+    ("learned_ablation", "--n", AT_LEAST_2),
+    ("learned_ablation", "--nfe", POSITIVE_INT),
+    ("learned_ablation", "--threads", POSITIVE_INT),
 ]
 
 WORDS = st.sampled_from(["", " ", "a", "a,b", "3,4", "ten", "1/2", "0x10", "1_0_", "--", "None", "true"])
@@ -104,7 +125,7 @@ def inputs(tmp_path_factory):
 
 def base_argv(script: str, sidenet: Path) -> list[str]:
     return {"sidenet_ablation": [str(sidenet)], "chain_bias": ["--sidenet", str(sidenet)],
-            "tune_grid": ["--sidenet", str(sidenet)]}.get(script, [])
+            "tune_grid": ["--sidenet", str(sidenet)], "learned_ablation": [f"start={sidenet}"]}.get(script, [])
 
 
 def figures_state() -> dict:
@@ -129,7 +150,7 @@ def test_out_of_range_numeric_flags_are_refused_at_parse_time(script, flag, kind
     # one value alone: sidenet_ablation's scheme-A column needs a largest budget >= 2
     good = data.draw(good_values(AT_LEAST_2 if (script, flag) == ("sidenet_ablation", "--nfe") else kind), label="good")
     args = module.parse_args(base_argv(script, inputs) + [f"{flag}={good!r}"] + (["--out", str(tmp_path)]
-                                                                                  if script not in ("overhead", "chain_bias", "tune_grid") else []))
+                                                                                  if script not in ("chain_bias", "tune_grid") else []))
     got = getattr(args, flag.lstrip("-").replace("-", "_"))
     assert (got[0] if isinstance(got, list) else got) == good
     assert list(tmp_path.iterdir()) == []
@@ -197,7 +218,7 @@ def test_a_sidenet_for_other_states_is_refused_by_every_script(tmp_path, monkeyp
         "nfe_sweep": ["--quick", "--sidenet", str(path)],
     }
     for script, argv in runs.items():
-        with pytest.raises(SystemExit, match=r"is a SideNet for 3-dimensional states; gmm-ring2d has 2-dimensional"):
+        with pytest.raises(SystemExit, match=r"MLPSideNet for states of 3 number\(s\) per sample .* \(B, 2\), 2 per"):
             importlib.import_module(f"analysis.{script}").main(argv)
     assert list(work.iterdir()) == [] and figures_state() == before
     with pytest.raises(SystemExit, match="does not exist"):

@@ -239,3 +239,130 @@ def test_scorer_against_scipy_densities():
     assert got.median == pytest.approx(np.median(err), rel=1e-12)
     assert got.se == pytest.approx(err.std(ddof=1) / np.sqrt(len(err)), rel=1e-12)
     assert got.nll == pytest.approx(-np.mean(logsumexp(comp, axis=-1)), rel=1e-9)
+
+
+def host_step_ops(md: str) -> dict[str, dict[str, int]]:
+    """The operations table of ``host_step.md``: contender -> {operation: count} for one solve."""
+    ops = {}
+    for line in md.split("aten operations of one solve")[1].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[1].isdigit():
+            counts = dict(item.rsplit(" ", 1) for item in cells[3].split(", "))
+            ops[cells[0]] = {name: int(n) for name, n in counts.items()}
+            assert sum(ops[cells[0]].values()) == int(cells[2])
+    return ops
+
+
+def test_host_step_quick_run_counts_the_operations_the_algorithms_need(tmp_path, capsys):
+    """The operations of one solve against the count written out from each algorithm, on
+    N = 3 intervals of v = -x (one ``neg`` per field call). Every update x + h sum_j c_j a_j is
+    one ``add`` and one in-place ``add_`` per further array; BA-solver (Gauss-Lobatto-4, scheme
+    B: N field calls, the last interval single-anchor) combines the anchor velocities, each
+    once: the predictor of interval 1 has the start anchor only, the later ones the previous and
+    the start anchor (linear extrapolation); the corrector of interval 1 the start and the
+    terminal anchor, the later ones the previous, start and terminal anchor (the polynomial's
+    quadratic interpolation), anchor-only always the start and the terminal one; each bi-anchor
+    interval's gap |x_{i+1} - x~| is one ``dist`` (scaled to the rms on the host at the end).
+    ``solve`` checks x0 once and the state after every interval with check_finite (a finite
+    state: its ``sum`` read back, finite), and stacks the gaps once at the end (read back as Python floats)."""
+    from analysis import host_step
+
+    assert host_step.main(["--quick", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "host_step.md").read_text()
+    assert md.startswith(f"`python -m analysis.host_step --quick --out {tmp_path}`")
+    assert f"wrote {tmp_path / 'host_step.md'}" in capsys.readouterr().out
+    n = 3
+    check = {"sum": 1, "_local_scalar_dense": 1}  # one finiteness check of a finite state
+    euler = {"neg": n, "mul": n, "add": n}
+    ba_poly = {"neg": n, "add": n + (n - 1), "add_": (n - 1) + 1 + 2 * (n - 2), "dist": n - 1, "stack": 1}
+    ba_anchor_only = {"neg": n, "add": n + (n - 1), "add_": n - 1, "dist": n - 1, "stack": 1}
+
+    def plus(*counts):
+        out: dict = {}
+        for c in counts:
+            for name, k in c.items():
+                out[name] = out.get(name, 0) + k
+        return out
+
+    def times(c, k):
+        return {name: k * v for name, v in c.items()}
+
+    want = {
+        "bare loop": euler,
+        "solve euler": plus(euler, check),
+        "solve BA polynomial": plus(ba_poly, check),
+        "solve BA anchor-only": plus(ba_anchor_only, check),
+        "solve BA polynomial, check_finite": plus(ba_poly, check, times(check, n)),
+    }
+    got = host_step_ops(md)
+    for name, counts in want.items():
+        assert got[name] == counts, name
+    # the timing table has every contender for both backends, and the bars are printed
+    for backend in ("torch", "numpy"):
+        for name in want:
+            assert re.search(rf"\| {backend} \| \(1, 2\) \| {re.escape(name)} \| [0-9.]+ \|", md), (backend, name)
+    assert "solve BA polynomial / solve euler" in md and "solve euler / bare loop" in md
+
+
+def test_own_model_quick_run_scores_euler_independently(tmp_path, capsys):
+    """``analysis.own_model --quick``: the table's Euler row against Euler written out here,
+    x_{k+1} = x_k - v(t_k, x_k) / N on t_k = 1 - k / N, with the saved model, the scoring noises
+    (seed 1000) and the saved references; the untrained SideNet (step 0) is the default."""
+    import torch
+
+    from adapters.torch_sit.files import read_header, read_tensors
+    from adapters.torch_sit.sidenet.checkpoint import load_checkpoint
+    from analysis import own_model
+
+    runs = tmp_path / "runs"
+    assert own_model.main(["--quick", "--out", str(tmp_path), "--runs", str(runs), "--threads", "1"]) == 0
+    text = (tmp_path / "own_model.md").read_text()
+    assert text.startswith("`python -m analysis.own_model --quick --out ")
+    rows = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in text.splitlines()
+                              if line.startswith("| ") and not line.startswith("| ---"))}
+    header = read_header(runs / "velocity.safetensors")
+    settings = header.meta["settings"]
+    model = own_model._torch_model_classes()(settings["channels"], settings["embed_dim"], max_freq=settings["max_freq"])
+    model.load_state_dict(read_tensors(header))
+    ref = read_tensors(read_header(runs / "reference.safetensors"))["x0"]
+    noise = torch.randn((16, 3, 8, 8), generator=torch.Generator().manual_seed(1000))
+    for col, nfe in ((1, 5), (2, 8)):
+        x = noise.clone()
+        with torch.no_grad():
+            for k in range(nfe):
+                x = x - model(torch.full((16,), 1.0 - k / nfe), x) / nfe
+        err = float((x.double() - ref).flatten(1).norm(dim=1).mean())
+        shown = float(rows["Euler"][col].split(" ")[0])
+        assert abs(shown - err) <= 5e-5 + 1e-4 * err, (nfe, shown, err)
+    # the SideNet through its training: step 0 (untrained) is the default, to the 4 digits shown
+    assert rows["0"][3].startswith(("+0.0000", "-0.0000")) and rows["0"][4].startswith(("+0.0000", "-0.0000"))
+    # the time budget was converted into a count and recorded
+    ck = load_checkpoint(runs / "sidenet")
+    assert ck.extra["budget"]["iters"] == ck.config["iters"] == ck.step >= 3
+    assert "SideNet after step" in capsys.readouterr().out
+
+
+def test_digits_never_worse_quick_reports_the_best_of_its_grids(tmp_path):
+    """``analysis.digits_never_worse --quick``: one row per NFE, and the best training-free error
+    it reports is at most that of one member of its search written out here (anchor-only, scheme
+    B, Gauss-Lobatto-4 on the uniform grid), on the same 8 shipped reference samples."""
+    torch = pytest.importorskip("torch")
+    import baquad
+    from analysis import digits_never_worse
+    from adapters.torch_sit.digits.model import digits_sit_backbone, shipped_path
+    from adapters.torch_sit.digits.reference import load_reference
+
+    assert digits_never_worse.main(["--quick", "--out", str(tmp_path)]) == 0
+    rows = [line.split("|")[1:-1] for line in (tmp_path / "digits_never_worse.md").read_text().splitlines()
+            if line.startswith("| 3 ") or line.startswith("| 4 ")]
+    assert [int(r[0]) for r in rows] == [3, 4]
+    ref = load_reference(shipped_path("reference")).head(8)
+    field = digits_sit_backbone().vfield(labels=ref.labels, guidance_scale=float(ref.meta["guidance_scale"]))
+    for row in rows:
+        nfe = int(row[0])
+        with torch.no_grad():
+            x = baquad.solve(field, ref.noise, [1 - k / nfe for k in range(nfe + 1)], method="ba-solver",
+                             perception="anchor-only", final="single").x
+        member = float((x.double() - ref.reference.double()).flatten(1).norm(dim=1).mean())
+        best = float(row[4].split("/")[0])
+        assert best <= member + 5e-5  # printed to 4 decimals
