@@ -43,6 +43,10 @@ NOT_REFERENCES = {
     ("tests/test_demo.py", "demo.md"): "the table `baquad demo` writes under its --out",
     ("adapters/torch_sit/digits/edit.py", "edit.md"): "the table `baquad demo edit` writes under its --out",
     ("tests/test_edit.py", "edit.md"): "the table `baquad demo edit` writes under its --out",
+    ("adapters/torch_sit/digits/demo.py", "edit.md"): "the table `baquad demo edit` writes under its --out",
+    ("adapters/torch_sit/digits/output.py", "runs/demo/demo.md"): "the table `baquad demo` writes under its --out",
+    ("tests/test_demo_refusals.py", "demo.md"): "the table `baquad demo` writes under its --out",
+    ("docs/digits.md", "edit.md"): "the table `baquad demo edit` writes under its --out",
 }
 
 
@@ -64,8 +68,10 @@ def repository_files() -> list[Path]:
 
 
 def analysis_outputs() -> tuple[str, ...]:
-    """Name prefixes of the tables the analysis scripts write (``<out>/<script>_<flow>.md``)."""
-    return tuple(f"{p.stem}_" for p in (ROOT / "analysis").glob("*.py") if not p.stem.startswith("_"))
+    """Name prefixes of the tables the analysis scripts write (``<out>/<script>_<flow>.md``, or
+    ``<out>/<script>.md`` for a script with one table)."""
+    scripts = [p.stem for p in (ROOT / "analysis").glob("*.py") if not p.stem.startswith("_")]
+    return tuple(f"{s}_" for s in scripts) + tuple(f"{s}.md" for s in scripts)
 
 
 def github_anchor(heading: str) -> str:

@@ -322,9 +322,9 @@ def test_the_documentation_shows_commands_of_every_kind():
 
 
 def test_extraction_rules_by_hand():
-    code = 'OUT=/tmp python -m analysis.overhead --steps 3 && baquad demo [--n 2000]  # a comment'
+    code = 'OUT=/tmp python -m analysis.host_step --steps 3 && baquad demo [--n 2000]  # a comment'
     ws = words(code)
-    assert ws[:4] == ["OUT=/tmp", "python", "-m", "analysis.overhead"] and "&&" in ws and "#" not in " ".join(ws)
+    assert ws[:4] == ["OUT=/tmp", "python", "-m", "analysis.host_step"] and "&&" in ws and "#" not in " ".join(ws)
     assert [as_value(w) for w in ("[--n", "2000]", "[sample]", "<dir>", "runs/<dir>", "$NFE", "${EXTRA[@]}",
                                   "runs/*/sidenet.safetensors", "[[1.0, 0.5]]", "PATH")] == \
         ["--n", "2000", "sample", PLACEHOLDER, "runs/x", PLACEHOLDER, None, "runs/x/sidenet.safetensors",
