@@ -90,6 +90,10 @@ FLAGS = [
     ("learned_ablation", "--n", AT_LEAST_2),
     ("learned_ablation", "--nfe", POSITIVE_INT),
     ("learned_ablation", "--threads", POSITIVE_INT),
+    ("inversion_distance", "--n", AT_LEAST_2),
+    ("inversion_distance", "--guidance-scale", POSITIVE),
+    ("inversion_distance", "--shift", POSITIVE),
+    ("inversion_distance", "--threads", POSITIVE_INT),
 ]
 
 WORDS = st.sampled_from(["", " ", "a", "a,b", "3,4", "ten", "1/2", "0x10", "1_0_", "--", "None", "true"])

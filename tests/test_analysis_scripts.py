@@ -366,3 +366,37 @@ def test_digits_never_worse_quick_reports_the_best_of_its_grids(tmp_path):
         member = float((x.double() - ref.reference.double()).flatten(1).norm(dim=1).mean())
         best = float(row[4].split("/")[0])
         assert best <= member + 5e-5  # printed to 4 decimals
+
+
+def test_inversion_distance_quick_euler_row_is_written_out_here(tmp_path):
+    """``analysis.inversion_distance --quick``: its Euler-10 row against Euler inversion written out
+    here (x <- x + h v on the reversed shifted grid) and DOP853 through scipy directly."""
+    torch = pytest.importorskip("torch")
+    from scipy.integrate import solve_ivp
+
+    from analysis import inversion_distance
+    from adapters.torch_sit.digits.model import digits_sit_backbone, load_digits_split
+
+    assert inversion_distance.main(["--quick", "--out", str(tmp_path)]) == 0
+    row = next(line for line in (tmp_path / "inversion_distance.md").read_text().splitlines()
+               if line.startswith("| Euler | 10 |"))
+    reported = float(row.split("|")[3].split("±")[0])
+    images, labels = load_digits_split("train")
+    x0, y = images[:4], labels[:4]
+    field = digits_sit_backbone().vfield(labels=y, guidance_scale=1.0)
+    s, u = 0.4, torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    ts = s * u / (1 + (s - 1) * u)  # the shifted grid, from t = 0 up to t = 1
+    x = x0.clone()
+    with torch.no_grad():
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x = x + float(t_next - t) * field(float(t), x)
+
+        def rhs(t, z):
+            zt = torch.from_numpy(z).reshape(x0.shape)
+            return field(float(t), zt).double().numpy().ravel() if zt.dtype == torch.float64 else \
+                field(float(t), zt.float()).double().numpy().ravel()
+
+        sol = solve_ivp(rhs, (0.0, 1.0), x0.double().numpy().ravel(), method="DOP853", rtol=1e-8, atol=1e-8)
+    truth = torch.from_numpy(sol.y[:, -1]).reshape(x0.shape)
+    expected = float((x.double() - truth).flatten(1).norm(dim=1).mean())
+    assert reported == pytest.approx(expected, abs=2e-3)
