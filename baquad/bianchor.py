@@ -121,7 +121,7 @@ class Prediction(NamedTuple):
             (with a perception's ``linear_terms``, the anchor velocities those predictions
             combine, each once, weighted by the sum of w_k times its coefficients).
         x_pred: the predictor x~ (Eq. 6); the new state of a single-anchor interval.
-        corrector: the node roles of the corrector's weights when they are not the rule's
+        corrector: the corrector's weights by node role (:class:`_Roles`) when they are not the rule's
             (learned per-interval weights, :mod:`baquad.solvers.learned_steps`); None: the rule's.
     """
 
@@ -161,8 +161,6 @@ class BiAnchorSolver:
         self.rule = rule
         self.perception = perception
         self._roles = _node_roles(rule.nodes, rule.weights)
-        (self._forward, self._backward, self._forward_c, self._backward_c, self._forward_w, self._backward_w,
-         self._kept, self._ahead, self._start, self._end) = self._roles
         self._history_size = history_size(perception)
         self._per_sample_ok = bool(getattr(perception, "per_sample_times", False))
         self._linear = getattr(perception, "linear_terms", None)
@@ -222,20 +220,21 @@ class BiAnchorSolver:
         if weights is not None:
             roles, corrector = (_roles(self.rule.nodes, _check_weights(w, self.rule, name))
                                 for w, name in zip(weights, ("predictor", "corrector")))
-        start, forward_w = roles[8], roles[4]
-        coeffs, arrays = list(start), [v] * len(start)
-        if not self._forward:
-            kept = (tuple(coeffs), tuple(arrays)) if corrector is None else (corrector[8], (v,) * len(corrector[8]))
+        nodes = self._roles  # which node does what depends on the rule only, not on the weights
+        coeffs, arrays = list(roles.start_w), [v] * len(roles.start_w)
+        if not nodes.forward:
+            kept = (tuple(coeffs), tuple(arrays)) if corrector is None else \
+                (corrector.start_w, (v,) * len(corrector.start_w))
             return Prediction(state, t1, h, kept, B.add_scaled(x, h, coeffs, arrays), corrector)
         # Step 1: forward perception from the start anchor, all nodes c > 0 in one call; predictor.
-        rows = self._probe(self._forward_c, h, x, v, t0, state.history)
-        _accumulate(coeffs, arrays, [(forward_w[j], rows[j]) for j in self._kept])
+        rows = self._probe(nodes.forward_c, h, x, v, t0, state.history)
+        _accumulate(coeffs, arrays, [(roles.forward_w[j], rows[j]) for j in nodes.kept])
         kept = (tuple(coeffs), tuple(arrays))
         if corrector is not None:  # the corrector keeps the same probes with its own weights
-            kc, ka = list(corrector[8]), [v] * len(corrector[8])
-            _accumulate(kc, ka, [(corrector[4][j], rows[j]) for j in self._kept])
+            kc, ka = list(corrector.start_w), [v] * len(corrector.start_w)
+            _accumulate(kc, ka, [(corrector.forward_w[j], rows[j]) for j in nodes.kept])
             kept = (tuple(kc), tuple(ka))
-        _accumulate(coeffs, arrays, [(forward_w[j], rows[j]) for j in self._ahead])
+        _accumulate(coeffs, arrays, [(roles.forward_w[j], rows[j]) for j in nodes.ahead])
         return Prediction(state, t1, h, kept, B.add_scaled(x, h, coeffs, arrays), corrector)
 
     def correct(self, pred: "Prediction", anchor: Anchor) -> tuple[BiAnchorState, StepInfo]:
@@ -250,13 +249,13 @@ class BiAnchorSolver:
         x, h, t1 = pred.state.x, pred.h, pred.t1
         history = _push(pred.state.history, anchor, self._history_size)
         coeffs, arrays = list(pred.kept[0]), list(pred.kept[1])
-        backward_w, end = (self._backward_w, self._end) if pred.corrector is None else \
-            (pred.corrector[5], pred.corrector[9])
+        nodes = self._roles
+        weights = nodes if pred.corrector is None else pred.corrector
         # Step 3: backward perception from the terminal anchor for the nodes c >= 1/2.
-        if self._backward:
-            rows = self._probe(self._backward_c, h, anchor.x, anchor.v, t1, history)
-            _accumulate(coeffs, arrays, zip(backward_w, rows))
-        _accumulate(coeffs, arrays, [(w, ((1.0, anchor.v),)) for w in end])
+        if nodes.backward:
+            rows = self._probe(nodes.backward_c, h, anchor.x, anchor.v, t1, history)
+            _accumulate(coeffs, arrays, zip(weights.backward_w, rows))
+        _accumulate(coeffs, arrays, [(w, ((1.0, anchor.v),)) for w in weights.end_w])
         # Step 4: corrector. Step 5: the terminal anchor is the next interval's start anchor.
         x1 = B.add_scaled(x, h, coeffs, arrays)
         return BiAnchorState(t1, x1, anchor, history), StepInfo(B.norm_of_difference(x1, pred.x_pred), B.size(x1))
@@ -286,7 +285,7 @@ class BiAnchorSolver:
 
 
 @lru_cache(maxsize=64)
-def _node_roles(nodes: tuple[float, ...], weights: tuple[float, ...]) -> tuple[tuple, ...]:
+def _node_roles(nodes: tuple[float, ...], weights: tuple[float, ...]) -> "_Roles":
     """:func:`_roles` for a rule's own weights, worked out once per rule."""
     return _roles(nodes, weights)
 
@@ -299,21 +298,33 @@ def _check_weights(weights: Any, rule: QuadratureRule, name: str) -> tuple:
     return w
 
 
-def _roles(nodes: tuple[float, ...], weights: tuple) -> tuple[tuple, ...]:
-    """What each node of a rule does in the step, for the weights ``weights``: the forward nodes
-    (c > 0) and the backward ones (1/2 <= c < 1) as indices; the probes' offsets in units of h
-    (c, and c - 1 backward) and their weights; which forward probes the corrector keeps (c < 1/2)
-    and which only the predictor uses, as positions in the forward probe; the weights on the start
-    anchor (c = 0) and on the terminal anchor (c = 1, corrector only)."""
+class _Roles(NamedTuple):
+    """What each node of a rule does in the step, for one set of weights (:func:`_roles`)."""
+
+    forward: tuple  #: indices of the forward-probe nodes (c > 0)
+    backward: tuple  #: indices of the backward-probe nodes (1/2 <= c < 1)
+    forward_c: tuple  #: the forward probe's offsets in units of h (c)
+    backward_c: tuple  #: the backward probe's offsets in units of h (c - 1)
+    forward_w: tuple  #: the forward nodes' weights
+    backward_w: tuple  #: the backward nodes' weights
+    kept: tuple  #: positions in the forward probe the corrector keeps (c < 1/2)
+    ahead: tuple  #: positions in the forward probe only the predictor uses (c >= 1/2)
+    start_w: tuple  #: the weights on the start anchor (c = 0)
+    end_w: tuple  #: the weights on the terminal anchor (c = 1, corrector only)
+
+
+def _roles(nodes: tuple[float, ...], weights: tuple) -> _Roles:
+    """The :class:`_Roles` of a rule's ``nodes`` under ``weights`` (the rule's, or learned
+    per-interval ones)."""
     forward = tuple(k for k, c in enumerate(nodes) if c > 0.0)
     backward = tuple(k for k, c in enumerate(nodes) if 0.5 <= c < 1.0)
-    return (forward, backward,
-            tuple(nodes[k] for k in forward), tuple(nodes[k] - 1.0 for k in backward),
-            tuple(weights[k] for k in forward), tuple(weights[k] for k in backward),
-            tuple(j for j, k in enumerate(forward) if nodes[k] < 0.5),
-            tuple(j for j, k in enumerate(forward) if nodes[k] >= 0.5),
-            tuple(w for c, w in zip(nodes, weights) if c == 0.0),
-            tuple(w for c, w in zip(nodes, weights) if c == 1.0))
+    return _Roles(forward, backward,
+                  tuple(nodes[k] for k in forward), tuple(nodes[k] - 1.0 for k in backward),
+                  tuple(weights[k] for k in forward), tuple(weights[k] for k in backward),
+                  tuple(j for j, k in enumerate(forward) if nodes[k] < 0.5),
+                  tuple(j for j, k in enumerate(forward) if nodes[k] >= 0.5),
+                  tuple(w for c, w in zip(nodes, weights) if c == 0.0),
+                  tuple(w for c, w in zip(nodes, weights) if c == 1.0))
 
 
 def push_anchor(history: tuple[Anchor, ...], anchor: Anchor, size: Optional[int]) -> tuple[Anchor, ...]:
