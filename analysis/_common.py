@@ -29,6 +29,15 @@ def output_paths(out: "str | os.PathLike", stem: str) -> tuple[Path, Path]:
     return out / f"{stem}.png", out / f"{stem}.md"
 
 
+def write_report(out: "str | os.PathLike", stem: str, text: str) -> Path:
+    """Print ``text``, write it to ``out/stem.md`` and say so; returns the path."""
+    print(text)
+    _, md = output_paths(out, stem)
+    md.write_text(text + "\n")
+    print(f"wrote {md}")
+    return md
+
+
 def shown(path: Path) -> str:
     """``path`` relative to the working directory when it lies below it."""
     try:

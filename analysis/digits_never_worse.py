@@ -29,8 +29,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ._common import (ArgumentParser, command, digits_scoring, markdown_table, output_paths, paired, positive_int,
-                      resolve_out, sample_count, set_threads)
+from ._common import (ArgumentParser, command, digits_scoring, markdown_table, paired, positive_int,
+                      resolve_out, sample_count, set_threads, write_report)
 from .nfe_sweep import GRIDS
 
 #: the demo's grid shift, added to the comparison set
@@ -82,8 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for nfe in args.nfe:
         perception = NeuralPerception(sidenet, labels=ref.labels, guidance_scale=guidance)
         learned = solve(default_grid("ba-solver", nfe, perception), perception=perception, final="single")
-        has_steps = str(nfe) in (getattr(sidenet, "learned_steps", None) or {}) or \
-            nfe in (getattr(sidenet, "learned_steps", None) or {})
+        has_steps = nfe in (getattr(sidenet, "learned_steps", None) or {})
         best: Optional[tuple] = None
         for perc in ("polynomial", "anchor-only"):
             for final, scheme in (("single", "B"), ("bi", "A")):
@@ -112,10 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"trajectory error |x - x_ref|_2 against DOP853. Training-free BA: Gauss-Lobatto-4, polynomial or "
         f"anchor-only perception, scheme A or B, best of {len(grids)} grids per NFE (chosen on these noises).", "",
         table, "", f"Wall time {seconds:.0f} s with {torch.get_num_threads()} thread(s)."])
-    print(text)
-    _, md = output_paths(args.out, "digits_never_worse")
-    md.write_text(text + "\n")
-    print(f"wrote {md}")
+    write_report(args.out, "digits_never_worse", text)
     return 0
 
 

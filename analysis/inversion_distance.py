@@ -19,8 +19,8 @@ import argparse
 import time
 from typing import Optional, Sequence
 
-from ._common import (ArgumentParser, command, markdown_table, output_paths, positive_float, positive_int,
-                      resolve_out, sample_count, set_threads)
+from ._common import (ArgumentParser, command, markdown_table, positive_float, positive_int,
+                      resolve_out, sample_count, set_threads, write_report)
 
 #: (label, method, NFE per direction) of the rows
 ROWS = (("BA-solver + SideNet (chain)", "ba-solver", 10), ("Euler", "euler", 10), ("Euler", "euler", 100),
@@ -68,10 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{args.n} training-split digits, guidance {args.guidance_scale:g}, grid shift {args.shift:g}; the exact "
         f"noises have mean |z|_2 {size.mean():.2f}.", "", table, "",
         f"Wall time {time.perf_counter() - start:.0f} s with {torch.get_num_threads()} thread(s)."])
-    print(text)
-    _, md = output_paths(args.out, "inversion_distance")
-    md.write_text(text + "\n")
-    print(f"wrote {md}")
+    write_report(args.out, "inversion_distance", text)
     return 0
 
 

@@ -29,8 +29,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ._common import (ArgumentParser, command, digits_scoring, markdown_table, output_paths, paired, positive_int,
-                      resolve_out, sample_count, set_threads)
+from ._common import (ArgumentParser, command, digits_scoring, markdown_table, paired, positive_int,
+                      resolve_out, sample_count, set_threads, write_report)
 
 
 def _named_file(text: str) -> tuple[str, Path]:
@@ -101,10 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"Digits SiT, guidance {guidance:g}, {len(ref)} noises of "
                       f"{args.reference or 'the shipped reference set'}.", "", table, "",
                       f"Wall time {time.perf_counter() - start:.0f} s with {torch.get_num_threads()} thread(s)."])
-    print(text)
-    _, md = output_paths(args.out, "learned_ablation")
-    md.write_text(text + "\n")
-    print(f"wrote {md}")
+    write_report(args.out, "learned_ablation", text)
     return 0
 
 
