@@ -147,7 +147,7 @@ def learned_rows(args, flow: Any, x0: Any) -> "tuple[dict, dict]":
 
     rows: dict[str, Callable[..., Any]] = {}
     trained: dict[str, str] = {}
-    minutes = lambda secs: "?" if not secs or None in secs else f"{max(secs) / 60:.1f} min"  # noqa: E731
+    from adapters.torch_sit.budget import longest_minutes as minutes
     if args.learned:
         net = load_flow_sidenet(args.learned, flow, "--learned")
         if not net.learned_steps:

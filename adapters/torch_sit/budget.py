@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 __all__ = ["PROBE_ITERS", "clock", "seconds_per_iteration", "iterations_for", "duration_text", "say_duration",
-           "check_minutes"]
+           "check_minutes", "longest_minutes"]
 
 #: iterations timed to convert a time budget into an iteration count (the first one is not counted)
 PROBE_ITERS = 3
@@ -61,6 +61,13 @@ def iterations_for(minutes: float, per_iter: float) -> int:
 def duration_text(seconds: float) -> str:
     """``seconds`` in the unit a person reads: s below 2 minutes, min below 2 hours, then h."""
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def longest_minutes(seconds: "Iterable[Optional[float]]") -> str:
+    """The longest of some recorded training times as "x.x min" ("?" when there are none, or one
+    of them was not recorded): how the demo and the NFE sweep report a learned solver's training."""
+    seconds = list(seconds)
+    return "?" if not seconds or None in seconds else f"{max(seconds) / 60:.1f} min"
 
 
 def say_duration(say: Callable[..., None], per_iter: float, iters: int, minutes: Optional[float],

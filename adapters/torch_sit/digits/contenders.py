@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from ..budget import longest_minutes
 from .model import shipped_path
 from .shipped import verified
 
@@ -80,10 +81,6 @@ class TimedModule(nn.Module):
         return out
 
 
-def _minutes(seconds: Optional[float]) -> str:
-    return "?" if seconds is None else f"{seconds / 60:.1f} min"
-
-
 def _baseline(label: str, method: str, shift: float, nfes: tuple) -> Contender:
     from baquad.schedules import nfe_grid
 
@@ -131,8 +128,8 @@ def contenders(sidenet: nn.Module, sidenet_is_shipped: bool, shift: float, nfes:
     has_steps = bool(getattr(sidenet, "learned_steps", None))
     if has_steps:
         chain = learned_by.get("start_training_s")
-        trained = f"end to end {_minutes(learned_by.get('wall_time_s'))}" + (
-            f" after chain training {_minutes(chain)}" if chain else "")
+        trained = f"end to end {longest_minutes([learned_by.get('wall_time_s')])}" + (
+            f" after chain training {longest_minutes([chain])}" if chain else "")
         rows = [_ba("BA-solver (learned)", sidenet, None, trained, tuple(sorted(sidenet.learned_steps)))]
     else:
         rows = [_ba("BA-solver + SideNet", sidenet, shift, "chain training", nfes)]
@@ -140,7 +137,7 @@ def contenders(sidenet: nn.Module, sidenet_is_shipped: bool, shift: float, nfes:
     if sidenet_is_shipped and has_steps and "sidenet-chain" in have:
         chain_net = load_sidenet(verified(have["sidenet-chain"]))
         seconds = chain_net.file_extra.get("training_wall_time_s")
-        rows.append(_ba("BA-solver + SideNet (chain)", chain_net, shift, f"chain {_minutes(seconds)}", nfes))
+        rows.append(_ba("BA-solver + SideNet (chain)", chain_net, shift, f"chain {longest_minutes([seconds])}", nfes))
     bns = {n: NonStationaryCoefficients.load(verified(have[f"bns-{n}"])) for n in nfes if f"bns-{n}" in have}
     if bns:
         def prepare_bns(nfe: int, labels: torch.Tensor, guidance: float) -> tuple:
@@ -148,7 +145,7 @@ def contenders(sidenet: nn.Module, sidenet_is_shipped: bool, shift: float, nfes:
             return tuple(float(t) for t in c.times), {"coefficients": c}, None
 
         secs = [c.meta.get("wall_time_s") for c in bns.values()]
-        each = "?" if None in secs else f"{max(secs) / 60:.1f} min"
+        each = longest_minutes(secs)
         rows.append(Contender("BNS", "bns", prepare_bns, f"{each} per NFE", tuple(sorted(bns))))
     for method, label in (("unipc", "LD3 + UniPC"), ("euler", "LD3 + Euler")):
         if f"ld3-{method}" not in have:
@@ -161,7 +158,7 @@ def contenders(sidenet: nn.Module, sidenet_is_shipped: bool, shift: float, nfes:
 
         by_steps = grid.meta.get("by_steps", {n: grid.meta for n in grid.grid["steps"]})
         secs = [m.get("wall_time_s") for m in by_steps.values()]
-        each = "?" if not secs or None in secs else f"{max(secs) / 60:.1f} min"
+        each = longest_minutes(secs)
         rows.append(Contender(label, method, prepare_ld3, f"{each} per NFE", covered))
     rows += [_baseline(label, method, shift, nfes) for label, method in
              (("Euler", "euler"), ("Heun", "heun"), ("DPM-Solver++ 2M", "dpm++2m"), ("UniPC", "unipc"))]

@@ -41,7 +41,7 @@ first few iterations of the run (which are real training steps), timed on this m
 first one warms up, and the next ``max(PROBE_ITERS - 1, cycle)`` are averaged, ``cycle`` being
 the module's ``iteration_cycle`` (1 by default; a module that trains several NFEs in turn, like
 BA-solver's, sets it to their number, so the timed iterations cover every NFE once). The
-validation passes the run will make (about ten, at its checkpoints) are taken out of the budget
+validation passes the run will make (ten, every tenth of the run) are taken out of the budget
 first, each timed by the pass made before training. The count is recorded
 in every checkpoint, so a resumed run does exactly the same iterations whatever the machine's
 speed is then. ``iters=N`` (``--iters``) fixes it instead. Either way the run says how long it
