@@ -311,11 +311,15 @@ def load_flow_sidenet(path: "str | os.PathLike", flow: Any, flag: str = "--siden
 def digits_scoring(reference: "Optional[os.PathLike | str]", n: Optional[int]) -> tuple:
     """What the digits scripts score against: ``(ref, guidance, field)``, the reference set at
     ``reference`` (default: the shipped one) cut to its first ``n`` samples (None: all), its
-    guidance scale, and the digits SiT's guided field for its labels."""
+    guidance scale, and the digits SiT's guided field for its labels; SystemExit naming
+    ``--reference`` when the set cannot be read."""
     from adapters.torch_sit.digits.model import digits_sit_backbone, shipped_path
     from adapters.torch_sit.digits.reference import load_reference
 
-    ref = load_reference(reference or shipped_path("reference"))
+    try:
+        ref = load_reference(reference or shipped_path("reference"))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--reference: {err}") from None
     if n is not None:
         ref = ref.head(n)
     guidance = float(ref.meta["guidance_scale"])

@@ -66,7 +66,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from adapters.torch_sit.sidenet.perception import NeuralPerception
 
     ref, guidance, field = digits_scoring(args.reference, args.n)
-    sidenet = load_digits_sidenet(args.sidenet)
+    try:
+        sidenet = load_digits_sidenet(args.sidenet)
+    except ValueError as err:  # the message names --sidenet and why
+        raise SystemExit(str(err)) from None
     grids = dict(list(DIGITS_GRIDS.items())[:3]) if args.quick else DIGITS_GRIDS
 
     def errors(x: torch.Tensor) -> np.ndarray:

@@ -70,7 +70,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from adapters.torch_sit.sidenet.perception import NeuralPerception
 
     files = args.sidenets or [("chain", shipped_path("sidenet-chain")), ("shipped", shipped_path("sidenet"))]
-    nets = [(name, load_digits_sidenet(path, flag=name)) for name, path in files]
+    try:
+        nets = [(name, load_digits_sidenet(path, flag=f"{name}={path}")) for name, path in files]
+    except ValueError as err:  # the message names the name=path argument and why
+        raise SystemExit(str(err)) from None
     ref, guidance, field = digits_scoring(args.reference, args.n)
     start = time.perf_counter()
     body = []

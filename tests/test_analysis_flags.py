@@ -227,3 +227,24 @@ def test_a_sidenet_for_other_states_is_refused_by_every_script(tmp_path, monkeyp
     assert list(work.iterdir()) == [] and figures_state() == before
     with pytest.raises(SystemExit, match="does not exist"):
         importlib.import_module("analysis.chain_bias").main(["--sidenet", str(tmp_path / "missing.safetensors")])
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["digits_never_worse", "--reference", "MISSING"], "--reference: "),
+    (["digits_never_worse", "--sidenet", "MISSING"], "--sidenet: "),
+    (["digits_never_worse", "--reference", "GARBAGE"], "--reference: "),
+    (["learned_ablation", "mine=GARBAGE"], "mine=GARBAGE"),
+])
+def test_the_digits_scripts_refuse_unreadable_files_in_one_line(argv, named, tmp_path):
+    """A missing or garbage reference set or SideNet ends the digits scripts with one line naming
+    the argument (no traceback), before anything is written."""
+    pytest.importorskip("torch")
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file")
+    paths = {"MISSING": str(tmp_path / "missing.safetensors"), "GARBAGE": str(tmp_path / "garbage.safetensors")}
+    argv = [a.replace("MISSING", paths["MISSING"]).replace("GARBAGE", paths["GARBAGE"]) for a in argv]
+    named = named.replace("GARBAGE", paths["GARBAGE"])
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(f"analysis.{argv[0]}").main(argv[1:] + ["--n", "2", "--out", str(out)])
+    assert str(info.value).startswith(named) and "\n" not in str(info.value)
+    assert not out.exists()
